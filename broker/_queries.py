@@ -1,0 +1,63 @@
+"""Loads the named runtime queries in broker/sql/*.sql into a name -> SQL mapping."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from typing import LiteralString
+
+from psycopg import sql
+
+from broker.config import validate_schema
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+class QueryFileError(ValueError):
+    """A .sql file is malformed: text before the first name, a duplicate or empty query."""
+
+
+def parse(text: str, origin: str = "<string>") -> dict[str, str]:
+    """Split `text` into queries at `-- name: x` headers. Comments stay in the query text."""
+    parts = _NAME.split(text)
+    preamble, rest = parts[0], parts[1:]
+    if any(line.strip() and not line.lstrip().startswith("--") for line in preamble.splitlines()):
+        raise QueryFileError(f"{origin}: SQL before the first '-- name:' header")
+    queries: dict[str, str] = {}
+    for name, body in zip(rest[::2], rest[1::2], strict=True):
+        body = body.strip().rstrip(";").strip()
+        if name in queries:
+            raise QueryFileError(f"{origin}: query {name!r} defined twice")
+        if not any(
+            line.strip() and not line.lstrip().startswith("--") for line in body.splitlines()
+        ):
+            raise QueryFileError(f"{origin}: query {name!r} is empty")
+        queries[name] = body
+    return queries
+
+
+@cache
+def raw_queries() -> dict[str, str]:
+    """Every named query of the package, before the schema is filled in."""
+    found: dict[str, str] = {}
+    for entry in sorted(resources.files("broker.sql").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, body in parse(entry.read_text(encoding="utf-8"), entry.name).items():
+            if name in found:
+                raise QueryFileError(f"{entry.name}: query {name!r} also defined in another file")
+            found[name] = body
+    return found
+
+
+@cache
+def queries(schema: str) -> dict[str, LiteralString]:
+    """Every named query with `{schema}` replaced by the quoted schema name."""
+    ident = sql.Identifier(validate_schema(schema))
+    rendered: dict[str, LiteralString] = {}
+    for name, body in raw_queries().items():
+        # The bodies come from the package's own .sql files, never from user input.
+        text: LiteralString = sql.SQL(body).format(schema=ident).as_string()
+        rendered[name] = text
+    return rendered

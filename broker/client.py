@@ -1,0 +1,403 @@
+"""Clients that execute the lease state machine's statements: `Broker` (sync) and
+`AsyncBroker` (asyncio). Both are thin: broker.lease builds every statement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Self, TypeVar
+
+import msgspec
+import psycopg
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from broker import lease
+from broker._queries import queries
+from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
+from broker.errors import JobNotFound, translate
+from broker.lease import (
+    Enqueued,
+    Failure,
+    HeartbeatOutcome,
+    Job,
+    JobEvent,
+    JobSpec,
+    Lease,
+    LogLine,
+    Reaped,
+    Statement,
+    WriteOutcome,
+)
+
+T = TypeVar("T")
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    set_json_loads(msgspec.json.decode, conn)
+
+
+async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(msgspec.json.decode, conn)
+
+
+def _translated(exc: psycopg.Error) -> Exception:
+    return translate(exc) or exc
+
+
+def _spec(
+    kind: str,
+    args: dict[str, Any] | None,
+    **options: Any,
+) -> JobSpec:
+    return JobSpec(kind, args if args is not None else {}, **options)
+
+
+class _Base:
+    def __init__(self, schema: str, lease_ttl: float) -> None:
+        self.schema = validate_schema(schema)
+        self.settings = Settings(schema=schema, lease_ttl=lease_ttl)
+        self.lease_ttl = lease_ttl
+        self._queries = queries(self.schema)
+
+
+class Broker(_Base):
+    """Synchronous client. Every method is one statement in its own transaction, except
+    enqueue with `conn=`, which runs inside the caller's transaction."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> None:
+        super().__init__(schema, lease_ttl)
+        self.pool = pool
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        min_size: int = 1,
+        max_size: int = 4,
+    ) -> Self:
+        """Open a pool of autocommit connections to `url`."""
+        pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            open=True,
+        )
+        return cls(pool, schema=schema, lease_ttl=lease_ttl)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, stmt: Statement[T], conn: psycopg.Connection[Any] | None = None) -> T:
+        """Execute one statement on `conn` (caller's transaction) or a pooled connection."""
+        query = self._queries[stmt.query]
+        try:
+            if conn is not None:
+                rows = conn.execute(query, stmt.params).fetchall()
+            else:
+                with self.pool.connection() as pooled:
+                    rows = pooled.execute(query, stmt.params).fetchall()
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+        return stmt.decode(rows)
+
+    # enqueue
+
+    def enqueue(
+        self,
+        kind: str,
+        args: dict[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+        subject_key: str | None = None,
+        tags: Sequence[str] = (),
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> Enqueued:
+        """Enqueue one job. Raises InvalidJobError or IdempotencyConflict."""
+        spec = _spec(
+            kind,
+            args,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay=delay,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            subject_key=subject_key,
+            tags=tags,
+        )
+        return self.run(lease.enqueue_many([spec]), conn)[0]
+
+    def enqueue_many(
+        self, specs: Iterable[JobSpec], conn: psycopg.Connection[Any] | None = None
+    ) -> list[Enqueued]:
+        """Enqueue many jobs in one statement (all or none), results in input order."""
+        return self.run(lease.enqueue_many(specs), conn)
+
+    # worker side
+
+    def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float | None = None
+    ) -> list[Lease]:
+        """Lease up to `limit` runnable jobs from `queues` (SKIP LOCKED)."""
+        return self.run(lease.claim(queues, limit, worker_id, lease_ttl or self.lease_ttl))
+
+    def heartbeat(
+        self, leases: Sequence[Lease], lease_ttl: float | None = None
+    ) -> HeartbeatOutcome:
+        """Extend all `leases` in one statement; lost ones are reported, not raised."""
+        if not leases:
+            return HeartbeatOutcome([], [], [])
+        return self.run(lease.heartbeat(leases, lease_ttl or self.lease_ttl))
+
+    def complete(self, held: Lease, result: Any = None) -> None:
+        """Mark the job succeeded. Raises LeaseLost if `held` is no longer the live lease."""
+        lease.raise_if_lost(self.complete_many([(held, result)]), "complete")
+
+    def complete_many(self, done: Sequence[tuple[Lease, Any]]) -> list[WriteOutcome]:
+        return self.run(lease.complete(done)) if done else []
+
+    def fail(
+        self,
+        held: Lease,
+        error: str,
+        *,
+        retryable: bool = True,
+        delay: float | None = None,
+    ) -> str:
+        """Record a failed attempt; returns the new state (queued/failed/cancelled).
+        Raises LeaseLost if `held` is no longer the live lease."""
+        outcomes = self.fail_many([(held, Failure(error, retryable, delay))])
+        lease.raise_if_lost(outcomes, "fail")
+        return outcomes[0].state or ""
+
+    def fail_many(self, failed: Sequence[tuple[Lease, Failure]]) -> list[WriteOutcome]:
+        return self.run(lease.fail(failed)) if failed else []
+
+    def cancel_ack_many(self, cancelled: Sequence[tuple[Lease, str]]) -> list[WriteOutcome]:
+        return self.run(lease.cancel_ack(cancelled)) if cancelled else []
+
+    def release_many(self, leases: Sequence[Lease]) -> list[WriteOutcome]:
+        if not leases:
+            return []
+        return self.run(lease.release(leases, self.settings.jobs_channel))
+
+    def append_logs(self, lines: Sequence[tuple[Lease, str]]) -> int:
+        return self.run(lease.append_logs(lines)) if lines else 0
+
+    # operators and submitters
+
+    def reap(self, limit: int = lease.DEFAULT_REAP_LIMIT) -> list[Reaped]:
+        """Return expired leases to the queue (or end them); safe to run anywhere, any time."""
+        return self.run(lease.reap(limit))
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a job; returns its new state. Raises JobNotFound or InvalidTransition."""
+        return self.run(lease.cancel(job_id))
+
+    def retry(self, job_id: int) -> str:
+        """Requeue a failed/cancelled job. Raises JobNotFound or InvalidTransition."""
+        return self.run(lease.retry(job_id))
+
+    def get_job(self, job_id: int) -> Job:
+        """The job with this id. Raises JobNotFound."""
+        found = self.run(lease.get_jobs([job_id]))
+        if not found:
+            raise JobNotFound(job_id)
+        return found[0]
+
+    def events(self, job_id: int, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        return self.run(lease.events(job_id, after, limit))
+
+    def logs(self, job_id: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
+        return self.run(lease.logs(job_id, after, limit))
+
+    def db_clock(self) -> datetime:
+        return self.run(lease.db_clock())
+
+
+class AsyncBroker(_Base):
+    """The asyncio twin of `Broker`: same statements, awaited."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> None:
+        super().__init__(schema, lease_ttl)
+        self.pool = pool
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        min_size: int = 1,
+        max_size: int = 4,
+    ) -> Self:
+        """Open a pool of autocommit connections to `url`."""
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=_aconfigure,
+            open=False,
+        )
+        await pool.open()
+        return cls(pool, schema=schema, lease_ttl=lease_ttl)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run(self, stmt: Statement[T], conn: psycopg.AsyncConnection[Any] | None = None) -> T:
+        """Execute one statement on `conn` (caller's transaction) or a pooled connection."""
+        query = self._queries[stmt.query]
+        try:
+            if conn is not None:
+                rows = await (await conn.execute(query, stmt.params)).fetchall()
+            else:
+                async with self.pool.connection() as pooled:
+                    rows = await (await pooled.execute(query, stmt.params)).fetchall()
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+        return stmt.decode(rows)
+
+    async def enqueue(
+        self,
+        kind: str,
+        args: dict[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        idempotency_key: str | None = None,
+        subject_key: str | None = None,
+        tags: Sequence[str] = (),
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> Enqueued:
+        """Enqueue one job. Raises InvalidJobError or IdempotencyConflict."""
+        spec = _spec(
+            kind,
+            args,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay=delay,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+            subject_key=subject_key,
+            tags=tags,
+        )
+        return (await self.run(lease.enqueue_many([spec]), conn))[0]
+
+    async def enqueue_many(
+        self, specs: Iterable[JobSpec], conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> list[Enqueued]:
+        return await self.run(lease.enqueue_many(specs), conn)
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float | None = None
+    ) -> list[Lease]:
+        return await self.run(lease.claim(queues, limit, worker_id, lease_ttl or self.lease_ttl))
+
+    async def heartbeat(
+        self, leases: Sequence[Lease], lease_ttl: float | None = None
+    ) -> HeartbeatOutcome:
+        if not leases:
+            return HeartbeatOutcome([], [], [])
+        return await self.run(lease.heartbeat(leases, lease_ttl or self.lease_ttl))
+
+    async def complete(self, held: Lease, result: Any = None) -> None:
+        lease.raise_if_lost(await self.complete_many([(held, result)]), "complete")
+
+    async def complete_many(self, done: Sequence[tuple[Lease, Any]]) -> list[WriteOutcome]:
+        return await self.run(lease.complete(done)) if done else []
+
+    async def fail(
+        self,
+        held: Lease,
+        error: str,
+        *,
+        retryable: bool = True,
+        delay: float | None = None,
+    ) -> str:
+        outcomes = await self.fail_many([(held, Failure(error, retryable, delay))])
+        lease.raise_if_lost(outcomes, "fail")
+        return outcomes[0].state or ""
+
+    async def fail_many(self, failed: Sequence[tuple[Lease, Failure]]) -> list[WriteOutcome]:
+        return await self.run(lease.fail(failed)) if failed else []
+
+    async def cancel_ack_many(self, cancelled: Sequence[tuple[Lease, str]]) -> list[WriteOutcome]:
+        return await self.run(lease.cancel_ack(cancelled)) if cancelled else []
+
+    async def release_many(self, leases: Sequence[Lease]) -> list[WriteOutcome]:
+        if not leases:
+            return []
+        return await self.run(lease.release(leases, self.settings.jobs_channel))
+
+    async def append_logs(self, lines: Sequence[tuple[Lease, str]]) -> int:
+        return await self.run(lease.append_logs(lines)) if lines else 0
+
+    async def reap(self, limit: int = lease.DEFAULT_REAP_LIMIT) -> list[Reaped]:
+        return await self.run(lease.reap(limit))
+
+    async def cancel(self, job_id: int) -> str:
+        return await self.run(lease.cancel(job_id))
+
+    async def retry(self, job_id: int) -> str:
+        return await self.run(lease.retry(job_id))
+
+    async def get_job(self, job_id: int) -> Job:
+        found = await self.run(lease.get_jobs([job_id]))
+        if not found:
+            raise JobNotFound(job_id)
+        return found[0]
+
+    async def events(self, job_id: int, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        return await self.run(lease.events(job_id, after, limit))
+
+    async def logs(self, job_id: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
+        return await self.run(lease.logs(job_id, after, limit))
+
+    async def db_clock(self) -> datetime:
+        return await self.run(lease.db_clock())

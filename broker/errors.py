@@ -1,0 +1,95 @@
+"""The broker's exceptions, and the one place where database errors become them."""
+
+from __future__ import annotations
+
+import psycopg
+
+
+class BrokerError(Exception):
+    """Base class of every error pg-broker raises on purpose."""
+
+
+class ConfigError(BrokerError):
+    """A setting is missing or malformed."""
+
+
+class InvalidJobError(BrokerError, ValueError):
+    """An enqueue request is malformed (bad name, size or range)."""
+
+
+class LeaseLost(BrokerError):
+    """A fenced write matched no row: the lease expired, was reaped, or a newer epoch owns the job.
+
+    The write was not applied and was recorded as a `stale_write_rejected` event.
+    """
+
+    def __init__(self, job_id: int, epoch: int, write: str) -> None:
+        super().__init__(f"lease lost on job {job_id} (epoch {epoch}): {write} rejected")
+        self.job_id = job_id
+        self.epoch = epoch
+        self.write = write
+
+
+class IdempotencyConflict(BrokerError):
+    """The idempotency key is already taken by a job created from a different request."""
+
+    def __init__(self, key: str, job_id: int | None = None) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for a different request"
+            + (f" (job {job_id})" if job_id is not None else "")
+        )
+        self.key = key
+        self.job_id = job_id
+
+
+class JobNotFound(BrokerError, LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class InvalidTransition(BrokerError):
+    """The job's current state does not allow the requested operation (cancel, retry)."""
+
+    def __init__(self, job_id: int, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id}: it is {state}")
+        self.job_id = job_id
+        self.state = state
+        self.action = action
+
+
+class DatabaseUnavailable(BrokerError):
+    """PostgreSQL could not be reached or dropped the connection."""
+
+
+# SQLSTATEs raised on purpose by the broker's SQL functions (see the migrations).
+SQLSTATE_IDEMPOTENCY_CONFLICT = "PB001"
+SQLSTATE_INVALID_JOB = "PB002"
+SQLSTATE_JOB_NOT_FOUND = "PB003"
+SQLSTATE_INVALID_TRANSITION = "PB004"
+
+
+def translate(exc: psycopg.Error) -> BrokerError | None:
+    """Map a database error raised by broker SQL to the broker's own exception, if it is one."""
+    state = exc.sqlstate
+    diag = exc.diag
+    if state == SQLSTATE_IDEMPOTENCY_CONFLICT:
+        key = diag.message_detail or ""
+        hint = diag.message_hint or ""
+        job_id = int(hint) if hint.isdigit() else None
+        return IdempotencyConflict(key, job_id)
+    if state == SQLSTATE_JOB_NOT_FOUND:
+        return JobNotFound(int(diag.message_hint or 0))
+    if state == SQLSTATE_INVALID_TRANSITION:
+        # The message reads "cannot <action> job <id>: it is <state>".
+        action = (diag.message_primary or "cannot change").split()[1]
+        return InvalidTransition(int(diag.message_hint or 0), diag.message_detail or "", action)
+    if state == SQLSTATE_INVALID_JOB or state in ("22P02", "22007", "22008", "22023"):
+        return InvalidJobError(diag.message_primary or str(exc))
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(
+            str(exc).strip().splitlines()[0] if str(exc) else "database error"
+        )
+    return None

@@ -1,0 +1,385 @@
+"""The job lease state machine: every transition as one named, batched, fenced statement.
+
+Each function here builds a `Statement` (query name, parameters, row decoder); the sync
+and async clients in broker.client only execute them. Reading this module top to bottom
+gives the whole lifecycle (docs/state-machine.md draws it):
+
+    enqueue -> queued --claim--> running --complete--> succeeded
+                 ^                  |  \\--fail (retryable, attempts left)--> queued
+                 |                  |   \\-fail (final) --> failed
+                 +--reap/release----+    \\-cancel ack --> cancelled
+
+Every write a worker makes after the claim is fenced by (job id, lease epoch) and
+`state = 'running'`; a write that matches nothing is rejected and recorded as
+`stale_write_rejected`. All times are the database's now(); callers pass durations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from broker.errors import InvalidJobError, LeaseLost
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+DEFAULT_REAP_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Statement(Generic[T]):
+    """A named query from broker/sql, its parameters, and how to turn its rows into T."""
+
+    query: str
+    params: Mapping[str, Any]
+    decode: Callable[[list[Row]], T]
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to enqueue. Durations are seconds (or timedelta); run_at must be timezone-aware."""
+
+    kind: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    run_at: datetime | None = None
+    delay: float | timedelta | None = None
+    max_attempts: int | None = None
+    timeout: float | timedelta | None = None
+    idempotency_key: str | None = None
+    subject_key: str | None = None
+    tags: Sequence[str] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as the enqueue_many() SQL function reads it (None fields left out)."""
+        if not isinstance(self.args, Mapping):
+            raise InvalidJobError(f"args must be a mapping, got {type(self.args).__name__}")
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            raise InvalidJobError("run_at must be timezone-aware")
+        if isinstance(self.tags, str):
+            raise InvalidJobError("tags must be a list of strings, not a string")
+        spec: dict[str, Any] = {
+            "kind": self.kind,
+            "args": self.args,
+            "queue": self.queue,
+            "priority": self.priority,
+            "tags": list(self.tags),
+        }
+        optional = {
+            "run_at": self.run_at,
+            "delay": _seconds(self.delay, "delay"),
+            "max_attempts": self.max_attempts,
+            "timeout": _seconds(self.timeout, "timeout"),
+            "idempotency_key": self.idempotency_key,
+            "subject_key": self.subject_key,
+        }
+        spec.update({k: v for k, v in optional.items() if v is not None})
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Result of an enqueue: the job id, and False in `created` for an idempotent replay."""
+
+    id: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job and the epoch (fencing token) every later write must present."""
+
+    job_id: int
+    epoch: int
+    queue: str
+    kind: str
+    args: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """Whether one fenced write applied; `state` is the job's new state when known."""
+
+    job_id: int
+    epoch: int
+    applied: bool
+    state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatOutcome:
+    """Leases extended, leases lost, and held jobs whose cancellation was requested."""
+
+    extended: list[Lease]
+    lost: list[Lease]
+    cancel_requested: list[Lease]
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """A job whose lease expired, and where the reaper sent it (queued/failed/cancelled)."""
+
+    job_id: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A row of broker.jobs."""
+
+    id: int
+    queue: str
+    kind: str
+    args: dict[str, Any]
+    priority: int
+    state: str
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    lease_epoch: int
+    lease_expires_at: datetime | None
+    worker_id: str | None
+    idempotency_key: str | None
+    subject_key: str | None
+    result: Any
+    last_error: str | None
+    tags: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    timeout: timedelta | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """A row of broker.job_events."""
+
+    id: int
+    job_id: int
+    event: str
+    epoch: int | None
+    worker_id: str | None
+    at: datetime
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """A row of broker.job_logs."""
+
+    id: int
+    job_id: int
+    epoch: int
+    at: datetime
+    line: str
+
+
+def _seconds(value: float | timedelta | None, name: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not math.isfinite(seconds):
+        raise InvalidJobError(f"{name} must be a finite number of seconds")
+    return seconds
+
+
+def _json(value: Any) -> str:
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidJobError(f"not JSON-serializable: {exc}") from None
+
+
+# --- enqueue --------------------------------------------------------------------------
+
+
+def enqueue_many(specs: Iterable[JobSpec]) -> Statement[list[Enqueued]]:
+    """Insert jobs (one statement), append `enqueued` events and NOTIFY once per queue."""
+    payload = _json([s.to_json() for s in specs])
+    return Statement(
+        "job_enqueue_many",
+        {"specs": payload},
+        lambda rows: [Enqueued(int(r[1]), bool(r[2])) for r in rows],
+    )
+
+
+# --- claim ----------------------------------------------------------------------------
+
+
+def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Statement[list[Lease]]:
+    """Lease up to `limit` runnable jobs: running, attempts+1, epoch+1, expiry now()+ttl."""
+    if limit < 1:
+        raise ValueError("claim limit must be at least 1")
+    if ttl <= 0:
+        raise ValueError("lease ttl must be positive")
+
+    def decode(rows: list[Row]) -> list[Lease]:
+        return [
+            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], worker_id) for r in rows
+        ]
+
+    return Statement(
+        "job_claim",
+        {"queues": list(queues), "limit": limit, "worker_id": worker_id, "ttl": ttl},
+        decode,
+    )
+
+
+# --- fenced writes by the lease holder --------------------------------------------------
+
+
+def _outcomes(leases: Sequence[Lease]) -> Callable[[list[Row]], list[WriteOutcome]]:
+    epochs = {lease.job_id: lease.epoch for lease in leases}
+
+    def decode(rows: list[Row]) -> list[WriteOutcome]:
+        return [WriteOutcome(r[0], epochs[r[0]], bool(r[1]), r[2]) for r in rows]
+
+    return decode
+
+
+def _fence(leases: Sequence[Lease]) -> dict[str, Any]:
+    if len({lease.job_id for lease in leases}) != len(leases):
+        raise ValueError("one write per job per batch")
+    return {
+        "ids": [lease.job_id for lease in leases],
+        "epochs": [lease.epoch for lease in leases],
+        "worker_id": leases[0].worker_id if leases else None,
+    }
+
+
+def heartbeat(leases: Sequence[Lease], ttl: float) -> Statement[HeartbeatOutcome]:
+    """Extend every lease still held to now()+ttl; report lost ones and requested cancels."""
+    by_id = {lease.job_id: lease for lease in leases}
+
+    def decode(rows: list[Row]) -> HeartbeatOutcome:
+        extended = [by_id[r[0]] for r in rows if r[1]]
+        lost = [by_id[r[0]] for r in rows if not r[1]]
+        cancel = [by_id[r[0]] for r in rows if r[1] and r[2]]
+        return HeartbeatOutcome(extended, lost, cancel)
+
+    return Statement("job_heartbeat_many", {**_fence(leases), "ttl": ttl}, decode)
+
+
+def complete(done: Sequence[tuple[Lease, Any]]) -> Statement[list[WriteOutcome]]:
+    """Mark jobs succeeded with their results (JSON), under the caller's epoch only."""
+    leases = [lease for lease, _ in done]
+    params = {**_fence(leases), "results": _json([result for _, result in done])}
+    return Statement("job_complete_many", params, _outcomes(leases))
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an attempt failed. `retryable=False` fails the job now; `delay` overrides backoff."""
+
+    error: str
+    retryable: bool = True
+    delay: float | None = None
+
+
+def fail(failed: Sequence[tuple[Lease, Failure]]) -> Statement[list[WriteOutcome]]:
+    """Record failed attempts: retry after backoff while attempts remain, else `failed`."""
+    leases = [lease for lease, _ in failed]
+    params = {
+        **_fence(leases),
+        "errors": [f.error for _, f in failed],
+        "retryable": [f.retryable for _, f in failed],
+        "delays": [f.delay for _, f in failed],
+    }
+    return Statement("job_fail_many", params, _outcomes(leases))
+
+
+def cancel_ack(cancelled: Sequence[tuple[Lease, str]]) -> Statement[list[WriteOutcome]]:
+    """End jobs `cancelled` after the worker stopped their handlers."""
+    leases = [lease for lease, _ in cancelled]
+    params = {**_fence(leases), "errors": [reason for _, reason in cancelled]}
+    return Statement("job_cancel_ack_many", params, _outcomes(leases))
+
+
+def release(leases: Sequence[Lease], channel: str) -> Statement[list[WriteOutcome]]:
+    """Hand leases back (shutdown): queued now, attempt not counted, workers notified."""
+    return Statement("job_release_many", {**_fence(leases), "channel": channel}, _outcomes(leases))
+
+
+def append_logs(lines: Sequence[tuple[Lease, str]]) -> Statement[int]:
+    """Store handler log lines; lines from a lost lease are dropped. Returns lines stored."""
+    return Statement(
+        "log_append_many",
+        {
+            "job_ids": [lease.job_id for lease, _ in lines],
+            "epochs": [lease.epoch for lease, _ in lines],
+            "lines": [line for _, line in lines],
+        },
+        len,
+    )
+
+
+# --- transitions not made by the lease holder -------------------------------------------
+
+
+def reap(limit: int = DEFAULT_REAP_LIMIT) -> Statement[list[Reaped]]:
+    """Return expired leases (database clock): queued with backoff, failed, or cancelled."""
+    return Statement("job_reap", {"limit": limit}, lambda rows: [Reaped(r[0], r[1]) for r in rows])
+
+
+def cancel(job_id: int) -> Statement[str]:
+    """Cancel a queued job now, or request cancellation of a running one (NOTIFY)."""
+    return Statement("job_cancel", {"id": job_id}, lambda rows: str(rows[0][1]))
+
+
+def retry(job_id: int) -> Statement[str]:
+    """Queue a failed or cancelled job again, runnable now."""
+    return Statement("job_retry", {"id": job_id}, lambda rows: str(rows[0][1]))
+
+
+# --- reads ------------------------------------------------------------------------------
+
+
+def get_jobs(ids: Sequence[int]) -> Statement[list[Job]]:
+    """Fetch jobs by id (missing ids are left out)."""
+    return Statement("job_get", {"ids": list(ids)}, lambda rows: [Job(*r) for r in rows])
+
+
+def events(job_id: int, after: int = 0, limit: int = 1000) -> Statement[list[JobEvent]]:
+    """A job's events with id > after, oldest first."""
+    return Statement(
+        "events_for_job",
+        {"job_id": job_id, "after": after, "limit": limit},
+        lambda rows: [JobEvent(*r) for r in rows],
+    )
+
+
+def logs(job_id: int, after: int = 0, limit: int = 1000) -> Statement[list[LogLine]]:
+    """A job's log lines with id > after, oldest first."""
+    return Statement(
+        "logs_for_job",
+        {"job_id": job_id, "after": after, "limit": limit},
+        lambda rows: [LogLine(*r) for r in rows],
+    )
+
+
+def db_clock() -> Statement[datetime]:
+    """The database's wall clock (clock_timestamp())."""
+    return Statement("db_clock", {}, lambda rows: rows[0][1])
+
+
+def raise_if_lost(outcomes: Sequence[WriteOutcome], write: str) -> None:
+    """Raise LeaseLost for the first outcome that did not apply."""
+    for outcome in outcomes:
+        if not outcome.applied:
+            raise LeaseLost(outcome.job_id, outcome.epoch, write)

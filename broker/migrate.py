@@ -1,0 +1,61 @@
+"""Run the Alembic migrations programmatically (`broker migrate`, tests, `broker dev`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.config import Config
+
+from alembic import command
+from broker.config import DEFAULT_SCHEMA, validate_schema
+from broker.errors import ConfigError
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(url: str, schema: str = DEFAULT_SCHEMA) -> Config:
+    """An Alembic Config for the repository's alembic/ directory, aimed at `url`/`schema`."""
+    ini = _ROOT / "alembic.ini"
+    if not ini.exists():
+        raise ConfigError(f"alembic.ini not found next to the broker package (looked in {_ROOT})")
+    cfg = Config(str(ini))
+    cfg.set_main_option("script_location", str(_ROOT / "alembic"))
+    cfg.attributes["url"] = url
+    cfg.attributes["schema"] = validate_schema(schema)
+    return cfg
+
+
+def upgrade(url: str, schema: str = DEFAULT_SCHEMA, revision: str = "head") -> None:
+    """Migrate the database at `url` to `revision` (default: the newest)."""
+    command.upgrade(alembic_config(url, schema), revision)
+
+
+def downgrade(url: str, schema: str = DEFAULT_SCHEMA, revision: str = "base") -> None:
+    """Migrate the database at `url` down to `revision` (default: nothing left)."""
+    command.downgrade(alembic_config(url, schema), revision)
+
+
+def current_revision(url: str, schema: str = DEFAULT_SCHEMA) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.alembic_version",)
+        ).fetchone()
+        if not row or not row[0]:
+            return None
+        rev = conn.execute(
+            sql.SQL("SELECT version_num FROM {}.alembic_version").format(sql.Identifier(schema))
+        ).fetchone()
+        return str(rev[0]) if rev else None
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    assert head is not None
+    return head

@@ -1,0 +1,175 @@
+"""SQLAlchemy Core definitions of the broker's tables: the source Alembic migrations must match.
+
+Nothing here runs at request time; runtime SQL lives in broker/sql/*.sql.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Double,
+    Identity,
+    Index,
+    Integer,
+    Interval,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
+
+from broker.config import DEFAULT_SCHEMA, validate_schema
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+EVENT_KINDS = (
+    "enqueued",
+    "claimed",
+    "succeeded",
+    "attempt_failed",
+    "failed",
+    "lease_expired",
+    "cancel_requested",
+    "cancelled",
+    "superseded",
+    "retried",
+    "stale_write_rejected",
+    "released",
+)
+DEFAULT_MAX_ATTEMPTS = 20
+
+
+def _tstz() -> TIMESTAMP:
+    return TIMESTAMP(timezone=True)
+
+
+def _states_check(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} in ({listed})", name=name)
+
+
+def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
+    """Return fresh table definitions living in `schema`."""
+    validate_schema(schema)
+    md = MetaData(schema=schema)
+
+    Table(
+        "jobs",
+        md,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("queue", Text, nullable=False, server_default=text("'default'")),
+        Column("kind", Text, nullable=False),
+        Column("args", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("priority", Integer, nullable=False, server_default=text("0")),
+        Column("state", Text, nullable=False, server_default=text("'queued'")),
+        Column("run_at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column(
+            "max_attempts",
+            Integer,
+            nullable=False,
+            server_default=text(str(DEFAULT_MAX_ATTEMPTS)),
+        ),
+        Column("lease_epoch", BigInteger, nullable=False, server_default=text("0")),
+        Column("lease_expires_at", _tstz()),
+        Column("worker_id", Text),
+        Column("idempotency_key", Text),
+        Column("idempotency_fingerprint", Text),
+        Column("subject_key", Text),
+        Column("result", JSONB),
+        Column("last_error", Text),
+        Column("tags", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+        Column("created_at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("started_at", _tstz()),
+        Column("finished_at", _tstz()),
+        Column("cancel_requested_at", _tstz()),
+        Column("timeout", Interval),
+        _states_check("state", JOB_STATES, "jobs_state_check"),
+        CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_check"),
+        CheckConstraint("attempts >= 0", name="jobs_attempts_check"),
+        # The claim query walks this index in claim order and stops at the LIMIT.
+        Index(
+            "jobs_claim_idx",
+            "queue",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+        ),
+        # The reaper scans only running jobs, oldest lease first.
+        Index(
+            "jobs_running_idx",
+            "lease_expires_at",
+            postgresql_where=text("state = 'running'"),
+        ),
+        Index(
+            "jobs_idempotency_key_idx",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index(
+            "jobs_subject_idx",
+            "kind",
+            "subject_key",
+            postgresql_where=text("subject_key IS NOT NULL AND state = 'queued'"),
+        ),
+        Index(
+            "jobs_finished_idx",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+        ),
+        Index("jobs_kind_idx", "kind", "id"),
+        Index("jobs_tags_idx", "tags", postgresql_using="gin"),
+    )
+
+    Table(
+        "job_events",
+        md,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("job_id", BigInteger, nullable=False),
+        Column("event", Text, nullable=False),
+        Column("epoch", BigInteger),
+        Column("worker_id", Text),
+        Column("at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("detail", JSONB),
+        Index("job_events_job_idx", "job_id", "id"),
+    )
+
+    Table(
+        "job_logs",
+        md,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("job_id", BigInteger, nullable=False),
+        Column("epoch", BigInteger, nullable=False),
+        Column("at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("line", Text, nullable=False),
+        Index("job_logs_job_idx", "job_id", "id"),
+    )
+
+    Table(
+        "workers",
+        md,
+        Column("worker_id", Text, primary_key=True),
+        Column("host_id", UUID(as_uuid=True), nullable=False),
+        Column("seq", Integer, nullable=False),
+        Column("hostname", Text, nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("queues", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+        Column("concurrency", Integer, nullable=False, server_default=text("1")),
+        Column("version", Text),
+        Column("started_at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("last_seen", _tstz(), nullable=False, server_default=text("now()")),
+        Column("stopped_at", _tstz()),
+        Column("clock_skew_seconds", Double),
+        Column("meta", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    )
+    return md
+
+
+metadata = build_metadata(os.environ.get("BROKER_SCHEMA") or DEFAULT_SCHEMA)

@@ -1,0 +1,210 @@
+-- Runtime queries on broker.jobs. `{schema}` is replaced with the quoted schema name when
+-- the file is loaded; parameters are psycopg named placeholders.
+
+-- name: job_enqueue_many
+-- All enqueue rules (validation, defaults, idempotency, subject supersede, events, NOTIFY)
+-- live in the enqueue_many() SQL function, shared with broker.enqueue() for SQL callers.
+SELECT ord, job_id, created FROM {schema}.enqueue_many(%(specs)s::jsonb) ORDER BY ord;
+
+-- name: job_get
+SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,
+       lease_expires_at, worker_id, idempotency_key, subject_key, result, last_error, tags,
+       created_at, started_at, finished_at, cancel_requested_at, timeout
+FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
+
+-- name: job_claim
+-- The CTE is deliberate: it fixes the candidate rows (LIMIT, SKIP LOCKED) before the
+-- UPDATE, so the planner can never update more rows than the LIMIT asks for. FOR NO KEY
+-- UPDATE is enough to own the row and does not block foreign-key checks.
+WITH next AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'queued' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {schema}.jobs j
+    SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
+        lease_expires_at = now() + make_interval(secs => %(ttl)s), worker_id = %(worker_id)s,
+        started_at = now()
+    FROM next WHERE j.id = next.id
+    RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
+              j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
+    SELECT id, 'claimed', lease_epoch, %(worker_id)s FROM claimed
+)
+SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout
+FROM claimed ORDER BY priority DESC, id;
+
+-- name: job_heartbeat_many
+-- Every fenced write has this shape: apply where (id, epoch) still holds a running lease,
+-- record stale_write_rejected for the rest, and report per lease whether it applied.
+WITH d AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
+), applied AS (
+    UPDATE {schema}.jobs j SET lease_expires_at = now() + make_interval(secs => %(ttl)s)
+    FROM d WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
+    RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested
+), rejected AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
+           jsonb_build_object('write', 'heartbeat', 'state', j.state, 'lease_epoch', j.lease_epoch)
+    FROM d JOIN {schema}.jobs j ON j.id = d.id
+    WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
+)
+SELECT d.id, a.id IS NOT NULL AS applied, coalesce(a.cancel_requested, false) AS cancel_requested
+FROM d LEFT JOIN applied a USING (id);
+
+-- name: job_complete_many
+WITH d AS (
+    SELECT u.id, u.epoch, nullif(r.result, 'null'::jsonb) AS result
+    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) WITH ORDINALITY AS u(id, epoch, n)
+    LEFT JOIN jsonb_array_elements(%(results)s::jsonb) WITH ORDINALITY AS r(result, n) USING (n)
+), applied AS (
+    UPDATE {schema}.jobs j
+    SET state = 'succeeded', result = d.result, finished_at = now(), lease_expires_at = NULL
+    FROM d WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
+    RETURNING j.id, j.lease_epoch
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
+    SELECT id, 'succeeded', lease_epoch, %(worker_id)s FROM applied
+), rejected AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
+           jsonb_build_object('write', 'complete', 'state', j.state, 'lease_epoch', j.lease_epoch)
+    FROM d JOIN {schema}.jobs j ON j.id = d.id
+    WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
+)
+SELECT d.id, a.id IS NOT NULL AS applied, NULL::text AS state FROM d LEFT JOIN applied a USING (id);
+
+-- name: job_fail_many
+-- A failure retries (queued, run_at pushed back) while attempts remain and the error is
+-- retryable; otherwise the job is failed. A requested cancel wins over a retry.
+WITH d AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(errors)s::text[],
+                         %(retryable)s::bool[], %(delays)s::float8[])
+                  AS d(id, epoch, error, retryable, delay)
+), applied AS (
+    UPDATE {schema}.jobs j
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN NOT d.retryable OR j.attempts >= j.max_attempts THEN 'failed'
+                     ELSE 'queued' END,
+        run_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                           OR NOT d.retryable OR j.attempts >= j.max_attempts THEN j.run_at
+                      ELSE now() + coalesce(make_interval(secs => d.delay),
+                                            {schema}.retry_backoff(j.attempts)) END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                                OR NOT d.retryable OR j.attempts >= j.max_attempts THEN now() END,
+        lease_expires_at = NULL, last_error = d.error
+    FROM d WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
+    RETURNING j.id, j.lease_epoch, j.state, j.attempts, j.run_at, d.error
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT id, CASE state WHEN 'queued' THEN 'attempt_failed' ELSE state END, lease_epoch,
+           %(worker_id)s,
+           jsonb_build_object('error', error, 'attempt', attempts)
+             || CASE WHEN state = 'queued' THEN jsonb_build_object('retry_at', run_at)
+                     ELSE '{{}}'::jsonb END
+    FROM applied
+), rejected AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
+           jsonb_build_object('write', 'fail', 'state', j.state, 'lease_epoch', j.lease_epoch)
+    FROM d JOIN {schema}.jobs j ON j.id = d.id
+    WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
+)
+SELECT d.id, a.id IS NOT NULL AS applied, a.state FROM d LEFT JOIN applied a USING (id);
+
+-- name: job_cancel_ack_many
+-- The worker stopped a handler whose cancel was requested (or that it gave up on).
+WITH d AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(errors)s::text[])
+                  AS d(id, epoch, error)
+), applied AS (
+    UPDATE {schema}.jobs j
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, last_error = d.error
+    FROM d WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
+    RETURNING j.id, j.lease_epoch
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
+    SELECT id, 'cancelled', lease_epoch, %(worker_id)s FROM applied
+), rejected AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
+           jsonb_build_object('write', 'cancel', 'state', j.state, 'lease_epoch', j.lease_epoch)
+    FROM d JOIN {schema}.jobs j ON j.id = d.id
+    WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
+)
+SELECT d.id, a.id IS NOT NULL AS applied, NULL::text AS state FROM d LEFT JOIN applied a USING (id);
+
+-- name: job_release_many
+-- Hand leases back at shutdown: queued again at once, the attempt not counted, other
+-- workers woken. A job whose cancel was requested ends cancelled instead.
+WITH d AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
+), applied AS (
+    UPDATE {schema}.jobs j
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL THEN now() END,
+        attempts = greatest(j.attempts - 1, 0), run_at = now(), lease_expires_at = NULL
+    FROM d WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
+    RETURNING j.id, j.lease_epoch, j.state, j.queue
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
+    SELECT id, CASE state WHEN 'queued' THEN 'released' ELSE state END, lease_epoch, %(worker_id)s
+    FROM applied
+), rejected AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
+           jsonb_build_object('write', 'release', 'state', j.state, 'lease_epoch', j.lease_epoch)
+    FROM d JOIN {schema}.jobs j ON j.id = d.id
+    WHERE NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM applied WHERE state = 'queued') q
+)
+-- `notified` is a plain SELECT: it runs only because it is referenced here.
+SELECT d.id, a.id IS NOT NULL AS applied, a.state
+FROM d LEFT JOIN applied a USING (id) CROSS JOIN notified;
+
+-- name: job_reap
+-- Return expired leases, judged by the database clock alone. SKIP LOCKED and the state
+-- re-check make it safe to run in every worker at once.
+WITH expired AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE {schema}.jobs j
+    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN j.attempts >= j.max_attempts THEN 'failed'
+                     ELSE 'queued' END,
+        run_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= j.max_attempts
+                      THEN j.run_at ELSE now() + {schema}.retry_backoff(j.attempts) END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
+                                OR j.attempts >= j.max_attempts THEN now() END,
+        lease_expires_at = NULL, last_error = 'lease expired'
+    FROM expired WHERE j.id = expired.id
+    RETURNING j.id, j.lease_epoch, j.worker_id, j.state
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
+    SELECT x.id, x.event, x.lease_epoch, x.worker_id, x.detail FROM (
+        SELECT id, 'lease_expired' AS event, lease_epoch, worker_id,
+               jsonb_build_object('next_state', state) AS detail, 0 AS step FROM reaped
+        UNION ALL
+        SELECT id, state, lease_epoch, worker_id, NULL, 1 FROM reaped WHERE state <> 'queued'
+    ) x ORDER BY x.id, x.step
+)
+SELECT id, state FROM reaped ORDER BY id;
+
+-- name: job_cancel
+SELECT id, state FROM {schema}.cancel_job(%(id)s);
+
+-- name: job_retry
+SELECT id, state FROM {schema}.retry_job(%(id)s);
+
+-- name: db_clock
+SELECT now() AS now, clock_timestamp() AS clock;
