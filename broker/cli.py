@@ -1,0 +1,82 @@
+"""The `broker` command line: one-line errors on stderr and non-zero exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from broker.config import Settings
+from broker.errors import BrokerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn BrokerError (and database errors) into `error: ...` on stderr and exit code 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import psycopg
+
+        try:
+            return fn(*args, **kwargs)
+        except (BrokerError, psycopg.Error) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_and_url() -> tuple[Settings, str]:
+    """Settings from the environment and the database URL (embedded server if unset)."""
+    from broker.db import database_url
+
+    settings = Settings.from_env()
+    return settings, database_url(settings)
+
+
+@click.group()
+@click.version_option(package_name="pg-broker")
+def main() -> None:
+    """pg-broker: a job broker that lives entirely in PostgreSQL."""
+
+
+@main.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@one_line_errors
+def migrate(revision: str) -> None:
+    """Migrate the database (BROKER_DATABASE_URL, else the embedded one) to REVISION."""
+    from broker.migrate import upgrade
+
+    settings, url = settings_and_url()
+    upgrade(url, settings.schema, revision)
+    click.echo(f"migrated schema {settings.schema} to {revision}")
+
+
+@main.command()
+@click.option("--limit", default=1000, show_default=True, help="At most this many jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@one_line_errors
+def reap(limit: int, as_json: bool) -> None:
+    """Return jobs whose lease expired (by the database clock) once, then exit."""
+    from broker.client import Broker
+
+    settings, url = settings_and_url()
+    with Broker.connect(url, schema=settings.schema, min_size=1, max_size=1) as client:
+        reaped = client.reap(limit)
+    if as_json:
+        click.echo(json.dumps([{"id": r.job_id, "state": r.state} for r in reaped]))
+    else:
+        click.echo(f"reaped {len(reaped)} expired lease(s)")
+        for r in reaped:
+            click.echo(f"  job {r.job_id} -> {r.state}")
+
+
+if __name__ == "__main__":
+    main()
