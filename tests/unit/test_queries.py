@@ -1,0 +1,167 @@
+"""The named-query loader: how .sql files split into queries, and that every query the lease
+state machine names exists and is rendered for the configured schema."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from broker import lease
+from broker._queries import QueryFileError, parse, queries, raw_queries
+from broker.config import DEFAULT_SCHEMA
+from broker.errors import ConfigError
+
+
+def test_parse_splits_at_headers_and_keeps_comments() -> None:
+    text = (
+        "-- File comment before the first header is allowed.\n"
+        "\n"
+        "-- name: first_query\n"
+        "-- Why this query exists.\n"
+        "SELECT 1;\n"
+        "\n"
+        "-- name: second\n"
+        "SELECT 2\n"
+        "FROM t;\n"
+    )
+    parsed = parse(text)
+    assert list(parsed) == ["first_query", "second"]
+    assert parsed["first_query"] == "-- Why this query exists.\nSELECT 1"
+    assert parsed["second"] == "SELECT 2\nFROM t"
+
+
+def test_parse_accepts_loose_header_spacing() -> None:
+    assert parse("--name:a\nSELECT 1\n--   name:   b  \nSELECT 2") == {
+        "a": "SELECT 1",
+        "b": "SELECT 2",
+    }
+
+
+def test_parse_of_only_comments_is_empty() -> None:
+    assert parse("-- nothing here yet\n\n") == {}
+
+
+def test_parse_rejects_sql_before_first_header() -> None:
+    with pytest.raises(QueryFileError, match=r"jobs\.sql: SQL before the first"):
+        parse("SELECT 0;\n-- name: a\nSELECT 1", "jobs.sql")
+
+
+def test_parse_rejects_duplicate_names() -> None:
+    with pytest.raises(QueryFileError, match="'a' defined twice"):
+        parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2")
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["", "\n\n", ";\n", "-- only a comment\n", "-- name: b\nSELECT 1"],
+    ids=["nothing", "blank-lines", "semicolon", "comment", "header-right-after"],
+)
+def test_parse_rejects_empty_queries(body: str) -> None:
+    with pytest.raises(QueryFileError, match="'a' is empty"):
+        parse("-- name: a\n" + body)
+
+
+def test_header_names_must_be_lowercase_identifiers() -> None:
+    # "-- name: Bad-Name" is not a header, so its text counts as SQL before the first one.
+    with pytest.raises(QueryFileError, match="before the first"):
+        parse("-- name: Bad-Name\nSELECT 1\nSELECT 2")
+
+
+def _statement_names_in_lease_source() -> set[str]:
+    """Every query name passed to a `Statement(...)` in broker/lease.py."""
+    tree = ast.parse(inspect.getsource(lease))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "Statement"
+        ):
+            first = node.args[0]
+            assert isinstance(first, ast.Constant) and isinstance(first.value, str)
+            names.add(first.value)
+    return names
+
+
+def test_lease_source_names_are_found() -> None:
+    # Guards the AST walk above: if it found nothing, the next test would prove nothing.
+    names = _statement_names_in_lease_source()
+    assert {"job_claim", "job_complete_many", "job_reap", "job_enqueue_many"} <= names
+
+
+def test_every_statement_name_in_lease_exists() -> None:
+    missing = _statement_names_in_lease_source() - set(queries(DEFAULT_SCHEMA))
+    assert not missing, f"lease.py names queries that no .sql file defines: {missing}"
+
+
+def _one_of_each_statement() -> list[lease.Statement[Any]]:
+    held = lease.Lease(1, 1, "default", "k", {}, 0, 1, 3, None, "w:1")
+    return [
+        lease.enqueue_many([lease.JobSpec("k")]),
+        lease.claim(["default"], 1, "w:1", 5.0),
+        lease.heartbeat([held], 5.0),
+        lease.complete([(held, None)]),
+        lease.fail([(held, lease.Failure("boom"))]),
+        lease.cancel_ack([(held, "cancelled")]),
+        lease.release([held], "broker_jobs"),
+        lease.append_logs([(held, "line")]),
+        lease.reap(),
+        lease.cancel(1),
+        lease.retry(1),
+        lease.get_jobs([1]),
+        lease.events(1),
+        lease.logs(1),
+        lease.db_clock(),
+    ]
+
+
+def test_every_constructor_names_an_existing_query() -> None:
+    statements = _one_of_each_statement()
+    names = {stmt.query for stmt in statements}
+    assert names <= set(queries(DEFAULT_SCHEMA))
+    # Each constructor found by the source scan is exercised here too.
+    assert names == _statement_names_in_lease_source()
+
+
+def test_statement_params_match_query_placeholders() -> None:
+    rendered = queries(DEFAULT_SCHEMA)
+    for stmt in _one_of_each_statement():
+        placeholders = set(re.findall(r"%\((\w+)\)s", rendered[stmt.query]))
+        assert placeholders == set(stmt.params), stmt.query
+
+
+def test_schema_is_rendered_as_quoted_identifier() -> None:
+    raw = raw_queries()
+    assert "{schema}" in raw["job_claim"]
+    rendered = queries("jobsq")
+    for name, text in rendered.items():
+        assert "{schema}" not in text, name
+    assert '"jobsq".jobs' in rendered["job_claim"]
+    assert '"broker".jobs' in queries("broker")["job_claim"]
+
+
+def test_escaped_braces_survive_rendering() -> None:
+    # jobs.sql writes a literal '{}' as '{{}}' because the bodies go through format().
+    assert "'{{}}'::jsonb" in raw_queries()["job_fail_many"]
+    assert "'{}'::jsonb" in queries("broker")["job_fail_many"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["Broker", "1abc", "jobs-q", 'x"; drop schema broker; --', "", "a" * 64]
+)
+def test_bad_schema_name_is_rejected(bad: str) -> None:
+    with pytest.raises(ConfigError, match="BROKER_SCHEMA"):
+        queries(bad)
+
+
+def test_jobspec_json_for_enqueue_statement_is_an_array() -> None:
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    stmt = lease.enqueue_many([lease.JobSpec("a", run_at=when), lease.JobSpec("b", delay=2)])
+    assert stmt.query == "job_enqueue_many"
+    payload = stmt.params["specs"]
+    assert payload.startswith("[") and '"kind":"a"' in payload and '"delay":2.0' in payload
