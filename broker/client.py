@@ -155,8 +155,40 @@ class Broker(_Base):
     def enqueue_many(
         self, specs: Iterable[JobSpec], conn: psycopg.Connection[Any] | None = None
     ) -> list[Enqueued]:
-        """Enqueue many jobs in one statement (all or none), results in input order."""
-        return self.run(lease.enqueue_many(specs), conn)
+        """Enqueue many jobs atomically (all or none); results in input order.
+        Raises InvalidJobError or IdempotencyConflict."""
+        batch = list(specs)
+        if not lease.copy_eligible(batch):
+            return self.run(lease.enqueue_many(batch), conn)
+        if conn is not None:
+            return self._copy_enqueue(batch, conn)
+        with self.pool.connection() as pooled:
+            return self._copy_enqueue(batch, pooled)
+
+    def _copy_enqueue(self, batch: list[JobSpec], conn: psycopg.Connection[Any]) -> list[Enqueued]:
+        q = self._queries
+        try:
+            with conn.transaction():
+                reserved = conn.execute(q["job_copy_reserve"], {"n": len(batch)}).fetchall()
+                ids = [r[1] for r in reserved]
+                plan = lease.copy_plan(batch, ids, reserved[0][0])
+                with conn.cursor() as cur:
+                    with cur.copy(q["job_copy_jobs"]) as copy:
+                        copy.set_types(lease.COPY_JOB_TYPES)
+                        for row in plan.job_rows:
+                            copy.write_row(row)
+                    with cur.copy(q["job_copy_events"]) as copy:
+                        copy.set_types(lease.COPY_EVENT_TYPES)
+                        for event in plan.event_rows:
+                            copy.write_row(event)
+                if plan.notify_queues:
+                    channel = self.settings.jobs_channel
+                    conn.execute(
+                        q["job_notify_queues"], {"channel": channel, "queues": plan.notify_queues}
+                    )
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+        return [Enqueued(i, True) for i in ids]
 
     # worker side
 
@@ -332,7 +364,42 @@ class AsyncBroker(_Base):
     async def enqueue_many(
         self, specs: Iterable[JobSpec], conn: psycopg.AsyncConnection[Any] | None = None
     ) -> list[Enqueued]:
-        return await self.run(lease.enqueue_many(specs), conn)
+        """Enqueue many jobs atomically (all or none); results in input order."""
+        batch = list(specs)
+        if not lease.copy_eligible(batch):
+            return await self.run(lease.enqueue_many(batch), conn)
+        if conn is not None:
+            return await self._copy_enqueue(batch, conn)
+        async with self.pool.connection() as pooled:
+            return await self._copy_enqueue(batch, pooled)
+
+    async def _copy_enqueue(
+        self, batch: list[JobSpec], conn: psycopg.AsyncConnection[Any]
+    ) -> list[Enqueued]:
+        q = self._queries
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(q["job_copy_reserve"], {"n": len(batch)})
+                reserved = await cur.fetchall()
+                ids = [r[1] for r in reserved]
+                plan = lease.copy_plan(batch, ids, reserved[0][0])
+                async with conn.cursor() as acur:
+                    async with acur.copy(q["job_copy_jobs"]) as copy:
+                        copy.set_types(lease.COPY_JOB_TYPES)
+                        for row in plan.job_rows:
+                            await copy.write_row(row)
+                    async with acur.copy(q["job_copy_events"]) as copy:
+                        copy.set_types(lease.COPY_EVENT_TYPES)
+                        for event in plan.event_rows:
+                            await copy.write_row(event)
+                if plan.notify_queues:
+                    channel = self.settings.jobs_channel
+                    await conn.execute(
+                        q["job_notify_queues"], {"channel": channel, "queues": plan.notify_queues}
+                    )
+        except psycopg.Error as exc:
+            raise _translated(exc) from exc
+        return [Enqueued(i, True) for i in ids]
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float | None = None

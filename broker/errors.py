@@ -71,6 +71,17 @@ SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
 
 
+# What each CHECK constraint on broker.jobs means, in the words a caller needs.
+CONSTRAINT_MESSAGES = {
+    "jobs_kind_check": "kind must be 1-200 characters of letters, digits, _ . : -",
+    "jobs_queue_check": "queue must be 1-128 characters of letters, digits, _ . : -",
+    "jobs_args_check": "args must be a JSON object",
+    "jobs_max_attempts_check": "max_attempts must be at least 1",
+    "jobs_timeout_check": "timeout must be positive",
+    "jobs_state_check": "state must be queued, running, succeeded, failed or cancelled",
+}
+
+
 def translate(exc: psycopg.Error) -> BrokerError | None:
     """Map a database error raised by broker SQL to the broker's own exception, if it is one."""
     state = exc.sqlstate
@@ -86,6 +97,11 @@ def translate(exc: psycopg.Error) -> BrokerError | None:
         # The message reads "cannot <action> job <id>: it is <state>".
         action = (diag.message_primary or "cannot change").split()[1]
         return InvalidTransition(int(diag.message_hint or 0), diag.message_detail or "", action)
+    if state == "23502" and diag.column_name:
+        return InvalidJobError(f"{diag.column_name} is required")
+    if state == "23514" and diag.constraint_name in CONSTRAINT_MESSAGES:
+        # The row itself (in the error's detail) is deliberately not repeated.
+        return InvalidJobError(CONSTRAINT_MESSAGES[diag.constraint_name])
     if state == SQLSTATE_INVALID_JOB or state in ("22P02", "22007", "22008", "22023"):
         return InvalidJobError(diag.message_primary or str(exc))
     if isinstance(exc, psycopg.OperationalError):

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from broker.errors import InvalidJobError, LeaseLost
+from broker.schema import DEFAULT_MAX_ATTEMPTS
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -68,6 +69,10 @@ class JobSpec:
             raise InvalidJobError("run_at must be timezone-aware")
         if isinstance(self.tags, str):
             raise InvalidJobError("tags must be a list of strings, not a string")
+        if self.run_at is not None and self.delay is not None:
+            raise InvalidJobError("give run_at or delay, not both")
+        if self.delay is not None and (_seconds(self.delay, "delay") or 0) < 0:
+            raise InvalidJobError("delay must not be negative")
         spec: dict[str, Any] = {
             "kind": self.kind,
             "args": self.args,
@@ -217,6 +222,70 @@ def enqueue_many(specs: Iterable[JobSpec]) -> Statement[list[Enqueued]]:
         {"specs": payload},
         lambda rows: [Enqueued(int(r[1]), bool(r[2])) for r in rows],
     )
+
+
+# Batches at least this big, with no idempotency or subject keys, are enqueued with binary
+# COPY (jobs, then their `enqueued` events) instead of the enqueue_many() function: about
+# 1.5x the rows per second, at the price of four round trips (see docs/decisions).
+COPY_MIN_BATCH = 500
+COPY_JOB_TYPES = [
+    "int8",
+    "text",
+    "text",
+    "jsonb",
+    "int4",
+    "timestamptz",
+    "int4",
+    "interval",
+    "text[]",
+]
+COPY_EVENT_TYPES = ["int8", "text"]
+
+
+def copy_eligible(specs: Sequence[JobSpec]) -> bool:
+    """Whether the COPY path may enqueue `specs` (it skips idempotency and supersede)."""
+    return len(specs) >= COPY_MIN_BATCH and all(
+        s.idempotency_key is None and s.subject_key is None for s in specs
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """Rows for the COPY enqueue path, and the queues whose workers to wake."""
+
+    job_rows: list[tuple[Any, ...]]
+    event_rows: list[tuple[int, str]]
+    notify_queues: list[str]
+
+
+def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) -> CopyPlan:
+    """Lay out `specs` as jobs rows with reserved `ids`. Delays are added to the database's
+    now() (`db_now`), never to the host clock."""
+    from psycopg.types.json import Jsonb
+
+    job_rows: list[tuple[Any, ...]] = []
+    runnable: set[str] = set()
+    for spec, job_id in zip(specs, ids, strict=True):
+        spec.to_json()  # the same checks as the enqueue_many() path
+        delay = _seconds(spec.delay, "delay")
+        run_at = spec.run_at or (db_now + timedelta(seconds=delay) if delay else db_now)
+        if run_at <= db_now:
+            runnable.add(spec.queue)
+        timeout = _seconds(spec.timeout, "timeout")
+        job_rows.append(
+            (
+                job_id,
+                spec.queue,
+                spec.kind,
+                Jsonb(spec.args, dumps=_json),
+                spec.priority,
+                run_at,
+                spec.max_attempts if spec.max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
+                timedelta(seconds=timeout) if timeout is not None else None,
+                list(spec.tags),
+            )
+        )
+    return CopyPlan(job_rows, [(i, "enqueued") for i in ids], sorted(runnable))
 
 
 # --- claim ----------------------------------------------------------------------------

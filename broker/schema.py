@@ -92,6 +92,16 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         _states_check("state", JOB_STATES, "jobs_state_check"),
         CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_check"),
         CheckConstraint("attempts >= 0", name="jobs_attempts_check"),
+        CheckConstraint(
+            "length(kind) BETWEEN 1 AND 200 AND kind !~ '[^A-Za-z0-9_.:-]'",
+            name="jobs_kind_check",
+        ),
+        CheckConstraint(
+            "length(queue) BETWEEN 1 AND 128 AND queue !~ '[^A-Za-z0-9_.:-]'",
+            name="jobs_queue_check",
+        ),
+        CheckConstraint("jsonb_typeof(args) = 'object'", name="jobs_args_check"),
+        CheckConstraint("timeout > interval '0'", name="jobs_timeout_check"),
         # The claim query walks this index in claim order and stops at the LIMIT.
         Index(
             "jobs_claim_idx",

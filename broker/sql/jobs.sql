@@ -208,3 +208,18 @@ SELECT id, state FROM {schema}.retry_job(%(id)s);
 
 -- name: db_clock
 SELECT now() AS now, clock_timestamp() AS clock;
+
+-- name: job_copy_reserve
+-- The COPY enqueue path: reserve ids (so the events rows can name their jobs) and read
+-- the transaction's now(), the same instant a column default would use.
+SELECT now(), nextval('{schema}.jobs_id_seq') FROM generate_series(1, %(n)s);
+
+-- name: job_copy_jobs
+COPY {schema}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout, tags)
+FROM STDIN (FORMAT BINARY);
+
+-- name: job_copy_events
+COPY {schema}.job_events (job_id, event) FROM STDIN (FORMAT BINARY);
+
+-- name: job_notify_queues
+SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q;
