@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -45,6 +46,8 @@ def settings_and_url() -> tuple[Settings, str]:
 @click.version_option(package_name="pg-broker")
 def main() -> None:
     """pg-broker: a job broker that lives entirely in PostgreSQL."""
+    # The pool logs every failed connection attempt; the CLI reports one line instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
 @main.command()
@@ -68,7 +71,9 @@ def reap(limit: int, as_json: bool) -> None:
     from broker.client import Broker
 
     settings, url = settings_and_url()
-    with Broker.connect(url, schema=settings.schema, min_size=1, max_size=1) as client:
+    with Broker.connect(
+        url, schema=settings.schema, min_size=1, max_size=1, connect_timeout=5
+    ) as client:
         reaped = client.reap(limit)
     if as_json:
         click.echo(json.dumps([{"id": r.job_id, "state": r.state} for r in reaped]))

@@ -9,13 +9,14 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import lease
 from broker._queries import queries
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
-from broker.errors import JobNotFound, translate
+from broker.errors import DatabaseUnavailable, JobNotFound, translate
 from broker.lease import (
     Enqueued,
     Failure,
@@ -31,6 +32,20 @@ from broker.lease import (
 )
 
 T = TypeVar("T")
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def _unreachable(url: str, timeout: float) -> str:
+    """Where we tried to connect, without the password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return f"cannot connect to PostgreSQL within {timeout:g} s (malformed database URL)"
+    where = info.get("host") or "local socket"
+    port = info.get("port")
+    target = f"{where}:{port}" if port else str(where)
+    return f"cannot connect to PostgreSQL at {target}/{info.get('dbname', '')} within {timeout:g} s"
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -84,8 +99,10 @@ class Broker(_Base):
         lease_ttl: float = DEFAULT_LEASE_TTL,
         min_size: int = 1,
         max_size: int = 4,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> Self:
-        """Open a pool of autocommit connections to `url`."""
+        """Open a pool of autocommit connections to `url`.
+        Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
         pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=min_size,
@@ -94,6 +111,11 @@ class Broker(_Base):
             configure=_configure,
             open=True,
         )
+        try:
+            pool.wait(timeout=connect_timeout)
+        except PoolTimeout:
+            pool.close()
+            raise DatabaseUnavailable(_unreachable(url, connect_timeout)) from None
         return cls(pool, schema=schema, lease_ttl=lease_ttl)
 
     def close(self) -> None:
@@ -294,8 +316,10 @@ class AsyncBroker(_Base):
         lease_ttl: float = DEFAULT_LEASE_TTL,
         min_size: int = 1,
         max_size: int = 4,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> Self:
-        """Open a pool of autocommit connections to `url`."""
+        """Open a pool of autocommit connections to `url`.
+        Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -305,6 +329,11 @@ class AsyncBroker(_Base):
             open=False,
         )
         await pool.open()
+        try:
+            await pool.wait(timeout=connect_timeout)
+        except PoolTimeout:
+            await pool.close()
+            raise DatabaseUnavailable(_unreachable(url, connect_timeout)) from None
         return cls(pool, schema=schema, lease_ttl=lease_ttl)
 
     async def close(self) -> None:
