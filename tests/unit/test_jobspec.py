@@ -94,6 +94,17 @@ def test_aware_run_at_in_any_zone_is_kept() -> None:
     assert datetime.fromisoformat(payload[0]["run_at"]) == when
 
 
+def test_run_at_and_delay_together_are_rejected() -> None:
+    with pytest.raises(InvalidJobError, match="give run_at or delay, not both"):
+        JobSpec("k", run_at=datetime(2030, 1, 1, tzinfo=UTC), delay=5).to_json()
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, timedelta(seconds=-3)])
+def test_negative_delay_is_rejected(bad: float | timedelta) -> None:
+    with pytest.raises(InvalidJobError, match="delay must not be negative"):
+        JobSpec("k", delay=bad).to_json()
+
+
 def test_tags_as_a_string_are_rejected() -> None:
     with pytest.raises(InvalidJobError, match="tags must be a list of strings"):
         JobSpec("k", tags="urgent").to_json()

@@ -7,6 +7,7 @@ import ast
 import inspect
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,18 @@ def test_lease_source_names_are_found() -> None:
 def test_every_statement_name_in_lease_exists() -> None:
     missing = _statement_names_in_lease_source() - set(queries(DEFAULT_SCHEMA))
     assert not missing, f"lease.py names queries that no .sql file defines: {missing}"
+
+
+def test_every_query_looked_up_by_name_in_broker_exists() -> None:
+    # Some paths (COPY) look queries up directly, e.g. q["job_copy_jobs"], not via Statement.
+    package = Path(inspect.getfile(lease)).parent
+    used: set[str] = set()
+    for source in package.rglob("*.py"):
+        used |= set(
+            re.findall(r"\b(?:q|_queries|queries)\[\"([a-z_][a-z0-9_]*)\"\]", source.read_text())
+        )
+    missing = used - set(queries(DEFAULT_SCHEMA))
+    assert not missing, f"broker/ looks up queries no .sql file defines: {missing}"
 
 
 def _one_of_each_statement() -> list[lease.Statement[Any]]:
