@@ -26,6 +26,7 @@ from broker.lease import (
     Reaped,
     WriteOutcome,
 )
+from broker.task import Fail, JobContext, Retry, task
 
 __all__ = [
     "AsyncBroker",
@@ -34,12 +35,14 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
     "Enqueued",
+    "Fail",
     "Failure",
     "HeartbeatOutcome",
     "IdempotencyConflict",
     "InvalidJobError",
     "InvalidTransition",
     "Job",
+    "JobContext",
     "JobEvent",
     "JobNotFound",
     "JobSpec",
@@ -47,7 +50,9 @@ __all__ = [
     "LeaseLost",
     "LogLine",
     "Reaped",
+    "Retry",
     "Settings",
     "WriteOutcome",
+    "task",
 ]
 __version__ = "0.1.0"

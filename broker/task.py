@@ -1,0 +1,207 @@
+"""Task registry for workers: the `@task` decorator, `Retry`/`Fail`, and the job context.
+
+A task is a plain function (sync or async) registered under a kind. The worker calls it
+with the job's args as keyword arguments, plus `ctx=` (a `JobContext`) when the function
+declares a parameter named `ctx`. Its return value becomes the job's result (JSON); an
+exception fails the attempt, to be retried per the task's policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+from broker.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RetryPolicy = bool | Callable[[int], float]
+"""True: retry with the database's backoff; False: the first failure is final;
+a callable: attempt number -> delay in seconds before the next attempt."""
+
+
+class Retry(Exception):
+    """Raise from a handler to retry this job after `delay` seconds (None: default backoff).
+
+    Counts as an attempt: when attempts are exhausted the job ends `failed`.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Fail(Exception):
+    """Raise from a handler to fail the job now, without further attempts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A registered handler and its policy."""
+
+    kind: str
+    fn: Callable[..., Any]
+    queue: str = "default"
+    max_attempts: int | None = None
+    timeout: float | None = None
+    retry: RetryPolicy = True
+    is_async: bool = False
+    wants_ctx: bool = False
+
+    def retry_delay(self, attempt: int) -> float | None:
+        """Delay before the next attempt under this task's policy (None: database backoff)."""
+        if callable(self.retry):
+            return float(self.retry(attempt))
+        return None
+
+
+_registry: dict[str, Task] = {}
+_registry_lock = threading.Lock()
+
+
+@overload
+def task(kind: F) -> F: ...
+
+
+@overload
+def task(
+    kind: str | None = None,
+    *,
+    queue: str = "default",
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    retry: RetryPolicy = True,
+) -> Callable[[F], F]: ...
+
+
+def task(
+    kind: str | F | None = None,
+    *,
+    queue: str = "default",
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    retry: RetryPolicy = True,
+) -> F | Callable[[F], F]:
+    """Register a handler for jobs of `kind` (default: the function's qualified name).
+
+    `queue` is where the task's jobs usually go (workers started without --queues serve
+    the queues of their tasks); `max_attempts` caps attempts on the worker side, on top
+    of the job's own max_attempts; `timeout` (seconds) applies when the job sets none.
+    Raises ConfigError when another function already holds the kind.
+    """
+    if callable(kind):
+        return _register(kind, None, "default", None, None, True)
+
+    def decorate(fn: F) -> F:
+        return _register(fn, kind, queue, max_attempts, timeout, retry)
+
+    return decorate
+
+
+def _register(
+    fn: F,
+    kind: str | None,
+    queue: str,
+    max_attempts: int | None,
+    timeout: float | None,
+    retry: RetryPolicy,
+) -> F:
+    name = kind or f"{fn.__module__}.{fn.__qualname__}"
+    if max_attempts is not None and max_attempts < 1:
+        raise ConfigError(f"task {name!r}: max_attempts must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"task {name!r}: timeout must be positive")
+    params = inspect.signature(fn).parameters
+    entry = Task(
+        kind=name,
+        fn=fn,
+        queue=queue,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        retry=retry,
+        is_async=inspect.iscoroutinefunction(fn),
+        wants_ctx="ctx" in params,
+    )
+    with _registry_lock:
+        existing = _registry.get(name)
+        # Re-importing the same module (e.g. under two names) must not be an error.
+        if existing is not None and not _same_function(existing.fn, fn):
+            raise ConfigError(f"task kind {name!r} is already registered by {existing.fn!r}")
+        _registry[name] = entry
+    return fn
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    return getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None) and getattr(
+        a, "__module__", None
+    ) == getattr(b, "__module__", None)
+
+
+def registered() -> dict[str, Task]:
+    """A snapshot of every registered task, by kind."""
+    with _registry_lock:
+        return dict(_registry)
+
+
+def get_task(kind: str) -> Task | None:
+    """The task registered for `kind`, if any."""
+    with _registry_lock:
+        return _registry.get(kind)
+
+
+@dataclass(eq=False)
+class JobContext:
+    """What a running handler knows about its job, and how it hears about cancellation.
+
+    `cancelled` is set (on the event loop) when the worker stops the handler: the job was
+    cancelled, timed out, its lease was lost, or the worker is shutting down. Sync handlers
+    running in threads should poll `is_cancelled`; the worker cannot interrupt a thread.
+    """
+
+    id: int
+    attempt: int
+    epoch: int
+    kind: str
+    queue: str
+    worker_id: str
+    _log: Callable[[str], None] = field(repr=False)
+    _loop: asyncio.AbstractEventLoop = field(repr=False)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    cancel_reason: str | None = None
+    _flag: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once the worker has asked this handler to stop (safe from any thread)."""
+        return self._flag.is_set()
+
+    def log(self, line: str) -> None:
+        """Append a line to the job's log (job_logs); safe from handler threads.
+
+        Lines are written in batches under the job's lease; lines logged after the lease
+        is lost are dropped.
+        """
+        text = str(line)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._log(text)
+        else:
+            self._loop.call_soon_threadsafe(self._log, text)
+
+    def _cancel(self, reason: str) -> None:
+        # Called on the loop by the worker only.
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self._flag.set()
+        self.cancelled.set()
+
+
+Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]

@@ -1,0 +1,121 @@
+"""A dedicated database connection per worker service, reopened after any failure.
+
+Each background service (claims, outcome writes, heartbeats, reaper, LISTEN) owns one,
+so a slow statement on one never queues behind another, and a broken connection is
+replaced on the next use instead of killing the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, TypeVar
+
+import msgspec
+import psycopg
+from psycopg.types.json import set_json_loads
+
+from broker._queries import queries
+from broker.errors import DatabaseUnavailable, translate
+from broker.lease import Statement
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5
+# TCP keepalives let the kernel notice a peer that vanished without closing the socket
+# (a dropped network, a frozen host); they do nothing on Unix sockets.
+KEEPALIVE_OPTIONS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+    """Open an autocommit connection with keepalives and msgspec JSON decoding."""
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **KEEPALIVE_OPTIONS
+    )
+    set_json_loads(msgspec.json.decode, conn)
+    return conn
+
+
+class Backoff:
+    """Exponential backoff with full jitter between `base` and `cap` seconds."""
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next(self) -> float:
+        """The next delay to wait (grows until `cap`)."""
+        ceiling = min(self.cap, self.base * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 30)
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next())
+
+
+class Connection:
+    """One lazily opened connection that runs broker Statements.
+
+    Raises DatabaseUnavailable when the database cannot be reached or the connection
+    breaks (the connection is then discarded and reopened on the next call), the broker's
+    own exceptions for errors it raises on purpose, and psycopg errors otherwise.
+    """
+
+    def __init__(self, url: str, schema: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self._queries = queries(schema)
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _open(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = await connect(self.url)
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailable(_first_line(exc)) from exc
+        return self._conn
+
+    async def run(self, stmt: Statement[T]) -> T:
+        conn = await self._open()
+        query = self._queries[stmt.query]
+        try:
+            cur = await conn.execute(query, stmt.params)
+            rows = await cur.fetchall()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            await self.discard()
+            raise DatabaseUnavailable(f"{self.name}: {_first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            raise (translate(exc) or exc) from exc
+        except asyncio.CancelledError:
+            # The statement may still be running on the server: this connection's
+            # protocol state is unknown, so it is never reused.
+            await self.discard()
+            raise
+        return stmt.decode(rows)
+
+    async def discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)
+            except Exception:
+                log.debug("closing %s connection failed", self.name, exc_info=True)
+
+    async def close(self) -> None:
+        await self.discard()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,231 @@
+"""The `worker` command line, shared by `python -m broker.worker` and `broker worker`.
+
+Every option also reads an environment variable (BROKER_TASKS, BROKER_QUEUES,
+BROKER_CONCURRENCY, ...), so a container needs no arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+import threading
+
+import click
+
+from broker.config import Settings
+from broker.errors import BrokerError
+
+log = logging.getLogger("broker.worker")
+
+EXIT_CONFIG = 1
+EXIT_ID_IN_USE = 3
+EXIT_CLOCK_SKEW = 4
+
+
+def _csv(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def import_tasks(modules: list[str]) -> None:
+    """Import the task modules (registering their tasks); the working directory is
+    importable, as it is under `python -m`."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for name in modules:
+        importlib.import_module(name)
+
+
+@click.command("worker")
+@click.option("--tasks", envvar="BROKER_TASKS", help="Task modules to import, comma-separated.")
+@click.option(
+    "--queues",
+    envvar="BROKER_QUEUES",
+    help="Queues to serve, comma-separated [default: the queues of the imported tasks].",
+)
+@click.option(
+    "--concurrency",
+    envvar="BROKER_CONCURRENCY",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Jobs run at once by each process.",
+)
+@click.option(
+    "--processes",
+    envvar="BROKER_PROCESSES",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run under a supervisor that restarts dead ones.",
+)
+@click.option(
+    "--seq",
+    envvar="BROKER_WORKER_SEQ",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="This process's number on the host: worker_id is host_id:seq.",
+)
+@click.option(
+    "--poll-interval",
+    envvar="BROKER_POLL_INTERVAL",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    help="Seconds between claims when no notification arrives.",
+)
+@click.option(
+    "--reap-interval",
+    envvar="BROKER_REAP_INTERVAL",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="Seconds between runs of the in-process reaper.",
+)
+@click.option(
+    "--shutdown-grace",
+    envvar="BROKER_SHUTDOWN_GRACE",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM before they are handed back.",
+)
+@click.option(
+    "--max-clock-skew",
+    envvar="BROKER_MAX_CLOCK_SKEW",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Refuse to start when this host's clock is off the database's by more seconds.",
+)
+@click.option(
+    "--log-level",
+    envvar="BROKER_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def worker(
+    tasks: str | None,
+    queues: str | None,
+    concurrency: int,
+    processes: int,
+    seq: int,
+    poll_interval: float,
+    reap_interval: float,
+    shutdown_grace: float,
+    max_clock_skew: float | None,
+    log_level: str,
+) -> None:
+    """Run jobs: claim from QUEUES, run the handlers registered in TASKS, report outcomes.
+
+    SIGTERM/SIGINT stop claiming and give running jobs --shutdown-grace seconds; the
+    rest are handed back to the queue (a second signal hands them back at once).
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
+    )
+    modules = _csv(tasks)
+    if not modules:
+        raise click.UsageError("no task modules: pass --tasks pkg.module or set BROKER_TASKS")
+    if processes > 1:
+        from broker.worker.supervisor import Supervisor
+
+        env = {
+            "BROKER_TASKS": ",".join(modules),
+            "BROKER_CONCURRENCY": str(concurrency),
+            "BROKER_POLL_INTERVAL": str(poll_interval),
+            "BROKER_REAP_INTERVAL": str(reap_interval),
+            "BROKER_SHUTDOWN_GRACE": str(shutdown_grace),
+            "BROKER_LOG_LEVEL": log_level,
+        }
+        if queues:
+            env["BROKER_QUEUES"] = queues
+        if max_clock_skew is not None:
+            env["BROKER_MAX_CLOCK_SKEW"] = str(max_clock_skew)
+        sys.exit(Supervisor(processes, env).run())
+
+    try:
+        import_tasks(modules)
+    except ImportError as exc:
+        raise click.UsageError(f"cannot import task module: {exc}") from exc
+
+    code = _run_one(
+        _csv(queues),
+        concurrency,
+        seq,
+        poll_interval,
+        reap_interval,
+        shutdown_grace,
+        max_clock_skew,
+    )
+    logging.shutdown()
+    if threading.active_count() > 1:
+        # A sync handler ignored its cancellation; its lease was handed back already,
+        # and waiting for its thread would hang the shutdown.
+        os._exit(code)
+    sys.exit(code)
+
+
+def _run_one(
+    queues: list[str],
+    concurrency: int,
+    seq: int,
+    poll_interval: float,
+    reap_interval: float,
+    shutdown_grace: float,
+    max_clock_skew: float | None,
+) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from broker.db import database_url
+    from broker.task import registered
+    from broker.worker.reaper import ReaperConfig
+    from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
+    from broker.worker.runtime import Worker, WorkerConfig
+
+    if not queues:
+        queues = sorted({t.queue for t in registered().values()}) or ["default"]
+    try:
+        pkg_version = version("pg-broker")
+    except PackageNotFoundError:
+        pkg_version = "0"
+    try:
+        settings = Settings.from_env()
+        config = WorkerConfig(
+            database_url=database_url(settings),
+            queues=tuple(queues),
+            concurrency=concurrency,
+            seq=seq,
+            settings=settings,
+            poll_interval=poll_interval,
+            shutdown_grace=shutdown_grace,
+            max_clock_skew=max_clock_skew,
+            reaper=ReaperConfig(interval=reap_interval),
+            version=pkg_version,
+        )
+    except BrokerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_CONFIG
+    runtime = Worker(config)
+
+    async def main() -> None:
+        runtime.install_signal_handlers()
+        await runtime.run()
+
+    try:
+        asyncio.run(main())
+    except WorkerIdInUse as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_ID_IN_USE
+    except ClockSkewTooLarge as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_CLOCK_SKEW
+    except BrokerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_CONFIG
+    return 0

@@ -1,0 +1,186 @@
+"""Worker identity and the broker.workers registry: host id, worker id, liveness, clock skew.
+
+worker_id is `host_id:seq`. The host id is a UUID kept in a file under the state
+directory (BROKER_STATE_DIR, default BROKER_HOME/state), so a restarted worker keeps
+its id. One live process per id: on one host an exclusive file lock proves it (the
+kernel drops the lock when a process dies, even by SIGKILL, so a restart is never
+refused by a crashed predecessor); across hosts (a copied state directory) the
+registry row's last_seen, in database time, does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.lease import Row, Statement
+
+STATE_SUBDIR = "state"
+HOST_ID_FILE = "host_id"
+
+
+class WorkerIdInUse(BrokerError):
+    """Another live process already runs with this worker id."""
+
+
+class ClockSkewTooLarge(BrokerError):
+    """This host's clock differs from the database's by more than --max-clock-skew."""
+
+
+def state_dir(settings: Settings) -> Path:
+    """Where worker identity lives: BROKER_STATE_DIR, else BROKER_HOME/state."""
+    return settings.state_dir if settings.state_dir is not None else settings.home / STATE_SUBDIR
+
+
+def load_host_id(directory: Path) -> uuid.UUID:
+    """The host id stored in `directory`, created (atomically) on first use."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / HOST_ID_FILE
+    try:
+        return uuid.UUID(path.read_text(encoding="utf-8").strip())
+    except FileNotFoundError:
+        pass
+    candidate = uuid.uuid4()
+    tmp = directory / f".{HOST_ID_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(f"{candidate}\n", encoding="utf-8")
+    try:
+        # link() fails if another process created the file first; then theirs wins.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return uuid.UUID(path.read_text(encoding="utf-8").strip())
+
+
+def worker_id_for(host_id: uuid.UUID, seq: int) -> str:
+    """The worker id of process number `seq` on this host."""
+    return f"{host_id}:{seq}"
+
+
+class IdentityLock:
+    """An exclusive lock on one worker id on this host, held for the process's life."""
+
+    def __init__(self, directory: Path, seq: int) -> None:
+        self.path = directory / f"worker-{seq}.lock"
+        self._fd: int | None = None
+
+    def acquire(self, worker_id: str) -> None:
+        """Take the lock or raise WorkerIdInUse naming the pid that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise WorkerIdInUse(
+                f"worker id {worker_id} is already in use by a live process (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredWorker:
+    """A registry row as seen before registering."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """The database clock read at a known local time: skew = database - local, seconds."""
+
+    skew: float
+    round_trip: float
+
+
+def skew_from(db_time: datetime, sent: float, received: float) -> ClockReading:
+    """Skew of this host's clock against `db_time`, read between local `sent` and `received`."""
+    local_mid = (sent + received) / 2
+    return ClockReading(db_time.timestamp() - local_mid, received - sent)
+
+
+def now() -> float:
+    """Local wall clock, the one being compared with the database's."""
+    return time.time()
+
+
+# --- statements --------------------------------------------------------------------------
+
+
+def get(worker_id: str, ttl: float) -> Statement[RegisteredWorker | None]:
+    """The registry row for `worker_id`; `live` when not stopped and seen within `ttl`."""
+
+    def decode(rows: list[Row]) -> RegisteredWorker | None:
+        return RegisteredWorker(*rows[0]) if rows else None
+
+    return Statement("worker_get", {"worker_id": worker_id, "ttl": ttl}, decode)
+
+
+def register(
+    worker_id: str,
+    host_id: uuid.UUID,
+    seq: int,
+    queues: list[str],
+    concurrency: int,
+    version: str,
+    clock_skew: float | None,
+    meta: dict[str, Any] | None = None,
+) -> Statement[datetime]:
+    """Upsert this worker's row for a new run; returns the database clock."""
+    params = {
+        "worker_id": worker_id,
+        "host_id": str(host_id),
+        "seq": seq,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "queues": queues,
+        "concurrency": concurrency,
+        "version": version,
+        "clock_skew": clock_skew,
+        "meta": msgspec.json.encode(meta or {}).decode(),
+    }
+    return Statement("worker_register", params, lambda rows: rows[0][1])
+
+
+def seen(worker_id: str, clock_skew: float | None) -> Statement[datetime | None]:
+    """Refresh last_seen; returns the database clock (None if the row is gone)."""
+    return Statement(
+        "worker_seen",
+        {"worker_id": worker_id, "clock_skew": clock_skew},
+        lambda rows: rows[0][1] if rows else None,
+    )
+
+
+def stopped(worker_id: str) -> Statement[bool]:
+    """Mark this process's run of `worker_id` stopped."""
+    return Statement(
+        "worker_stopped", {"worker_id": worker_id, "pid": os.getpid()}, lambda rows: bool(rows)
+    )
+
+
+def ping() -> Statement[None]:
+    """A round trip that proves a connection is alive."""
+    return Statement("worker_ping", {}, lambda rows: None)

@@ -1,0 +1,517 @@
+"""The worker runtime: claims jobs into free slots, runs their handlers, reports outcomes.
+
+One asyncio loop per process. Services, each on its own connection so a slow one never
+blocks another: the claim loop (here), the outcome writer (writer.py), heartbeats (here:
+one statement for every held lease, plus the registry's last_seen), the reaper
+(reaper.py) and the LISTEN connection (listener.py). Async handlers run on the loop,
+sync handlers in a thread pool sized to the concurrency.
+
+Local rules that keep the database's fencing honest: a lease reported lost (by a
+heartbeat, or by a rejected write) stops its handler and its outcome is discarded; a
+requested cancel stops the handler and acknowledges with `cancel_ack`; at shutdown
+unfinished handlers are stopped and their leases released (queued again, attempt not
+counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import signal
+import socket
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import psycopg
+
+from broker import lease
+from broker.config import DEFAULT_LEASE_TTL, Settings
+from broker.errors import BrokerError, DatabaseUnavailable
+from broker.lease import Failure, Lease, WriteOutcome
+from broker.task import Fail, JobContext, Retry, Task, get_task, registered
+from broker.worker import registry
+from broker.worker._conn import Backoff, Connection
+from broker.worker.listener import Listener, ListenerConfig
+from broker.worker.reaper import Reaper, ReaperConfig
+from broker.worker.writer import Outcome, OutcomeWriter, WriterConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
+# After the grace period, released leases still need their release written.
+DEFAULT_FINAL_WRITE_TIMEOUT = 10.0
+MAX_ERROR_CHARS = 8000
+
+# Why a handler was stopped before it returned.
+STOP_CANCEL = "cancel requested"
+STOP_LOST = "lease lost"
+STOP_SHUTDOWN = "worker shutdown"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs; `settings` supplies schema, TTL, state dir."""
+
+    database_url: str
+    queues: tuple[str, ...]
+    concurrency: int = DEFAULT_CONCURRENCY
+    seq: int = 1
+    settings: Settings = field(default_factory=Settings)
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    heartbeat_interval: float | None = None
+    max_clock_skew: float | None = None
+    reaper: ReaperConfig = field(default_factory=ReaperConfig)
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    version: str = "0"
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if self.seq < 0:
+            raise ValueError("seq must not be negative")
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.settings.lease_ttl if self.settings else DEFAULT_LEASE_TTL
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Heartbeats run three times per TTL so one late beat never loses a lease."""
+        return self.heartbeat_interval or self.lease_ttl / 3
+
+
+@dataclass(eq=False)
+class _Held:
+    """A lease this process holds: its handler, and whether its outcome is on the way."""
+
+    lease: Lease
+    task: Task | None
+    ctx: JobContext
+    handle: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+    finished: bool = False
+
+    def stop(self, reason: str) -> None:
+        if self.finished or self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.ctx._cancel(reason)
+        if self.handle is not None:
+            self.handle.cancel()
+
+
+class Worker:
+    """One worker process's runtime. `await worker.run()` until `stop()` (or a signal)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.worker_id = ""
+        self._held: dict[int, _Held] = {}
+        self._active = 0
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix="broker-task"
+        )
+        self._skew: float | None = None
+        self._lock: registry.IdentityLock | None = None
+        url, schema = config.database_url, self.settings.schema
+        self._claims = Connection(url, schema, "claim")
+        self._writes = Connection(url, schema, "write")
+        self._beats = Connection(url, schema, "heartbeat")
+        self._reaps = Connection(url, schema, "reaper")
+        self.writer = OutcomeWriter(
+            self._writes, self.settings.jobs_channel, self._written, config.writer
+        )
+        self.reaper = Reaper(self._reaps, config.reaper)
+        self.listener = Listener(
+            url,
+            self.settings,
+            on_jobs=self._on_jobs,
+            on_cancel=self._on_cancel,
+            on_connected=self._wake.set,
+            config=config.listener,
+        )
+        self.claimed = 0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming and drain: a first call starts the grace period, a second ends it."""
+        if self._stopping.is_set():
+            log.warning("second stop request: releasing running jobs now")
+            self._hurry.set()
+        else:
+            log.info("stopping: no new claims; waiting up to %ss", self.config.shutdown_grace)
+            self._stopping.set()
+        self._wake.set()
+        self._slot_free.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def run(self) -> None:
+        """Register, serve until stopped, drain, hand back what is left, unregister.
+
+        Raises WorkerIdInUse or ClockSkewTooLarge before serving anything.
+        """
+        self._loop = asyncio.get_running_loop()
+        await self._register()
+        services = [
+            asyncio.create_task(self.listener.run(), name="listener"),
+            asyncio.create_task(self.writer.run(), name="writer"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.reaper.run(), name="reaper"),
+        ]
+        log.info(
+            "worker %s serving %s with concurrency %d",
+            self.worker_id,
+            ",".join(self.config.queues),
+            self.config.concurrency,
+        )
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for service in services:
+                service.cancel()
+            await asyncio.gather(*services, return_exceptions=True)
+            await self._unregister()
+            for conn in (self._claims, self._writes, self._beats, self._reaps):
+                await conn.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._lock is not None:
+                self._lock.release()
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _register(self) -> None:
+        directory = registry.state_dir(self.settings)
+        host_id = registry.load_host_id(directory)
+        self.worker_id = registry.worker_id_for(host_id, self.config.seq)
+        self._lock = registry.IdentityLock(directory, self.config.seq)
+        self._lock.acquire(self.worker_id)
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                await self._register_once(host_id)
+                return
+            except DatabaseUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("cannot register worker (%s); retrying", exc)
+                await backoff.sleep()
+
+    async def _register_once(self, host_id: Any) -> None:
+        sent = registry.now()
+        db_time = await self._beats.run(lease.db_clock())
+        reading = registry.skew_from(db_time, sent, registry.now())
+        self._check_skew(reading.skew, starting=True)
+        existing = await self._beats.run(registry.get(self.worker_id, self.config.lease_ttl))
+        if existing is not None and existing.live and existing.hostname != _hostname():
+            raise registry.WorkerIdInUse(
+                f"worker id {self.worker_id} is live on host {existing.hostname} "
+                f"(pid {existing.pid}); is this state directory shared?"
+            )
+        await self._beats.run(
+            registry.register(
+                self.worker_id,
+                host_id,
+                self.config.seq,
+                list(self.config.queues),
+                self.config.concurrency,
+                self.config.version,
+                self._skew,
+                {"kinds": sorted(_kinds())},
+            )
+        )
+
+    def _check_skew(self, skew: float, *, starting: bool = False) -> None:
+        self._skew = skew
+        limit = self.config.max_clock_skew
+        if starting and limit is not None and abs(skew) > limit:
+            raise registry.ClockSkewTooLarge(
+                f"clock differs from the database's by {skew:+.3f}s (limit {limit}s)"
+            )
+        if abs(skew) > self.settings.clock_skew_tolerance:
+            log.warning(
+                "clock differs from the database's by %+.3fs (tolerance %ss); leases use "
+                "the database clock, but timestamps in logs will disagree",
+                skew,
+                self.settings.clock_skew_tolerance,
+            )
+
+    async def _unregister(self) -> None:
+        try:
+            await asyncio.wait_for(self._beats.run(registry.stopped(self.worker_id)), 3.0)
+        except (BrokerError, psycopg.Error, TimeoutError) as exc:
+            log.warning("could not mark the worker stopped: %s", exc)
+
+    # --- claims -------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = Backoff(base=0.05, cap=self.config.poll_interval * 5)
+        queues = list(self.config.queues)
+        while not self._stopping.is_set():
+            free = self.config.concurrency - self._active
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            try:
+                leases = await self._claims.run(
+                    lease.claim(queues, free, self.worker_id, self.config.lease_ttl)
+                )
+            except (BrokerError, psycopg.Error) as exc:
+                log.warning("claim failed: %s", exc)
+                await self._wait(self._stopping, backoff.next())
+                continue
+            backoff.reset()
+            self.claimed += len(leases)
+            for held in leases:
+                self._start(held)
+            if len(leases) < free:
+                # The queues are drained for now: sleep until a notification or the poll.
+                await self._wait(self._wake, self.config.poll_interval)
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _on_jobs(self, queue: str) -> None:
+        if queue in self.config.queues:
+            self._wake.set()
+
+    def _on_cancel(self, job_id: int) -> None:
+        held = self._held.get(job_id)
+        if held is not None:
+            log.info("job %s: cancel requested", job_id)
+            held.stop(STOP_CANCEL)
+
+    # --- running handlers ---------------------------------------------------------------
+
+    def _start(self, held_lease: Lease) -> None:
+        previous = self._held.get(held_lease.job_id)
+        if previous is not None:
+            # We claimed a newer epoch of a job we still track: the old lease is stale.
+            self._lost(previous)
+        ctx = JobContext(
+            id=held_lease.job_id,
+            attempt=held_lease.attempt,
+            epoch=held_lease.epoch,
+            kind=held_lease.kind,
+            queue=held_lease.queue,
+            worker_id=self.worker_id,
+            _log=functools.partial(self._log_line, held_lease),
+            _loop=self._loop,
+        )
+        held = _Held(held_lease, get_task(held_lease.kind), ctx)
+        self._held[held_lease.job_id] = held
+        self._active += 1
+        handle = asyncio.create_task(self._run_job(held))
+        held.handle = handle
+        self._handlers.add(handle)
+        handle.add_done_callback(self._handlers.discard)
+
+    def _log_line(self, held_lease: Lease, line: str) -> None:
+        held = self._held.get(held_lease.job_id)
+        if held is not None and held.lease.epoch == held_lease.epoch and not held.finished:
+            self.writer.add_log(held_lease, line)
+
+    async def _run_job(self, held: _Held) -> None:
+        outcome: Outcome | None
+        try:
+            outcome = await self._invoke(held)
+        except asyncio.CancelledError:
+            outcome = self._stopped_outcome(held)
+        finally:
+            held.finished = True
+            self._active -= 1
+            self._slot_free.set()
+        if outcome is None:
+            self._drop(held)
+        else:
+            self.writer.submit(outcome)
+
+    def _stopped_outcome(self, held: _Held) -> Outcome | None:
+        reason = held.stop_reason
+        if reason == STOP_CANCEL:
+            return Outcome("cancel", held.lease, "cancelled while running")
+        if reason == STOP_SHUTDOWN:
+            return Outcome("release", held.lease)
+        # Lost lease (or a cancellation we did not ask for): someone else owns the job now.
+        return None
+
+    async def _invoke(self, held: _Held) -> Outcome:
+        task, job = held.task, held.lease
+        if task is None:
+            return Outcome(
+                "fail",
+                job,
+                Failure(f"no task registered for kind {job.kind!r} on worker {self.worker_id}"),
+            )
+        kwargs: dict[str, Any] = dict(job.args)
+        if task.wants_ctx:
+            kwargs["ctx"] = held.ctx
+        timeout = job.timeout if job.timeout is not None else task.timeout
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                if task.is_async:
+                    result = await task.fn(**kwargs)
+                else:
+                    call = functools.partial(task.fn, **kwargs)
+                    result = await self._loop.run_in_executor(
+                        self._executor, contextvars.copy_context().run, call
+                    )
+        except TimeoutError as exc:
+            if deadline.expired():
+                held.ctx._cancel("timeout")
+                return self._failure(held, f"timed out after {timeout}s", retryable=True)
+            return self._failure(held, _describe(exc), retryable=True)
+        except Retry as exc:
+            return Outcome("fail", job, Failure(exc.reason, True, exc.delay))
+        except Fail as exc:
+            return Outcome("fail", job, Failure(str(exc) or "Fail", retryable=False))
+        except Exception as exc:
+            return self._failure(held, _describe(exc), retryable=True)
+        try:
+            msgspec.json.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            return Outcome(
+                "fail", job, Failure(f"result is not JSON-serializable: {exc}", retryable=False)
+            )
+        return Outcome("complete", job, result)
+
+    def _failure(self, held: _Held, error: str, *, retryable: bool) -> Outcome:
+        task, job = held.task, held.lease
+        delay: float | None = None
+        if task is not None:
+            if task.retry is False:
+                retryable = False
+            if task.max_attempts is not None and job.attempt >= task.max_attempts:
+                retryable = False
+            delay = task.retry_delay(job.attempt)
+        return Outcome("fail", job, Failure(error[:MAX_ERROR_CHARS], retryable, delay))
+
+    # --- outcomes and lost leases --------------------------------------------------------
+
+    def _written(self, held_lease: Lease, kind: str, outcome: WriteOutcome) -> None:
+        held = self._held.get(held_lease.job_id)
+        if held is not None and held.lease.epoch == held_lease.epoch:
+            del self._held[held_lease.job_id]
+        if not outcome.applied:
+            log.warning(
+                "job %s epoch %s: %s rejected, the lease was lost; outcome discarded",
+                held_lease.job_id,
+                held_lease.epoch,
+                kind,
+            )
+
+    def _drop(self, held: _Held) -> None:
+        current = self._held.get(held.lease.job_id)
+        if current is held:
+            del self._held[held.lease.job_id]
+
+    def _lost(self, held: _Held) -> None:
+        log.warning(
+            "job %s epoch %s: lease lost; stopping its handler", held.lease.job_id, held.lease.epoch
+        )
+        self.writer.forget(held.lease.job_id, held.lease.epoch)
+        self._drop(held)
+        held.stop(STOP_LOST)
+
+    # --- heartbeats ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_every
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat_once()
+                interval = self.config.heartbeat_every
+            except (BrokerError, psycopg.Error) as exc:
+                log.warning("heartbeat failed: %s", exc)
+                # Retry sooner: the leases keep running out meanwhile.
+                interval = min(1.0, self.config.heartbeat_every)
+
+    async def _heartbeat_once(self) -> None:
+        # Leases whose outcome is already being written are left out: the write ends them.
+        leases = [h.lease for h in self._held.values() if not h.finished]
+        if leases:
+            beat = await self._beats.run(lease.heartbeat(leases, self.config.lease_ttl))
+            for lost in beat.lost:
+                held = self._held.get(lost.job_id)
+                if held is not None and held.lease.epoch == lost.epoch and not held.finished:
+                    self._lost(held)
+            for wanted in beat.cancel_requested:
+                self._on_cancel(wanted.job_id)
+        sent = registry.now()
+        db_time = await self._beats.run(registry.seen(self.worker_id, self._skew))
+        if db_time is not None:
+            self._check_skew(registry.skew_from(db_time, sent, registry.now()).skew)
+
+    # --- shutdown -----------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if self._active:
+            log.info("waiting for %d running job(s)", self._active)
+            grace = asyncio.create_task(self._all_finished())
+            hurry = asyncio.create_task(self._hurry.wait())
+            await asyncio.wait(
+                {grace, hurry},
+                timeout=self.config.shutdown_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            grace.cancel()
+            hurry.cancel()
+        unfinished = [h for h in self._held.values() if not h.finished]
+        if unfinished:
+            log.info("handing back %d unfinished job(s)", len(unfinished))
+            for held in unfinished:
+                held.stop(STOP_SHUTDOWN)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=DEFAULT_FINAL_WRITE_TIMEOUT)
+        try:
+            await asyncio.wait_for(self.writer.wait_idle(), DEFAULT_FINAL_WRITE_TIMEOUT)
+        except TimeoutError:
+            log.error(
+                "gave up writing %d outcome(s); their leases will expire and be reaped",
+                self.writer.pending,
+            )
+
+    async def _all_finished(self) -> None:
+        while self._active:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= MAX_ERROR_CHARS else text[-MAX_ERROR_CHARS:]
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _kinds() -> list[str]:
+    return list(registered())

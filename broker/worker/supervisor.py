@@ -1,0 +1,105 @@
+"""`broker worker --processes N`: run N worker processes (seq 1..N), restart any that dies.
+
+Python runs one core per process, so N processes use N cores. Children get their
+options through BROKER_* variables; SIGTERM/SIGINT are forwarded (a second one too,
+which makes the children hand their jobs back at once). A child that keeps dying soon
+after starting is restarted with a growing delay, so a broken deployment does not spin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2
+RESTART_DELAY_MIN = 0.5
+RESTART_DELAY_MAX = 30.0
+# A child that ran at least this long counts as healthy: its next restart is immediate.
+HEALTHY_AFTER = 10.0
+
+
+@dataclass
+class _Child:
+    seq: int
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    delay: float = RESTART_DELAY_MIN
+    restart_at: float = 0.0
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts and watches the worker processes; `run()` returns the exit code."""
+
+    def __init__(self, processes: int, env: Mapping[str, str]) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        self.children = [_Child(seq) for seq in range(1, processes + 1)]
+        self.env = dict(env)
+        self._signals = 0
+
+    def _spawn(self, child: _Child) -> None:
+        env = {
+            **os.environ,
+            **self.env,
+            "BROKER_WORKER_SEQ": str(child.seq),
+            "BROKER_PROCESSES": "1",
+        }
+        child.proc = subprocess.Popen([sys.executable, "-m", "broker.worker"], env=env)
+        child.started = time.monotonic()
+        log.info("started worker seq %d (pid %d)", child.seq, child.proc.pid)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signum)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for child in self.children:
+            self._spawn(child)
+        while True:
+            now = time.monotonic()
+            alive = 0
+            for child in self.children:
+                proc = child.proc
+                if proc is not None and proc.poll() is None:
+                    alive += 1
+                    continue
+                if self._signals:
+                    continue
+                if proc is not None:
+                    ran = now - child.started
+                    child.delay = (
+                        RESTART_DELAY_MIN
+                        if ran >= HEALTHY_AFTER
+                        else min(RESTART_DELAY_MAX, child.delay * 2)
+                    )
+                    log.warning(
+                        "worker seq %d (pid %d) exited with %s after %.1fs; restarting in %.1fs",
+                        child.seq,
+                        proc.pid,
+                        proc.returncode,
+                        ran,
+                        child.delay,
+                    )
+                    child.proc = None
+                    child.restart_at = now + child.delay
+                elif now >= child.restart_at:
+                    child.restarts += 1
+                    self._spawn(child)
+                    alive += 1
+            if self._signals and alive == 0:
+                return 0
+            time.sleep(POLL_INTERVAL)

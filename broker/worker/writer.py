@@ -1,0 +1,161 @@
+"""Batched, fenced outcome writes: completions, failures, cancel acks, releases and log lines.
+
+Handlers hand their outcome to the writer and free their slot at once; the writer sends
+everything pending as one statement per kind, flushed after `flush_interval` or as soon
+as `flush_size` outcomes wait. Log lines go first, because they are fenced like any
+write and would be dropped once the job's outcome has ended its lease. When the database
+is unavailable the batch is kept and retried with backoff: a retried write that had in
+fact applied is rejected as stale (the job already left `running`), never applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from broker import lease
+from broker.errors import BrokerError, DatabaseUnavailable
+from broker.lease import Failure, Lease, Statement, WriteOutcome
+from broker.worker._conn import Backoff, Connection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_INTERVAL = 0.002
+DEFAULT_FLUSH_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    """Longest wait before a flush (seconds) and the batch size that flushes at once."""
+
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    flush_size: int = DEFAULT_FLUSH_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to write for one lease: complete (payload = result), fail (payload = Failure),
+    cancel (payload = reason) or release."""
+
+    kind: str
+    lease: Lease
+    payload: Any = None
+
+
+OnWritten = Callable[[Lease, str, WriteOutcome], None]
+
+
+class OutcomeWriter:
+    """Collects outcomes and log lines and writes them in batches on its own connection."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        jobs_channel: str,
+        on_written: OnWritten,
+        config: WriterConfig | None = None,
+    ) -> None:
+        self.conn = conn
+        self.config = config or WriterConfig()
+        self._jobs_channel = jobs_channel
+        self._on_written = on_written
+        # Keyed by job id: a newer epoch of the same job replaces an older, stale outcome.
+        self._pending: dict[int, Outcome] = {}
+        self._logs: list[tuple[Lease, str]] = []
+        self._ready = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.written = 0
+
+    def submit(self, outcome: Outcome) -> None:
+        self._pending[outcome.lease.job_id] = outcome
+        self._idle.clear()
+        self._ready.set()
+        if len(self._pending) >= self.config.flush_size:
+            self._full.set()
+
+    def add_log(self, held: Lease, line: str) -> None:
+        self._logs.append((held, line))
+        self._idle.clear()
+        self._ready.set()
+
+    def forget(self, job_id: int, epoch: int) -> None:
+        """Drop a pending outcome of a lease known to be lost."""
+        pending = self._pending.get(job_id)
+        if pending is not None and pending.lease.epoch == epoch:
+            del self._pending[job_id]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + len(self._logs)
+
+    async def wait_idle(self) -> None:
+        """Until everything submitted so far is written (or given up)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Flush forever (until cancelled)."""
+        backoff = Backoff(base=0.05, cap=2.0)
+        while True:
+            await self._ready.wait()
+            if len(self._pending) < self.config.flush_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.config.flush_interval)
+            self._ready.clear()
+            self._full.clear()
+            logs, self._logs = self._logs, []
+            batch, self._pending = self._pending, {}
+            while True:
+                try:
+                    await self._write(logs, batch)
+                    backoff.reset()
+                    break
+                except DatabaseUnavailable as exc:
+                    log.warning("writer: %s; retrying", exc)
+                    await backoff.sleep()
+                    # Outcomes submitted meanwhile for the same job (a newer epoch) win.
+                    for job_id in list(batch):
+                        if job_id in self._pending:
+                            del batch[job_id]
+                except (BrokerError, psycopg.Error, ValueError):
+                    log.exception("writer: dropping a batch of %d outcomes", len(batch))
+                    break
+            if not self._pending and not self._logs:
+                self._idle.set()
+
+    async def _write(self, logs: list[tuple[Lease, str]], batch: dict[int, Outcome]) -> None:
+        """Write `logs`, then `batch` one statement per kind; what was written is removed
+        from both, so a retry after a failure sends only the rest."""
+        if logs:
+            await self.conn.run(lease.append_logs(logs))
+            logs.clear()
+        by_kind: dict[str, list[Outcome]] = {}
+        for outcome in batch.values():
+            by_kind.setdefault(outcome.kind, []).append(outcome)
+        for kind, group in by_kind.items():
+            results = await self.conn.run(self._statement(kind, group))
+            self.written += len(results)
+            leases = {o.lease.job_id: o.lease for o in group}
+            for o in group:
+                del batch[o.lease.job_id]
+            for result in results:
+                self._on_written(leases[result.job_id], kind, result)
+
+    def _statement(self, kind: str, group: list[Outcome]) -> Statement[list[WriteOutcome]]:
+        if kind == "complete":
+            return lease.complete([(o.lease, o.payload) for o in group])
+        if kind == "fail":
+            failures: list[tuple[Lease, Failure]] = [(o.lease, o.payload) for o in group]
+            return lease.fail(failures)
+        if kind == "cancel":
+            return lease.cancel_ack([(o.lease, str(o.payload)) for o in group])
+        if kind == "release":
+            return lease.release([o.lease for o in group], self._jobs_channel)
+        raise ValueError(f"unknown outcome kind {kind!r}")
