@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from broker import Broker, lease
-from broker.lease import Failure, Lease, Statement
+from broker.lease import COPY_MIN_BATCH, Failure, JobSpec, Lease, Statement
 from tests.dbtime import advance_db_time
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -118,6 +118,28 @@ def test_claims_and_reaper_ignore_the_host_clock(
     assert abs(skewed_now.timestamp() - db_now.timestamp() - offset) < 600
 
     assert _scenario(broker, conn) == EXPECTED
+
+
+@pytest.mark.parametrize("offset", [DAY, -DAY], ids=["plus-1-day", "minus-1-day"])
+def test_bulk_enqueue_schedules_by_the_database_clock(
+    broker: Broker, conn: Conn, skew_host_clock: Callable[[float], None], offset: float
+) -> None:
+    # Big key-less batches take the COPY path, which computes run_at in Python: from the
+    # database's now() read in the same transaction, never from the host clock.
+    skew_host_clock(offset)
+    ids = [
+        e.id for e in broker.enqueue_many(JobSpec("bulk", delay=30) for _ in range(COPY_MIN_BATCH))
+    ]
+    due = conn.execute(
+        "SELECT min(extract(epoch FROM run_at - now())), max(extract(epoch FROM run_at - now()))"
+        " FROM broker.jobs WHERE id = ANY(%s)",
+        (ids,),
+    ).fetchone()
+    assert due is not None
+    assert 10 < float(due[0]) <= float(due[1]) <= 30
+    assert broker.claim(["default"], COPY_MIN_BATCH, "skew:1") == []
+    advance_db_time(conn, 31)
+    assert len(broker.claim(["default"], COPY_MIN_BATCH, "skew:1")) == COPY_MIN_BATCH
 
 
 def _values(value: Any) -> Iterator[Any]:
