@@ -1,11 +1,13 @@
 """Benchmark enqueue through the library: batch `enqueue_many` throughput and single `enqueue`.
 
-Batch: TOTAL no-op jobs (default 100,000) enqueued with Broker.enqueue_many in calls of
-BATCH specs (default 1,000 and 10,000), one connection, after TRUNCATE + VACUUM ANALYZE +
-CHECKPOINT. The JobSpec objects are built before the clock starts (that is the caller's
-work); serialization, the round trip and the enqueue_many() SQL function (insert,
-`enqueued` events, NOTIFY) are timed. Single: Broker.enqueue in a loop for SECONDS,
-one connection, one transaction per call.
+Batch: TOTAL no-op jobs (default 100,000) enqueued in calls of BATCH specs (default 1,000
+and 10,000), one connection, after TRUNCATE + VACUUM ANALYZE + CHECKPOINT, two ways:
+`Broker.enqueue_many` as users call it (plain batches of 500 or more take the COPY
+path) and the `broker.enqueue_many(jsonb)` SQL function itself, which every keyed
+(idempotency/subject) batch, small batch, REST and SQL caller goes through. The JobSpec
+objects are built before the clock starts (that is the caller's work); serialization,
+the round trips and the database work (jobs rows, `enqueued` events, NOTIFY) are timed.
+Single: Broker.enqueue in a loop for SECONDS, one connection, one transaction per call.
 
     python -m bench.enqueue                          # 100,000 jobs, batch 1,000 and 10,000
     python -m bench.enqueue --total 5000 --seconds 1 --reps 1   # quick smoke run
@@ -27,11 +29,15 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from broker import Broker, JobSpec
+from broker import Broker, JobSpec, lease
 from broker.config import DEFAULT_SCHEMA
 from broker.migrate import upgrade
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PATHS = {
+    "library": "Broker.enqueue_many",
+    "function": "SQL enqueue_many(jsonb)",
+}
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -65,13 +71,17 @@ def reset_and_settle(url: str, schema: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def batch_enqueue(broker: Broker, total: int, batch: int) -> float:
-    """Enqueue `total` jobs in calls of `batch`; returns jobs/s."""
+def batch_enqueue(broker: Broker, total: int, batch: int, path: str) -> float:
+    """Enqueue `total` jobs in calls of `batch` through `path` ("library" or "function");
+    returns jobs/s."""
     specs = [JobSpec("noop", {"i": i}) for i in range(total)]
     chunks = [specs[start : start + batch] for start in range(0, total, batch)]
     t0 = time.perf_counter()
     for chunk in chunks:
-        broker.enqueue_many(chunk)
+        if path == "library":
+            broker.enqueue_many(chunk)
+        else:
+            broker.run(lease.enqueue_many(chunk))
     return total / (time.perf_counter() - t0)
 
 
@@ -114,15 +124,16 @@ def main() -> None:
     ):
         broker.db_clock()  # open the connection before any clock starts
         for rep in range(opts.reps):
-            for batch in batches:
-                reset_and_settle(url, opts.schema)
-                rate = batch_enqueue(broker, opts.total, batch)
-                rates.setdefault(f"enqueue_many batch {batch:,}", []).append(rate)
-                print(
-                    f"rep {rep} enqueue_many batch {batch:,} ({opts.total:,} jobs): "
-                    f"{rate:,.0f} jobs/s",
-                    flush=True,
-                )
+            for path in ("library", "function"):
+                for batch in batches:
+                    reset_and_settle(url, opts.schema)
+                    rate = batch_enqueue(broker, opts.total, batch, path)
+                    name = f"{PATHS[path]} batch {batch:,}"
+                    rates.setdefault(name, []).append(rate)
+                    print(
+                        f"rep {rep} {name} ({opts.total:,} jobs): {rate:,.0f} jobs/s",
+                        flush=True,
+                    )
             reset_and_settle(url, opts.schema)
             rate = single_enqueue(broker, opts.seconds)
             rates.setdefault("enqueue (one job per call)", []).append(rate)
