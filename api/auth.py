@@ -1,0 +1,92 @@
+"""Bearer-token authentication with scopes (submit, work, admin), as Litestar guards.
+
+Tokens are compared in constant time: every configured token is checked (no early exit)
+and the comparison is between fixed-length digests, so neither the position of a match
+nor a token's length shows in the response time. `admin` implies every other scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
+
+from api.config import SCOPES, ApiSettings
+
+_PRINCIPAL = "broker_principal"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the scopes granted and a stable, non-secret id for the token."""
+
+    token_id: str
+    scopes: frozenset[str]
+
+    @property
+    def key_prefix(self) -> str:
+        """Prefix that scopes idempotency keys to this token."""
+        return self.token_id + ":"
+
+
+ANONYMOUS = Principal(hashlib.sha256(b"").hexdigest()[:16], SCOPES)
+
+
+class Authenticator:
+    """Resolves a request's Authorization header to a Principal."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.disabled = settings.auth_disabled
+        self._tokens = [
+            (hashlib.sha256(t.secret.encode()).digest(), t.scopes) for t in settings.tokens
+        ]
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller's principal. Raises NotAuthorizedException (401) without a valid token."""
+        if self.disabled:
+            return ANONYMOUS
+        challenge = {"WWW-Authenticate": 'Bearer realm="pg-broker"'}
+        if not authorization:
+            raise NotAuthorizedException("missing bearer token", headers=challenge)
+        scheme, _, presented = authorization.partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            raise NotAuthorizedException(
+                "the Authorization header must be 'Bearer <token>'", headers=challenge
+            )
+        digest = hashlib.sha256(presented.encode()).digest()
+        matched: frozenset[str] | None = None
+        for known, scopes in self._tokens:
+            if hmac.compare_digest(digest, known):
+                matched = scopes
+        if matched is None:
+            raise NotAuthorizedException("invalid bearer token", headers=challenge)
+        return Principal(digest.hex()[:16], matched)
+
+
+def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The principal a guard stored on this request (ANONYMOUS when auth is disabled)."""
+    found = connection.scope.get("state", {}).get(_PRINCIPAL)
+    return found if isinstance(found, Principal) else ANONYMOUS
+
+
+def require(scope: str) -> Guard:
+    """A guard admitting callers whose token grants `scope` (or admin)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        auth: Authenticator = connection.app.state.authenticator
+        who = auth.authenticate(connection.headers.get("authorization"))
+        if scope not in who.scopes and "admin" not in who.scopes:
+            raise PermissionDeniedException(f"this token lacks the {scope!r} scope")
+        connection.scope.setdefault("state", {})[_PRINCIPAL] = who
+
+    guard.__name__ = f"require_{scope}"
+    return guard

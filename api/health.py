@@ -1,0 +1,49 @@
+"""Health checks for orchestrators: liveness (process up) and readiness (database migrated)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from litestar import Controller, Request, get
+from litestar.exceptions import ServiceUnavailableException
+
+from api.deps import BrokerClient, Runtime
+from api.problems import responses
+from api.schemas import Health, Readiness
+from broker import BrokerError
+from broker.inspect import schema_revision
+
+
+class HealthController(Controller):
+    """Unauthenticated on purpose: probes carry no tokens and these reveal nothing."""
+
+    tags = ["health"]
+
+    @get("/healthz", summary="Liveness: the process is up")
+    async def healthz(self) -> Health:
+        return Health("ok")
+
+    @get(
+        "/readyz",
+        responses=responses(503),
+        summary="Readiness: the database is reachable and migrated to this code's head",
+    )
+    async def readyz(self, request: Request[Any, Any, Any], client: BrokerClient) -> Readiness:
+        runtime: Runtime = request.app.state.runtime
+        try:
+            current = await client.run(schema_revision())
+        except (BrokerError, psycopg.Error) as exc:
+            if isinstance(exc, psycopg.errors.UndefinedTable):
+                raise _not_ready("the database has not been migrated") from None
+            raise _not_ready("the database is unreachable") from None
+        if current != runtime.expected_revision:
+            raise _not_ready(
+                f"the database is at revision {current}, this code expects "
+                f"{runtime.expected_revision}: run `broker migrate`"
+            )
+        return Readiness("ok", "reachable", current, runtime.expected_revision)
+
+
+def _not_ready(detail: str) -> Exception:
+    return ServiceUnavailableException(detail)

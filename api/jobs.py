@@ -1,0 +1,316 @@
+"""The jobs resource: enqueue (single, batch, idempotent), read, list, events, logs, control."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import (
+    FromQuery,
+    HeaderParameter,
+    JSONBody,
+    Parameter,
+    QueryParameter,
+)
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from psycopg import errors as pg_errors
+
+from api.auth import principal, require
+from api.deps import BrokerClient, Runtime
+from api.problems import responses
+from api.schemas import (
+    NAME_PATTERN,
+    BatchIn,
+    BatchOut,
+    EnqueuedOut,
+    EventList,
+    EventOut,
+    JobIn,
+    JobOut,
+    JobPage,
+    JobState,
+    LogLineOut,
+    LogPage,
+    StateOut,
+)
+from broker import JobSpec, lease
+from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
+from broker.lease import Enqueued
+from broker.schema import TERMINAL_STATES
+
+MAX_ID = 2**63 - 1
+JobId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Job id.")]
+FOLLOW_POLL_SECONDS = 0.25
+REPLAY_HEADER = "Idempotent-Replayed"
+# An idempotent enqueue can lose a race to a job that is then deleted; the SQL function
+# asks for a retry with serialization_failure, which is safe to repeat.
+ENQUEUE_ATTEMPTS = 3
+
+
+def _spec(job: JobIn, key: str | None) -> JobSpec:
+    return JobSpec(
+        kind=job.kind,
+        args=job.args,
+        queue=job.queue,
+        priority=job.priority,
+        run_at=job.run_at,
+        delay=job.delay,
+        max_attempts=job.max_attempts,
+        timeout=job.timeout,
+        idempotency_key=key,
+        subject_key=job.subject_key,
+        tags=job.tags,
+    )
+
+
+async def _enqueue(client: BrokerClient, specs: list[JobSpec]) -> list[Enqueued]:
+    for attempt in range(ENQUEUE_ATTEMPTS):
+        try:
+            return await client.run(lease.enqueue_many(specs))
+        except pg_errors.SerializationFailure:
+            if attempt == ENQUEUE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def encode_cursor(last_id: int) -> str:
+    """An opaque page cursor for ids below `last_id`."""
+    return base64.urlsafe_b64encode(f"j1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The id a cursor points below. Raises ValidationException (400) for a bad cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, _, value = raw.partition(":")
+        last_id = int(value)
+        if tag != "j1" or not 1 <= last_id <= MAX_ID:
+            raise ValueError(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationException("cursor is not one this API returned") from None
+    return last_id
+
+
+class JobsController(Controller):
+    """Jobs: submit with the `submit` scope (admin may do everything)."""
+
+    path = "/v1/jobs"
+    tags = ["jobs"]
+    security = [{"bearer": []}]
+    guards = [require("submit")]
+
+    @post(
+        "/",
+        status_code=201,
+        responses=responses(400, 401, 403, 413, 422, 503),
+        summary="Enqueue a job",
+        description=(
+            "Creates a job. With an idempotency key (Idempotency-Key header or body field), "
+            "repeating the same request returns the original job with status 201 and "
+            f"`{REPLAY_HEADER}: true`; the same key with a different request gets 422. "
+            "Keys are scoped to the API token."
+        ),
+    )
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[JobIn],
+        client: BrokerClient,
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                min_length=1,
+                max_length=200,
+                pattern=r"^[\x21-\x7e]+$",
+                required=False,
+            ),
+        ] = None,
+    ) -> Response[JobOut]:
+        if idempotency_key and data.idempotency_key and idempotency_key != data.idempotency_key:
+            raise HTTPException(
+                status_code=422,
+                detail="the Idempotency-Key header and the body's idempotency_key differ",
+            )
+        prefix = principal(request).key_prefix
+        key = idempotency_key or data.idempotency_key
+        enqueued = (await _enqueue(client, [_spec(data, prefix + key if key else None)]))[0]
+        job = await client.get_job(enqueued.id)
+        runtime: Runtime = request.app.state.runtime
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if enqueued.created:
+            runtime.metrics.enqueued.inc(job.queue)
+        else:
+            headers[REPLAY_HEADER] = "true"
+        return Response(JobOut.of(job, prefix), status_code=201, headers=headers)
+
+    @post(
+        "/batch",
+        status_code=201,
+        responses=responses(400, 401, 403, 413, 422, 503),
+        summary="Enqueue many jobs at once",
+        description="One transaction: all jobs are created or none is. Results keep input order.",
+    )
+    async def create_batch(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[BatchIn],
+        client: BrokerClient,
+    ) -> BatchOut:
+        if request.headers.get("idempotency-key"):
+            raise HTTPException(
+                status_code=422,
+                detail="a batch takes an idempotency_key per job, not an Idempotency-Key header",
+            )
+        prefix = principal(request).key_prefix
+        specs = [
+            _spec(job, prefix + job.idempotency_key if job.idempotency_key else None)
+            for job in data.jobs
+        ]
+        enqueued = await _enqueue(client, specs)
+        runtime: Runtime = request.app.state.runtime
+        for job, result in zip(data.jobs, enqueued, strict=True):
+            if result.created:
+                runtime.metrics.enqueued.inc(job.queue)
+        return BatchOut([EnqueuedOut(e.id, e.created) for e in enqueued])
+
+    @get("/{job_id:int}", responses=responses(400, 401, 403, 404, 503), summary="Get a job")
+    async def read(
+        self, request: Request[Any, Any, Any], job_id: JobId, client: BrokerClient
+    ) -> JobOut:
+        return JobOut.of(await client.get_job(job_id), principal(request).key_prefix)
+
+    @get(
+        "/",
+        responses=responses(400, 401, 403, 503),
+        summary="List jobs, newest first",
+        description=f"Keyset pagination: pass `next_cursor` back as `cursor`. At most "
+        f"{MAX_PAGE_SIZE} jobs per page.",
+    )
+    async def index(
+        self,
+        request: Request[Any, Any, Any],
+        client: BrokerClient,
+        queue: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=128, pattern=NAME_PATTERN)
+        ] = None,
+        job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
+        kind: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=200, pattern=NAME_PATTERN)
+        ] = None,
+        tag: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+        created_after: FromQuery[datetime | None] = None,
+        created_before: FromQuery[datetime | None] = None,
+        cursor: Annotated[str | None, QueryParameter(min_length=1, max_length=100)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 100,
+    ) -> JobPage:
+        for name, value in (("created_after", created_after), ("created_before", created_before)):
+            if value is not None and value.tzinfo is None:
+                raise ValidationException(f"{name} must include a timezone offset")
+        filters = JobFilter(queue, job_state, kind, tag, created_after, created_before)
+        before = decode_cursor(cursor) if cursor else None
+        jobs = await client.run(list_jobs(filters, limit, before))
+        prefix = principal(request).key_prefix
+        next_cursor = encode_cursor(jobs[-1].id) if len(jobs) == limit else None
+        return JobPage([JobOut.of(j, prefix) for j in jobs], next_cursor)
+
+    @get(
+        "/{job_id:int}/events",
+        responses=responses(400, 401, 403, 404, 503),
+        summary="A job's history",
+    )
+    async def events(
+        self,
+        job_id: JobId,
+        client: BrokerClient,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 1000,
+    ) -> EventList:
+        await client.get_job(job_id)
+        found = await client.events(job_id, after, limit)
+        return EventList([EventOut.of(e) for e in found])
+
+    @get(
+        "/{job_id:int}/logs",
+        responses=responses(400, 401, 403, 404, 503),
+        summary="A job's log lines",
+        description=(
+            "With `follow=true` the answer is a text/event-stream: one `log` event per line "
+            "(data: the line as JSON), then one `end` event when the job has finished."
+        ),
+    )
+    async def logs(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        client: BrokerClient,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 1000,
+        follow: FromQuery[bool] = False,
+    ) -> Response[LogPage]:
+        await client.get_job(job_id)
+        if follow:
+            # Typed as the JSON page for the schema; the stream is described above.
+            return ServerSentEvent(_follow(client, job_id, after))  # type: ignore[return-value]
+        lines = await client.logs(job_id, after, limit)
+        return Response(
+            LogPage([LogLineOut.of(line) for line in lines], lines[-1].id if lines else after)
+        )
+
+    @post(
+        "/{job_id:int}/cancel",
+        status_code=200,
+        responses=responses(400, 401, 403, 404, 409, 503),
+        summary="Cancel a job",
+        description=(
+            "A queued job is cancelled at once (200). For a running job cancellation is "
+            "requested and its worker told (202); it ends `cancelled` when the worker stops "
+            "it or its lease expires. A finished job answers 409."
+        ),
+    )
+    async def cancel(self, job_id: JobId, client: BrokerClient) -> Response[StateOut]:
+        state = await client.cancel(job_id)
+        status = 202 if state == "running" else 200
+        return Response(StateOut(job_id, state), status_code=status)  # type: ignore[arg-type]
+
+    @post(
+        "/{job_id:int}/retry",
+        status_code=200,
+        responses=responses(400, 401, 403, 404, 409, 503),
+        summary="Run a failed or cancelled job again",
+    )
+    async def retry(self, job_id: JobId, client: BrokerClient) -> StateOut:
+        return StateOut(job_id, await client.retry(job_id))  # type: ignore[arg-type]
+
+
+async def _follow(
+    client: BrokerClient, job_id: int, after: int
+) -> AsyncIterator[ServerSentEventMessage]:
+    # The state is read before the lines: once a finished state has been seen, every
+    # line its worker wrote is already visible, so nothing is lost at the end.
+    while True:
+        job = await client.get_job(job_id)
+        lines = await client.logs(job_id, after, 1000)
+        for line in lines:
+            after = line.id
+            yield ServerSentEventMessage(
+                data=msgspec.json.encode(LogLineOut.of(line)).decode(),
+                event="log",
+                id=str(line.id),
+            )
+        if lines:
+            continue
+        if job.state in TERMINAL_STATES:
+            yield ServerSentEventMessage(
+                data=msgspec.json.encode({"id": job.id, "state": job.state}).decode(),
+                event="end",
+            )
+            return
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)

@@ -1,0 +1,156 @@
+"""The HTTP worker protocol: claim leases, then heartbeat/complete/fail under the lease epoch.
+
+Workers in any language use it. Each write carries the epoch returned by the claim and is
+fenced in the database exactly like the Python worker's; a lost lease answers 409.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from litestar import Controller, Request, post
+from litestar.params import JSONBody, Parameter
+
+from api.auth import require
+from api.deps import BrokerClient, Runtime
+from api.problems import responses
+from api.schemas import (
+    CompleteIn,
+    FailIn,
+    HeartbeatIn,
+    HeartbeatOut,
+    LeaseList,
+    LeaseOut,
+    LeaseRequest,
+    WriteOut,
+)
+from broker import Failure, Lease, LeaseLost
+
+JobId = Annotated[int, Parameter(ge=1, le=2**63 - 1, description="Job id.")]
+
+
+def _held(job_id: int, epoch: int, worker_id: str) -> Lease:
+    # Fenced writes use only (job id, epoch, worker id); the rest of the lease is what the
+    # claim told the worker, which the HTTP worker keeps on its side.
+    return Lease(job_id, epoch, "", "", {}, 0, 0, 0, None, worker_id)
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    found: Runtime = request.app.state.runtime
+    return found
+
+
+class LeasesController(Controller):
+    """Worker protocol endpoints; they need the `work` scope."""
+
+    path = "/v1"
+    tags = ["worker protocol"]
+    security = [{"bearer": []}]
+    guards = [require("work")]
+
+    @post(
+        "/leases",
+        status_code=200,
+        responses=responses(400, 401, 403, 413, 503),
+        summary="Claim jobs",
+        description="Leases up to `limit` runnable jobs (priority, then run_at, then id).",
+    )
+    async def claim(
+        self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest], client: BrokerClient
+    ) -> LeaseList:
+        runtime = _runtime(request)
+        ttl = data.lease_ttl or runtime.settings.lease_ttl
+        started = time.perf_counter()
+        leases = await client.claim(data.queues, data.limit, data.worker_id, ttl)
+        runtime.metrics.claim_latency.observe(time.perf_counter() - started)
+        return LeaseList(
+            [
+                LeaseOut(
+                    job_id=held.job_id,
+                    lease_epoch=held.epoch,
+                    queue=held.queue,
+                    kind=held.kind,
+                    args=held.args,
+                    priority=held.priority,
+                    attempt=held.attempt,
+                    max_attempts=held.max_attempts,
+                    timeout=held.timeout,
+                    worker_id=held.worker_id,
+                    lease_ttl=ttl,
+                )
+                for held in leases
+            ]
+        )
+
+    @post(
+        "/jobs/{job_id:int}/heartbeat",
+        status_code=200,
+        responses=responses(400, 401, 403, 409, 413, 503),
+        summary="Extend a lease",
+    )
+    async def heartbeat(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        data: JSONBody[HeartbeatIn],
+        client: BrokerClient,
+    ) -> HeartbeatOut:
+        runtime = _runtime(request)
+        ttl = data.lease_ttl or runtime.settings.lease_ttl
+        outcome = await client.heartbeat([_held(job_id, data.lease_epoch, data.worker_id)], ttl)
+        if outcome.lost:
+            runtime.metrics.lease_lost.inc("heartbeat")
+            raise LeaseLost(job_id, data.lease_epoch, "heartbeat")
+        return HeartbeatOut(job_id, data.lease_epoch, bool(outcome.cancel_requested))
+
+    @post(
+        "/jobs/{job_id:int}/complete",
+        status_code=200,
+        responses=responses(400, 401, 403, 409, 413, 422, 503),
+        summary="Report success",
+    )
+    async def complete(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        data: JSONBody[CompleteIn],
+        client: BrokerClient,
+    ) -> WriteOut:
+        runtime = _runtime(request)
+        held = _held(job_id, data.lease_epoch, data.worker_id)
+        outcome = (await client.complete_many([(held, data.result)]))[0]
+        if not outcome.applied:
+            runtime.metrics.lease_lost.inc("complete")
+            raise LeaseLost(job_id, data.lease_epoch, "complete")
+        runtime.metrics.completed.inc("succeeded")
+        return WriteOut(job_id, data.lease_epoch, "succeeded")
+
+    @post(
+        "/jobs/{job_id:int}/fail",
+        status_code=200,
+        responses=responses(400, 401, 403, 409, 413, 503),
+        summary="Report a failed attempt",
+        description=(
+            "The job is queued again after backoff (or `delay` seconds) while attempts remain "
+            "and the error is retryable; otherwise it ends `failed` (or `cancelled` when a "
+            "cancel was requested). The answer gives the new state."
+        ),
+    )
+    async def fail(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        data: JSONBody[FailIn],
+        client: BrokerClient,
+    ) -> WriteOut:
+        runtime = _runtime(request)
+        held = _held(job_id, data.lease_epoch, data.worker_id)
+        failure = Failure(data.error, data.retryable, data.delay)
+        outcome = (await client.fail_many([(held, failure)]))[0]
+        if not outcome.applied:
+            runtime.metrics.lease_lost.inc("fail")
+            raise LeaseLost(job_id, data.lease_epoch, "fail")
+        state = outcome.state or "queued"
+        runtime.metrics.completed.inc(state)
+        return WriteOut(job_id, data.lease_epoch, state)  # type: ignore[arg-type]

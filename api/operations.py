@@ -1,0 +1,166 @@
+"""Operator views: queues, workers (with host aggregation and clock skew), stats, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get
+
+from api.auth import require
+from api.deps import BrokerClient, Runtime
+from api.problems import responses
+from api.schemas import (
+    HostOut,
+    QueueList,
+    QueueOut,
+    StatsOut,
+    WorkerList,
+    WorkerOut,
+)
+from broker import inspect as views
+
+PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _runtime(request: Request[Any, Any, Any]) -> Runtime:
+    found: Runtime = request.app.state.runtime
+    return found
+
+
+class QueuesController(Controller):
+    path = "/v1/queues"
+    tags = ["operations"]
+    security = [{"bearer": []}]
+    guards = [require("admin")]
+
+    @get("/", responses=responses(401, 403, 503), summary="Jobs per queue and state")
+    async def index(self, client: BrokerClient) -> QueueList:
+        rows = await client.run(views.queues())
+        return QueueList(
+            [
+                QueueOut(
+                    r.queue,
+                    r.queued,
+                    r.available,
+                    r.scheduled,
+                    r.running,
+                    r.succeeded,
+                    r.failed,
+                    r.cancelled,
+                    r.oldest_available_age_seconds,
+                )
+                for r in rows
+            ]
+        )
+
+
+class WorkersController(Controller):
+    path = "/v1/workers"
+    tags = ["operations"]
+    security = [{"bearer": []}]
+    guards = [require("admin")]
+
+    @get(
+        "/",
+        responses=responses(401, 403, 503),
+        summary="Registered workers, and the same grouped by host",
+        description=(
+            "A worker is alive when it has not stopped and was seen within three lease TTLs "
+            "(database clock). clock_skew_exceeded flags workers whose clock differs from "
+            "the database's by more than BROKER_CLOCK_SKEW_TOLERANCE."
+        ),
+    )
+    async def index(self, request: Request[Any, Any, Any], client: BrokerClient) -> WorkerList:
+        runtime = _runtime(request)
+        tolerance = runtime.settings.clock_skew_tolerance
+        rows = await client.run(views.workers())
+        workers = [
+            WorkerOut(
+                worker_id=w.worker_id,
+                host_id=w.host_id,
+                seq=w.seq,
+                hostname=w.hostname,
+                pid=w.pid,
+                queues=w.queues,
+                concurrency=w.concurrency,
+                version=w.version,
+                started_at=w.started_at,
+                last_seen=w.last_seen,
+                stopped_at=w.stopped_at,
+                last_seen_age_seconds=w.last_seen_age_seconds,
+                alive=w.stopped_at is None
+                and w.last_seen_age_seconds <= runtime.worker_stale_after,
+                running_jobs=w.running_jobs,
+                clock_skew_seconds=w.clock_skew_seconds,
+                clock_skew_exceeded=w.clock_skew_seconds is not None
+                and abs(w.clock_skew_seconds) > tolerance,
+            )
+            for w in rows
+        ]
+        return WorkerList(workers, _hosts(workers, tolerance), tolerance)
+
+
+def _hosts(workers: list[WorkerOut], tolerance: float) -> list[HostOut]:
+    by_host: dict[str, list[WorkerOut]] = {}
+    for w in workers:
+        by_host.setdefault(w.host_id, []).append(w)
+    hosts = []
+    for host_id, members in by_host.items():
+        alive = [w for w in members if w.alive]
+        skews = [abs(w.clock_skew_seconds) for w in alive if w.clock_skew_seconds is not None]
+        worst = max(skews) if skews else None
+        hosts.append(
+            HostOut(
+                host_id=host_id,
+                hostname=members[-1].hostname,
+                workers=len(members),
+                alive=len(alive),
+                concurrency=sum(w.concurrency for w in alive),
+                running_jobs=sum(w.running_jobs for w in members),
+                max_abs_clock_skew_seconds=worst,
+                clock_skew_exceeded=worst is not None and worst > tolerance,
+            )
+        )
+    return hosts
+
+
+class StatsController(Controller):
+    path = "/v1/stats"
+    tags = ["operations"]
+    security = [{"bearer": []}]
+    guards = [require("admin")]
+
+    @get("/", responses=responses(401, 403, 503), summary="Broker-wide totals")
+    async def index(self, request: Request[Any, Any, Any], client: BrokerClient) -> StatsOut:
+        o = await client.run(views.overview(_runtime(request).worker_stale_after))
+        queue_rows = await client.run(views.queues())
+        return StatsOut(
+            queued=o.queued,
+            available=o.available,
+            running=o.running,
+            succeeded=o.succeeded,
+            failed=o.failed,
+            cancelled=o.cancelled,
+            total=o.queued + o.running + o.succeeded + o.failed + o.cancelled,
+            oldest_available_age_seconds=o.oldest_available_age_seconds,
+            workers_alive=o.workers_alive,
+            queues=len(queue_rows),
+            db_time=o.db_time,
+        )
+
+
+class MetricsController(Controller):
+    path = "/metrics"
+    tags = ["operations"]
+    security = [{"bearer": []}]
+    guards = [require("admin")]
+
+    @get(
+        "/",
+        media_type=PROMETHEUS_MEDIA_TYPE,
+        responses=responses(401, 403, 503),
+        summary="Prometheus metrics (text exposition format)",
+    )
+    async def metrics(self, request: Request[Any, Any, Any], client: BrokerClient) -> Response[str]:
+        counts = await client.run(views.job_counts())
+        return Response(_runtime(request).metrics.render(counts), media_type=PROMETHEUS_MEDIA_TYPE)

@@ -1,0 +1,330 @@
+"""Request and response bodies of the REST API as msgspec Structs (validated on decode)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from broker.inspect import MAX_PAGE_SIZE
+from broker.lease import Job, JobEvent, LogLine
+
+# The same shapes the enqueue SQL function enforces, checked here first so a client
+# gets a message that names the field.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+QueueName = Annotated[str, Meta(min_length=1, max_length=128, pattern=NAME_PATTERN)]
+KindName = Annotated[str, Meta(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Key = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+WorkerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+Priority = Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
+MaxAttempts = Annotated[int, Meta(ge=1, le=1000)]
+Seconds = Annotated[float, Meta(ge=0, le=366 * 86400)]
+PositiveSeconds = Annotated[float, Meta(gt=0, le=366 * 86400)]
+LeaseTtl = Annotated[float, Meta(ge=1, le=3600)]
+Epoch = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+MAX_BATCH = 5000
+MAX_ERROR_LENGTH = 10_000
+
+
+class JobIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A job to enqueue. Give run_at or delay (seconds), not both."""
+
+    kind: KindName
+    args: dict[str, Any] = {}
+    queue: QueueName = "default"
+    priority: Priority = 0
+    run_at: AwareDatetime | None = None
+    delay: Seconds | None = None
+    max_attempts: MaxAttempts | None = None
+    timeout: PositiveSeconds | None = None
+    idempotency_key: Key | None = None
+    subject_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    tags: Annotated[list[Tag], Meta(max_length=32)] = []
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Jobs enqueued together in one transaction: all of them or none."""
+
+    jobs: Annotated[list[JobIn], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class JobOut(msgspec.Struct, kw_only=True):
+    """A job as the API shows it. Durations are seconds; times are the database's."""
+
+    id: int
+    queue: str
+    kind: str
+    args: dict[str, Any]
+    priority: int
+    state: JobState
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    lease_epoch: int
+    lease_expires_at: datetime | None
+    worker_id: str | None
+    idempotency_key: str | None
+    subject_key: str | None
+    result: Any
+    last_error: str | None
+    tags: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    timeout: float | None
+
+    @classmethod
+    def of(cls, job: Job, key_prefix: str = "") -> JobOut:
+        """The API view of `job`; the caller's own idempotency-key scope is stripped."""
+        key = job.idempotency_key
+        if key is not None and key_prefix and key.startswith(key_prefix):
+            key = key[len(key_prefix) :]
+        return cls(
+            id=job.id,
+            queue=job.queue,
+            kind=job.kind,
+            args=job.args,
+            priority=job.priority,
+            state=job.state,  # type: ignore[arg-type]
+            run_at=job.run_at,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            lease_epoch=job.lease_epoch,
+            lease_expires_at=job.lease_expires_at,
+            worker_id=job.worker_id,
+            idempotency_key=key,
+            subject_key=job.subject_key,
+            result=job.result,
+            last_error=job.last_error,
+            tags=job.tags,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            cancel_requested_at=job.cancel_requested_at,
+            timeout=job.timeout.total_seconds() if job.timeout is not None else None,
+        )
+
+
+class EnqueuedOut(msgspec.Struct):
+    """One job of a batch: its id, and created=false for an idempotent repeat."""
+
+    id: int
+    created: bool
+
+
+class BatchOut(msgspec.Struct):
+    jobs: list[EnqueuedOut]
+
+
+class JobPage(msgspec.Struct):
+    """One page of jobs, newest first; pass next_cursor as `cursor` for the next page."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(msgspec.Struct):
+    id: int
+    job_id: int
+    event: str
+    epoch: int | None
+    worker_id: str | None
+    at: datetime
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, e: JobEvent) -> EventOut:
+        return cls(e.id, e.job_id, e.event, e.epoch, e.worker_id, e.at, e.detail)
+
+
+class EventList(msgspec.Struct):
+    events: list[EventOut]
+
+
+class LogLineOut(msgspec.Struct):
+    id: int
+    job_id: int
+    epoch: int
+    at: datetime
+    line: str
+
+    @classmethod
+    def of(cls, line: LogLine) -> LogLineOut:
+        return cls(line.id, line.job_id, line.epoch, line.at, line.line)
+
+
+class LogPage(msgspec.Struct):
+    """Log lines oldest first; pass next_after as `after` to read on."""
+
+    lines: list[LogLineOut]
+    next_after: int
+
+
+class StateOut(msgspec.Struct):
+    """A job's state after a control action."""
+
+    id: int
+    state: JobState
+
+
+class LeaseRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Claim up to `limit` jobs from `queues` for `lease_ttl` seconds (server default if unset)."""
+
+    worker_id: WorkerId
+    queues: Annotated[list[QueueName], Meta(min_length=1, max_length=64)]
+    limit: Annotated[int, Meta(ge=1, le=MAX_PAGE_SIZE)] = 1
+    lease_ttl: LeaseTtl | None = None
+
+
+class LeaseOut(msgspec.Struct):
+    """A claimed job: every later write must carry `lease_epoch` (the fencing token)."""
+
+    job_id: int
+    lease_epoch: int
+    queue: str
+    kind: str
+    args: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    worker_id: str
+    lease_ttl: float
+
+
+class LeaseList(msgspec.Struct):
+    leases: list[LeaseOut]
+
+
+class HeartbeatIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    worker_id: WorkerId
+    lease_epoch: Epoch
+    lease_ttl: LeaseTtl | None = None
+
+
+class HeartbeatOut(msgspec.Struct):
+    """The lease was extended; cancel_requested tells the worker to stop the job."""
+
+    job_id: int
+    lease_epoch: int
+    cancel_requested: bool
+
+
+class CompleteIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    worker_id: WorkerId
+    lease_epoch: Epoch
+    result: Any = None
+
+
+class FailIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A failed attempt: retried after backoff (or `delay` seconds) unless not retryable."""
+
+    worker_id: WorkerId
+    lease_epoch: Epoch
+    error: Annotated[str, Meta(min_length=1, max_length=MAX_ERROR_LENGTH)]
+    retryable: bool = True
+    delay: Seconds | None = None
+
+
+class WriteOut(msgspec.Struct):
+    """A fenced write that applied; `state` is the job's new state."""
+
+    job_id: int
+    lease_epoch: int
+    state: JobState
+
+
+class QueueOut(msgspec.Struct):
+    queue: str
+    queued: int
+    available: int
+    scheduled: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    oldest_available_age_seconds: float
+
+
+class QueueList(msgspec.Struct):
+    queues: list[QueueOut]
+
+
+class WorkerOut(msgspec.Struct):
+    worker_id: str
+    host_id: str
+    seq: int
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    version: str | None
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None
+    last_seen_age_seconds: float
+    alive: bool
+    running_jobs: int
+    clock_skew_seconds: float | None
+    clock_skew_exceeded: bool
+
+
+class HostOut(msgspec.Struct):
+    """Workers grouped by host (host_id survives restarts); skew is the worst seen."""
+
+    host_id: str
+    hostname: str
+    workers: int
+    alive: int
+    concurrency: int
+    running_jobs: int
+    max_abs_clock_skew_seconds: float | None
+    clock_skew_exceeded: bool
+
+
+class WorkerList(msgspec.Struct):
+    workers: list[WorkerOut]
+    hosts: list[HostOut]
+    clock_skew_tolerance_seconds: float
+
+
+class StatsOut(msgspec.Struct):
+    queued: int
+    available: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    total: int
+    oldest_available_age_seconds: float
+    workers_alive: int
+    queues: int
+    db_time: datetime
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    database: str
+    schema_revision: str | None
+    expected_revision: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """An error, as RFC 9457 problem details (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None

@@ -1,0 +1,124 @@
+"""Read-only views of the broker for operators and the REST API (queries in sql/inspect.sql).
+
+Same pattern as broker.lease: each function builds a `Statement` that a client executes
+with `run()`. Nothing here changes a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from broker.lease import Job, Row, Statement
+
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Optional filters for `list_jobs`; None means "any"."""
+
+    queue: str | None = None
+    state: str | None = None
+    kind: str | None = None
+    tag: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A row of the queue_stats view: jobs per state in one queue."""
+
+    queue: str
+    queued: int
+    available: int
+    scheduled: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    oldest_available_age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A registered worker; ages are measured on the database clock."""
+
+    worker_id: str
+    host_id: str
+    seq: int
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    version: str | None
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None
+    clock_skew_seconds: float | None
+    last_seen_age_seconds: float
+    running_jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Whole-broker totals."""
+
+    queued: int
+    available: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    oldest_available_age_seconds: float
+    workers_alive: int
+    db_time: datetime
+
+
+def list_jobs(filters: JobFilter, limit: int, before_id: int | None = None) -> Statement[list[Job]]:
+    """Up to `limit` jobs matching `filters`, newest first, with id < before_id when given."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
+    params = {
+        "before_id": before_id,
+        "queue": filters.queue,
+        "state": filters.state,
+        "kind": filters.kind,
+        "tag": filters.tag,
+        "created_after": filters.created_after,
+        "created_before": filters.created_before,
+        "limit": limit,
+    }
+    return Statement("jobs_list", params, lambda rows: [Job(*r) for r in rows])
+
+
+def queues() -> Statement[list[QueueStats]]:
+    """Per-queue counts by state and the age of the oldest runnable job."""
+    return Statement("queues_list", {}, lambda rows: [QueueStats(*r) for r in rows])
+
+
+def workers() -> Statement[list[WorkerInfo]]:
+    """Every registered worker, grouped by host in (host_id, seq) order."""
+    return Statement("workers_list", {}, lambda rows: [WorkerInfo(*r) for r in rows])
+
+
+def overview(stale_after: float) -> Statement[Overview]:
+    """Totals by state; workers count as alive when seen within `stale_after` seconds."""
+    return Statement(
+        "stats_overview", {"stale_after": stale_after}, lambda rows: Overview(*rows[0])
+    )
+
+
+def job_counts() -> Statement[list[tuple[str, str, int]]]:
+    """(queue, state, jobs) for every non-empty combination."""
+
+    def decode(rows: list[Row]) -> list[tuple[str, str, int]]:
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    return Statement("metrics_job_counts", {}, decode)
+
+
+def schema_revision() -> Statement[str | None]:
+    """The Alembic revision the database is at (undefined_table if never migrated)."""
+    return Statement("schema_revision", {}, lambda rows: str(rows[0][0]) if rows else None)

@@ -1,0 +1,57 @@
+-- Read-only queries for operators and the REST API: listing, queue/worker views, metrics.
+
+-- name: jobs_list
+-- Keyset paging, newest first: the cursor is the last id of the previous page, so a page
+-- costs the same however deep it is. Every filter is optional (NULL means "any").
+SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,
+       lease_expires_at, worker_id, idempotency_key, subject_key, result, last_error, tags,
+       created_at, started_at, finished_at, cancel_requested_at, timeout
+FROM {schema}.jobs
+WHERE (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+  AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
+  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: queues_list
+SELECT queue, queued, available, scheduled, running, succeeded, failed, cancelled,
+       oldest_available_age_seconds
+FROM {schema}.queue_stats ORDER BY queue;
+
+-- name: workers_list
+-- Liveness and ages use the database clock only, like leases do.
+SELECT w.worker_id, w.host_id::text, w.seq, w.hostname, w.pid, w.queues, w.concurrency,
+       w.version, w.started_at, w.last_seen, w.stopped_at, w.clock_skew_seconds,
+       extract(epoch FROM now() - w.last_seen)::float8 AS last_seen_age_seconds,
+       (SELECT count(*) FROM {schema}.jobs j
+        WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running_jobs
+FROM {schema}.workers w
+ORDER BY w.host_id, w.seq;
+
+-- name: stats_overview
+SELECT count(*) FILTER (WHERE state = 'queued') AS queued,
+       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS available,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       coalesce(extract(epoch FROM now() - min(run_at)
+                FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8
+         AS oldest_available_age_seconds,
+       (SELECT count(*) FROM {schema}.workers
+        WHERE stopped_at IS NULL
+          AND last_seen > now() - make_interval(secs => %(stale_after)s)) AS workers_alive,
+       now() AS db_time
+FROM {schema}.jobs;
+
+-- name: metrics_job_counts
+SELECT queue, state, count(*) AS jobs FROM {schema}.jobs GROUP BY queue, state ORDER BY 1, 2;
+
+-- name: schema_revision
+-- Raises undefined_table on a database that was never migrated; callers treat that as
+-- "not ready".
+SELECT version_num FROM {schema}.alembic_version;
