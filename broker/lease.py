@@ -314,10 +314,16 @@ def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Stat
 
 
 def _outcomes(leases: Sequence[Lease]) -> Callable[[list[Row]], list[WriteOutcome]]:
-    epochs = {lease.job_id: lease.epoch for lease in leases}
+    """Decode (id, new state) rows of the writes that applied; every other lease was lost."""
 
     def decode(rows: list[Row]) -> list[WriteOutcome]:
-        return [WriteOutcome(r[0], epochs[r[0]], bool(r[1]), r[2]) for r in rows]
+        applied: dict[int, str] = {r[0]: r[1] for r in rows}
+        return [
+            WriteOutcome(
+                lease.job_id, lease.epoch, lease.job_id in applied, applied.get(lease.job_id)
+            )
+            for lease in leases
+        ]
 
     return decode
 
@@ -337,9 +343,10 @@ def heartbeat(leases: Sequence[Lease], ttl: float) -> Statement[HeartbeatOutcome
     by_id = {lease.job_id: lease for lease in leases}
 
     def decode(rows: list[Row]) -> HeartbeatOutcome:
-        extended = [by_id[r[0]] for r in rows if r[1]]
-        lost = [by_id[r[0]] for r in rows if not r[1]]
-        cancel = [by_id[r[0]] for r in rows if r[1] and r[2]]
+        applied = {r[0] for r in rows}
+        extended = [lease for lease in leases if lease.job_id in applied]
+        lost = [lease for lease in leases if lease.job_id not in applied]
+        cancel = [by_id[r[0]] for r in rows if r[2]]
         return HeartbeatOutcome(extended, lost, cancel)
 
     return Statement("job_heartbeat_many", {**_fence(leases), "ttl": ttl}, decode)
@@ -348,7 +355,7 @@ def heartbeat(leases: Sequence[Lease], ttl: float) -> Statement[HeartbeatOutcome
 def complete(done: Sequence[tuple[Lease, Any]]) -> Statement[list[WriteOutcome]]:
     """Mark jobs succeeded with their results (JSON), under the caller's epoch only."""
     leases = [lease for lease, _ in done]
-    params = {**_fence(leases), "results": _json([result for _, result in done])}
+    params = {**_fence(leases), "results": [_json(result) for _, result in done]}
     return Statement("job_complete_many", params, _outcomes(leases))
 
 

@@ -111,10 +111,10 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             "id",
             postgresql_where=text("state = 'queued'"),
         ),
-        # The reaper scans only running jobs, oldest lease first.
+        # Fenced writes find running rows by id through it; the reaper scans it.
         Index(
             "jobs_running_idx",
-            "lease_expires_at",
+            "id",
             postgresql_where=text("state = 'running'"),
         ),
         Index(
@@ -129,13 +129,6 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             "subject_key",
             postgresql_where=text("subject_key IS NOT NULL AND state = 'queued'"),
         ),
-        Index(
-            "jobs_finished_idx",
-            "finished_at",
-            postgresql_where=text("finished_at IS NOT NULL"),
-        ),
-        Index("jobs_kind_idx", "kind", "id"),
-        Index("jobs_tags_idx", "tags", postgresql_using="gin"),
     )
 
     Table(
