@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar
 
@@ -189,8 +190,11 @@ class Broker(_Base):
 
     def _copy_enqueue(self, batch: list[JobSpec], conn: psycopg.Connection[Any]) -> list[Enqueued]:
         q = self._queries
+        # On the caller's non-autocommit connection the COPY joins their transaction
+        # (conn.transaction() there would commit it); otherwise it gets its own.
+        atomic = conn.transaction() if conn.autocommit else nullcontext()
         try:
-            with conn.transaction():
+            with atomic:
                 reserved = conn.execute(q["job_copy_reserve"], {"n": len(batch)}).fetchall()
                 ids = [r[1] for r in reserved]
                 plan = lease.copy_plan(batch, ids, reserved[0][0])
@@ -406,8 +410,11 @@ class AsyncBroker(_Base):
         self, batch: list[JobSpec], conn: psycopg.AsyncConnection[Any]
     ) -> list[Enqueued]:
         q = self._queries
+        # On the caller's non-autocommit connection the COPY joins their transaction
+        # (conn.transaction() there would commit it); otherwise it gets its own.
+        atomic = conn.transaction() if conn.autocommit else nullcontext()
         try:
-            async with conn.transaction():
+            async with atomic:
                 cur = await conn.execute(q["job_copy_reserve"], {"n": len(batch)})
                 reserved = await cur.fetchall()
                 ids = [r[1] for r in reserved]

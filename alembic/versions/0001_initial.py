@@ -118,8 +118,12 @@ BEGIN
   ), newest_in_batch AS (
     -- Within one batch the last spec for a (kind, subject_key) wins; earlier ones are
     -- born superseded.
+    -- A spec replaying an existing idempotency key creates nothing, so it cannot win.
     SELECT DISTINCT ON (kind, subject_key) kind, subject_key, id AS newest_id FROM src
-    WHERE subject_key IS NOT NULL ORDER BY kind, subject_key, ord DESC
+    WHERE subject_key IS NOT NULL
+      AND (idempotency_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM {s}.jobs e WHERE e.idempotency_key = src.idempotency_key))
+    ORDER BY kind, subject_key, ord DESC
   ), ins AS (
     INSERT INTO {s}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout,
                           idempotency_key, idempotency_fingerprint, subject_key, tags,
@@ -199,11 +203,13 @@ CREATE FUNCTION {s}.enqueue(
   idempotency_key text DEFAULT NULL, subject_key text DEFAULT NULL, tags text[] DEFAULT '{{}}'
 ) RETURNS bigint
 LANGUAGE sql VOLATILE AS $$
-  SELECT e.job_id FROM {s}.enqueue_many(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+  -- A JSON null reads exactly like an absent key in _parse_specs, so nothing is stripped
+  -- (jsonb_strip_nulls would also strip nulls nested inside args).
+  SELECT e.job_id FROM {s}.enqueue_many(jsonb_build_array(jsonb_build_object(
     'kind', kind, 'args', args, 'queue', queue, 'priority', priority,
     'run_at', run_at, 'delay', extract(epoch FROM delay), 'max_attempts', max_attempts,
     'timeout', extract(epoch FROM timeout), 'idempotency_key', idempotency_key,
-    'subject_key', subject_key, 'tags', to_jsonb(tags))))) e
+    'subject_key', subject_key, 'tags', to_jsonb(tags)))) e
 $$;
 
 -- Cancel a job: queued -> cancelled at once; running -> cancel requested, and the worker

@@ -193,12 +193,6 @@ def test_batch_with_a_conflict_enqueues_nothing(broker: Broker, conn: Conn) -> N
     assert _jobs_with_key(conn, "c9") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker.enqueue() (SQL) wraps its spec in jsonb_strip_nulls, which also strips "
-    "null-valued keys nested inside args: the job gets different args than the caller sent, "
-    "and its fingerprint differs from the same request made from Python",
-)
 def test_sql_enqueue_keeps_null_args(broker: Broker, conn: Conn) -> None:
     args = {"a": None, "n": {"y": None}}
     row = conn.execute(
