@@ -91,6 +91,10 @@ def _broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response
 
 def _database_error(request: Request[Any, Any, Any], exc: psycopg.Error) -> Response[Problem]:
     log.error("database error on %s: %s", request.url.path, exc, exc_info=exc)
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+        return problem(
+            request, 503, "the database is not migrated: run `broker migrate`", "not-migrated"
+        )
     # OperationalError covers lost connections and the pool's PoolTimeout.
     if isinstance(exc, psycopg.OperationalError):
         return problem(request, 503, "the database is unavailable", "database-unavailable")

@@ -83,5 +83,37 @@ def reap(limit: int, as_json: bool) -> None:
             click.echo(f"  job {r.job_id} -> {r.state}")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option("--log-level", default="info", show_default=True)
+@one_line_errors
+def api(host: str, port: int, workers: int, access_log: bool, log_level: str) -> None:
+    """Serve the REST API with uvicorn (tokens from BROKER_API_TOKENS)."""
+    import os
+
+    import uvicorn
+
+    from api.config import ApiSettings
+
+    ApiSettings.from_env()  # refuse to start without tokens before binding the port
+    _, url = settings_and_url()
+    # Server processes build the app from the environment, so they share the URL resolved
+    # here (the embedded server is started once, by this process).
+    os.environ["BROKER_DATABASE_URL"] = url
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level=log_level,
+        server_header=False,
+    )
+
+
 if __name__ == "__main__":
     main()
