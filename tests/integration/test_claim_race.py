@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from broker import Broker, lease
+from broker.lease import JobSpec
 from tests.dbtime import advance_db_time
 
 RACERS = 50
@@ -226,3 +227,37 @@ def test_late_completion_racing_the_reaper_has_one_outcome(
     # Both orders happen (observed about 80 completed / 120 reaped of 200 on either server);
     # whichever wins, the invariant above held in every round.
     print(f"late completion vs reaper: {outcomes}")
+
+
+BATCH_ROUNDS = 20
+BATCH_JOBS = 60
+
+
+def test_batch_claims_under_contention_take_every_job_once(
+    broker: Broker, racer_conns: list[Conn], conn: Conn
+) -> None:
+    # 50 racers each asking for up to 3 of 60 jobs: SKIP LOCKED must hand every job to
+    # exactly one of them. A row locked by one racer is claimed by that racer, so with
+    # 150 slots for 60 jobs none may be left behind.
+    batches: dict[int, list[int]] = {}
+
+    def enqueue_batch(round_: int) -> int:
+        specs = [JobSpec("batch", {"i": i}, queue=f"b-{round_}") for i in range(BATCH_JOBS)]
+        batches[round_] = [e.id for e in broker.enqueue_many(specs)]
+        return round_
+
+    def claim_three(c: Conn, index: int) -> list[int]:
+        queue = f"b-{len(batches) - 1}"
+        return [held.job_id for held in broker.run(lease.claim([queue], 3, f"r:{index}", 60), c)]
+
+    results = race(racer_conns, BATCH_ROUNDS, enqueue_batch, claim_three)
+
+    for r in results:
+        assert sorted(r.winners) == batches[r.job_id]
+    row = conn.execute(
+        "SELECT count(*), count(DISTINCT job_id) FROM broker.job_events WHERE event = 'claimed'"
+    ).fetchone()
+    assert row == (BATCH_ROUNDS * BATCH_JOBS, BATCH_ROUNDS * BATCH_JOBS)
+    assert conn.execute(
+        "SELECT count(*) FROM broker.jobs WHERE state <> 'running' OR lease_epoch <> 1"
+    ).fetchone() == (0,)
