@@ -24,6 +24,8 @@ from tests.dbtime import advance_db_time
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 DAY = 86400.0
+# Wall time a step may take on a loaded 2-core machine; "not yet" checks leave this room.
+SLACK = 10.0
 _real_time = time.time
 _real_time_ns = time.time_ns
 _RealDatetime = dt.datetime
@@ -75,17 +77,18 @@ def _scenario(broker: Broker, conn: Conn) -> list[tuple[str, Any]]:
         "SELECT extract(epoch FROM run_at - now()) FROM broker.jobs WHERE id = %s", (job_id,)
     ).fetchone()
     assert due_in is not None
-    seen.append(("due in ~30 s", 29 < float(due_in[0]) <= 30))
-    seen.append(("claim before due", broker.claim(["default"], 10, "skew:1", lease_ttl=5)))
+    seen.append(("due in ~30 s", 30 - SLACK < float(due_in[0]) <= 30))
+    seen.append(("claim before due", broker.claim(["default"], 10, "skew:1", lease_ttl=30)))
     advance_db_time(conn, 31)
-    claimed = broker.claim(["default"], 10, "skew:1", lease_ttl=5)
+    claimed = broker.claim(["default"], 10, "skew:1", lease_ttl=30)
     seen.append(("claim when due", [(c.job_id == job_id, c.epoch) for c in claimed]))
     seen.append(("reap while leased", broker.reap()))
-    advance_db_time(conn, 4)
-    seen.append(("heartbeat", [h.epoch for h in broker.heartbeat(claimed, 5).extended]))
-    advance_db_time(conn, 4)
+    advance_db_time(conn, 20)
+    seen.append(("heartbeat", [h.epoch for h in broker.heartbeat(claimed, 30).extended]))
+    # 40 s after the claim: past the first lease, within the extended one.
+    advance_db_time(conn, 20)
     seen.append(("reap within extended lease", broker.reap()))
-    advance_db_time(conn, 2)
+    advance_db_time(conn, 11)
     seen.append(("reap after expiry", [(r.job_id == job_id, r.state) for r in broker.reap()]))
     job = broker.get_job(job_id)
     seen.append(("after reap", (job.state, job.attempts, job.last_error)))

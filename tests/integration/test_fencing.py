@@ -131,12 +131,12 @@ def test_zombie_worker_is_fenced_off(broker: Broker, conn: Conn) -> None:
 
 def test_heartbeat_keeps_a_lease_alive_past_its_first_expiry(broker: Broker, conn: Conn) -> None:
     job_id = broker.enqueue("long").id
-    [held] = broker.claim(["default"], 1, WORKER_A, lease_ttl=5)
+    [held] = broker.claim(["default"], 1, WORKER_A, lease_ttl=30)
     for _ in range(3):
-        advance_db_time(conn, 4)
-        assert broker.heartbeat([held], 5).extended == [held]
+        advance_db_time(conn, 20)
+        assert broker.heartbeat([held], 30).extended == [held]
         assert broker.reap() == []
-    # 12 s after the claim, well past the first 5 s lease, the holder can still finish.
+    # 60 s after the claim, well past the first 30 s lease, the holder can still finish.
     broker.complete(held, "ok")
     assert broker.get_job(job_id).state == "succeeded"
     assert _stale_rejections(conn, job_id) == []
