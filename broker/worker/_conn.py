@@ -34,10 +34,18 @@ KEEPALIVE_OPTIONS: dict[str, Any] = {
 }
 
 
-async def connect(url: str) -> psycopg.AsyncConnection[Any]:
-    """Open an autocommit connection with keepalives and msgspec JSON decoding."""
+async def connect(url: str, application_name: str = "broker") -> psycopg.AsyncConnection[Any]:
+    """Open an autocommit connection with keepalives and msgspec JSON decoding.
+
+    `application_name` shows up in pg_stat_activity, so operators can tell a worker's
+    connections (and their roles) apart.
+    """
     conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **KEEPALIVE_OPTIONS
+        url,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        application_name=application_name[:63],
+        **KEEPALIVE_OPTIONS,
     )
     set_json_loads(msgspec.json.decode, conn)
     return conn
@@ -77,11 +85,12 @@ class Connection:
         self.name = name
         self._queries = queries(schema)
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.application_name = f"broker {name}"
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = await connect(self.url)
+                self._conn = await connect(self.url, self.application_name)
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(_first_line(exc)) from exc
         return self._conn

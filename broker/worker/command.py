@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 import click
 
@@ -23,6 +24,7 @@ log = logging.getLogger("broker.worker")
 EXIT_CONFIG = 1
 EXIT_ID_IN_USE = 3
 EXIT_CLOCK_SKEW = 4
+THREAD_EXIT_GRACE = 2.0
 
 
 def _csv(value: str | None) -> list[str]:
@@ -163,12 +165,24 @@ def worker(
         shutdown_grace,
         max_clock_skew,
     )
-    logging.shutdown()
-    if threading.active_count() > 1:
-        # A sync handler ignored its cancellation; its lease was handed back already,
+    if not _threads_finished(THREAD_EXIT_GRACE):
+        # A sync handler ignores its cancellation; its lease was handed back already,
         # and waiting for its thread would hang the shutdown.
+        log.warning("exiting with handler threads still running")
+        logging.shutdown()
         os._exit(code)
+    logging.shutdown()
     sys.exit(code)
+
+
+def _threads_finished(timeout: float) -> bool:
+    """Give handler threads that were told to stop a moment to return on their own."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return threading.active_count() == 1
 
 
 def _run_one(

@@ -56,6 +56,7 @@ class Listener:
         self._on_cancel = on_cancel
         self._on_connected = on_connected
         self.connects = 0
+        self.application_name = "broker listen"
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting after every failure."""
@@ -63,7 +64,7 @@ class Listener:
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await connect(self.url)
+                conn = await connect(self.url, self.application_name)
                 # Executed without parameters: the DO block is sent as is.
                 await conn.execute(self._listen)
                 self.connects += 1

@@ -54,6 +54,7 @@ MAX_ERROR_CHARS = 8000
 STOP_CANCEL = "cancel requested"
 STOP_LOST = "lease lost"
 STOP_SHUTDOWN = "worker shutdown"
+STOP_TIMEOUT = "timeout"
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,9 @@ class Worker:
         self.worker_id = registry.worker_id_for(host_id, self.config.seq)
         self._lock = registry.IdentityLock(directory, self.config.seq)
         self._lock.acquire(self.worker_id)
+        for conn in (self._claims, self._writes, self._beats, self._reaps):
+            conn.application_name = f"broker {conn.name} {self.worker_id}"
+        self.listener.application_name = f"broker listen {self.worker_id}"
         backoff = Backoff(base=0.2, cap=5.0)
         while True:
             try:
@@ -373,26 +377,32 @@ class Worker:
         if task.wants_ctx:
             kwargs["ctx"] = held.ctx
         timeout = job.timeout if job.timeout is not None else task.timeout
+        # A timer rather than asyncio.timeout(): the stop reason must be set before the
+        # handler sees its cancellation, so it (and its ctx) can tell a timeout apart.
+        timer = (
+            self._loop.call_later(timeout, held.stop, STOP_TIMEOUT) if timeout is not None else None
+        )
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                if task.is_async:
-                    result = await task.fn(**kwargs)
-                else:
-                    call = functools.partial(task.fn, **kwargs)
-                    result = await self._loop.run_in_executor(
-                        self._executor, contextvars.copy_context().run, call
-                    )
-        except TimeoutError as exc:
-            if deadline.expired():
-                held.ctx._cancel("timeout")
+            if task.is_async:
+                result = await task.fn(**kwargs)
+            else:
+                call = functools.partial(task.fn, **kwargs)
+                result = await self._loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, call
+                )
+        except asyncio.CancelledError:
+            if held.stop_reason == STOP_TIMEOUT:
                 return self._failure(held, f"timed out after {timeout}s", retryable=True)
-            return self._failure(held, _describe(exc), retryable=True)
+            raise
         except Retry as exc:
             return Outcome("fail", job, Failure(exc.reason, True, exc.delay))
         except Fail as exc:
             return Outcome("fail", job, Failure(str(exc) or "Fail", retryable=False))
         except Exception as exc:
             return self._failure(held, _describe(exc), retryable=True)
+        finally:
+            if timer is not None:
+                timer.cancel()
         try:
             msgspec.json.encode(result)
         except (TypeError, msgspec.EncodeError) as exc:

@@ -1,0 +1,120 @@
+"""Tasks the worker acceptance tests run: each records its runs in the test's database.
+
+Loaded by real worker processes (`--tasks tasks_fixture`, with this directory on
+PYTHONPATH). `worker_harness.RUNS_TABLE` is created by the tests; every run inserts a
+row (job id, epoch, pid, start) and stamps its end, so tests can see what ran, where,
+for how long, and whether a handler was stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from broker import Fail, JobContext, Retry, task
+
+_local = threading.local()
+
+START = (
+    "INSERT INTO public.test_runs (job_id, epoch, attempt, pid, worker_id, started)"
+    " VALUES (%s, %s, %s, %s, %s, to_timestamp(%s)) RETURNING id"
+)
+FINISH = "UPDATE public.test_runs SET finished = to_timestamp(%s), outcome = %s WHERE id = %s"
+
+
+def _conn() -> psycopg.Connection[Any]:
+    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
+    if conn is None or conn.closed or conn.broken:
+        conn = psycopg.connect(os.environ["BROKER_DATABASE_URL"], autocommit=True)
+        _local.conn = conn
+    return conn
+
+
+def _start(ctx: JobContext) -> int:
+    row = (
+        _conn()
+        .execute(START, (ctx.id, ctx.epoch, ctx.attempt, os.getpid(), ctx.worker_id, time.time()))
+        .fetchone()
+    )
+    assert row is not None
+    return int(row[0])
+
+
+def _finish(run_id: int, outcome: str) -> None:
+    _conn().execute(FINISH, (time.time(), outcome, run_id))
+
+
+@task("sleep")
+def sleep(ctx: JobContext, seconds: float = 0.0) -> dict[str, Any]:
+    """Sleep in a thread, recording start and end; stops early when cancelled."""
+    run_id = _start(ctx)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not ctx.is_cancelled:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    _finish(run_id, "stopped" if ctx.is_cancelled else "done")
+    return {"slept": seconds, "pid": os.getpid()}
+
+
+@task("async_sleep")
+async def async_sleep(ctx: JobContext, seconds: float = 0.0) -> str:
+    """Sleep on the event loop; records `cancelled` when the worker stops it."""
+    conn = await psycopg.AsyncConnection.connect(os.environ["BROKER_DATABASE_URL"], autocommit=True)
+    try:
+        cur = await conn.execute(
+            START, (ctx.id, ctx.epoch, ctx.attempt, os.getpid(), ctx.worker_id, time.time())
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            await conn.execute(FINISH, (time.time(), f"cancelled:{ctx.cancel_reason}", row[0]))
+            raise
+        await conn.execute(FINISH, (time.time(), "done", row[0]))
+        return "slept"
+    finally:
+        await conn.close()
+
+
+@task("record")
+def record(ctx: JobContext, work: float = 0.0) -> int:
+    """Record one run (job id, epoch) and return the job id."""
+    run_id = _start(ctx)
+    if work:
+        time.sleep(work)
+    _finish(run_id, "done")
+    return ctx.id
+
+
+@task("noop")
+async def noop() -> None:
+    """Does nothing: for throughput benchmarks."""
+
+
+@task("log_lines")
+async def log_lines(ctx: JobContext, n: int = 3) -> int:
+    for i in range(n):
+        ctx.log(f"line {i}")
+    return n
+
+
+@task("fail_final")
+def fail_final() -> None:
+    raise Fail("not retryable")
+
+
+@task("retry_soon")
+def retry_soon(ctx: JobContext) -> str:
+    if ctx.attempt < 2:
+        raise Retry(delay=0.1, reason="try again")
+    return f"ok on attempt {ctx.attempt}"
+
+
+@task("boom", retry=False)
+def boom() -> None:
+    raise RuntimeError("boom")

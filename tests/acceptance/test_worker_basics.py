@@ -1,0 +1,170 @@
+"""Worker processes end to end: handler outcomes, parallelism, identity, graceful shutdown."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from worker_harness import (
+    WorkerProcess,
+    create_runs_table,
+    query,
+    scalar,
+    states,
+    wait_for,
+)
+
+from broker import Broker, JobSpec
+
+
+@pytest.fixture
+def runs(db_url: str) -> str:
+    create_runs_table(db_url)
+    return db_url
+
+
+def registered_ids(url: str) -> list[tuple[str, int, bool]]:
+    return [
+        (r[0], r[1], r[2] is None)
+        for r in query(url, "SELECT worker_id, pid, stopped_at FROM broker.workers ORDER BY 1")
+    ]
+
+
+def test_handler_outcomes(runs: str, broker: Broker, tmp_path: Path) -> None:
+    ids = [
+        e.id
+        for e in broker.enqueue_many(
+            [
+                JobSpec("sleep", {"seconds": 0}),
+                JobSpec("log_lines", {"n": 3}),
+                JobSpec("fail_final"),
+                JobSpec("retry_soon"),
+                JobSpec("boom"),
+                JobSpec("no_such_kind", max_attempts=1),
+            ]
+        )
+    ]
+    with WorkerProcess(runs, tmp_path) as worker:
+        wait_for(
+            lambda: states(runs).get("queued", 0) + states(runs).get("running", 0) == 0,
+            30,
+            "all jobs to end",
+            diagnose=worker.output,
+        )
+        assert worker.stop() == 0
+    jobs = {j.id: j for j in (broker.get_job(i) for i in ids)}
+    sleep, logs, final, retried, boom, unknown = (jobs[i] for i in ids)
+    assert sleep.state == "succeeded" and sleep.result["slept"] == 0
+    assert logs.state == "succeeded" and logs.result == 3
+    assert [line.line for line in broker.logs(logs.id)] == ["line 0", "line 1", "line 2"]
+    assert (final.state, final.attempts, final.last_error) == ("failed", 1, "not retryable")
+    assert (retried.state, retried.attempts) == ("succeeded", 2)
+    assert retried.result == "ok on attempt 2"
+    assert "attempt_failed" in [e.event for e in broker.events(retried.id)]
+    assert (boom.state, boom.attempts) == ("failed", 1)
+    assert boom.last_error is not None and "RuntimeError: boom" in boom.last_error
+    assert unknown.state == "failed"
+    assert unknown.last_error is not None and "no task registered" in unknown.last_error
+
+
+def test_fifty_one_second_jobs_run_in_parallel(runs: str, broker: Broker, tmp_path: Path) -> None:
+    broker.enqueue_many([JobSpec("sleep", {"seconds": 1.0}) for _ in range(50)])
+    with WorkerProcess(runs, tmp_path, ["--concurrency", "50"]) as worker:
+        wait_for(
+            lambda: states(runs) == {"succeeded": 50},
+            60,
+            "50 jobs to succeed",
+            diagnose=lambda: f"{states(runs)}\n{worker.output()}",
+        )
+        worker.stop()
+    # Measured on the worker side: first handler start to last handler finish.
+    wall = scalar(runs, "SELECT extract(epoch FROM max(finished) - min(started)) FROM test_runs")
+    assert scalar(runs, "SELECT count(*) FROM test_runs WHERE outcome = 'done'") == 50
+    assert wall < 5.0, f"50 x 1 s jobs took {wall:.2f} s of wall time"
+
+
+def test_restart_keeps_worker_id(runs: str, tmp_path: Path) -> None:
+    with WorkerProcess(runs, tmp_path) as first:
+        wait_for(lambda: registered_ids(runs), 30, "registration", diagnose=first.output)
+        [(worker_id, pid, live)] = registered_ids(runs)
+        assert (pid, live) == (first.pid, True)
+        assert first.stop() == 0
+    [(_, _, live)] = registered_ids(runs)
+    assert not live
+    with WorkerProcess(runs, tmp_path) as second:
+        wait_for(
+            lambda: registered_ids(runs) == [(worker_id, second.pid, True)],
+            30,
+            "re-registration",
+            diagnose=second.output,
+        )
+        assert second.stop() == 0
+    assert worker_id.startswith((tmp_path / "host_id").read_text().strip() + ":")
+    assert worker_id.endswith(":1")
+
+
+def test_second_process_with_the_same_id_refuses_to_start(runs: str, tmp_path: Path) -> None:
+    with WorkerProcess(runs, tmp_path) as first:
+        wait_for(lambda: registered_ids(runs), 30, "registration", diagnose=first.output)
+        with WorkerProcess(runs, tmp_path) as second:
+            code = second.wait(30)
+            assert code != 0
+            assert "already in use" in second.output()
+        # Another seq on the same host is a different worker and starts fine.
+        with WorkerProcess(runs, tmp_path, ["--seq", "2"]) as other:
+            wait_for(lambda: len(registered_ids(runs)) == 2, 30, "seq 2", diagnose=other.output)
+            assert other.stop() == 0
+        assert first.proc.poll() is None
+        assert first.stop() == 0
+
+
+def test_max_clock_skew_refuses_to_start(runs: str, tmp_path: Path) -> None:
+    # No host agrees with the database to the nanosecond, so a zero limit always trips.
+    with WorkerProcess(runs, tmp_path, ["--max-clock-skew", "0"]) as worker:
+        assert worker.wait(30) != 0
+        assert "clock differs" in worker.output()
+    assert registered_ids(runs) == []
+
+
+def test_sigterm_lets_running_jobs_finish_within_the_grace(
+    runs: str, broker: Broker, tmp_path: Path
+) -> None:
+    ids = [e.id for e in broker.enqueue_many([JobSpec("sleep", {"seconds": 1.5})] * 2)]
+    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "30"]) as worker:
+        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 2, 30, "jobs start")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+    assert {broker.get_job(i).state for i in ids} == {"succeeded"}
+
+
+def test_sigterm_hands_back_jobs_after_the_grace(runs: str, broker: Broker, tmp_path: Path) -> None:
+    [job] = broker.enqueue_many([JobSpec("sleep", {"seconds": 60})])
+    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "0.5"]) as worker:
+        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+        elapsed = time.monotonic() - started
+    after = broker.get_job(job.id)
+    # Back to queued at once, the attempt not burned, no wait for the lease to expire.
+    assert (after.state, after.attempts, after.lease_expires_at) == ("queued", 0, None)
+    assert [e.event for e in broker.events(job.id)][-1] == "released"
+    assert elapsed < 20
+    # The handler was told to stop.
+    assert scalar(runs, "SELECT outcome FROM test_runs") == "stopped"
+
+
+def test_second_signal_hands_back_at_once(runs: str, broker: Broker, tmp_path: Path) -> None:
+    [job] = broker.enqueue_many([JobSpec("async_sleep", {"seconds": 60})])
+    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "300"]) as worker:
+        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
+        worker.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert worker.proc.poll() is None, "the first signal must wait for the grace period"
+        worker.signal(signal.SIGINT)
+        assert worker.wait(30) == 0, worker.output()
+    after = broker.get_job(job.id)
+    assert (after.state, after.attempts) == ("queued", 0)
+    assert scalar(runs, "SELECT outcome FROM test_runs") == "cancelled:worker shutdown"
