@@ -115,5 +115,17 @@ def api(host: str, port: int, workers: int, access_log: bool, log_level: str) ->
     )
 
 
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run jobs: a worker process (or --processes N of them); see `broker worker --help`."""
+    from broker.worker.command import worker as command
+
+    command.main(ctx.args, prog_name="broker worker")
+
+
 if __name__ == "__main__":
     main()
