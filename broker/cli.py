@@ -115,6 +115,21 @@ def api(host: str, port: int, workers: int, access_log: bool, log_level: str) ->
     )
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface for the API.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port for the API.")
+@click.option(
+    "--tasks", default="broker.examples.tasks", show_default=True, help="Task modules to run."
+)
+@one_line_errors
+def dev(host: str, port: int, tasks: str) -> None:
+    """Run a whole broker here: embedded PostgreSQL (unless BROKER_DATABASE_URL is set),
+    migrations, the API and one worker, until Ctrl-C."""
+    from broker.dev import DevConfig, run
+
+    sys.exit(run(DevConfig(host=host, port=port, tasks=tasks), click.echo))
+
+
 @main.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,

@@ -28,13 +28,14 @@ def start_embedded(home: Path) -> str:
     The server keeps running after this process exits, so a later `broker` command
     (or a worker) finds the same database. Raises ConfigError when pgserver is missing.
     """
+    data = (home / "pgdata").resolve()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver's platformdirs warns at import time when this is unset (as in containers).
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
     try:
         import pgserver
     except ImportError:
         raise ConfigError(EMBEDDED_HINT) from None
-    data = (home / "pgdata").resolve()
-    data.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
     server = pgserver.get_server(data, cleanup_mode=None)  # type: ignore[attr-defined]
     return str(server.get_uri())
 

@@ -1,0 +1,1 @@
+"""Example task modules: what `broker dev` runs, and a starting point for your own."""
