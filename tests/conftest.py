@@ -58,6 +58,9 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env:
         yield env
         return
+    data: Path = tmp_path_factory.mktemp("pgdata")
+    # pgserver's platformdirs warns at import time when this is unset.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
     try:
         import pgserver  # type: ignore[import-untyped]
     except ImportError:
@@ -65,8 +68,6 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "no BROKER_TEST_DATABASE_URL and pgserver is not installed: pip install -e '.[dev]'",
             returncode=2,
         )
-    data: Path = tmp_path_factory.mktemp("pgdata")
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
     server = pgserver.get_server(data, cleanup_mode="stop")
     try:
         yield str(server.get_uri())
