@@ -1,0 +1,106 @@
+"""Pickup latency with idle workers: enqueue jobs one by one, 20 ms apart, and report
+percentiles of handler start minus enqueue.
+
+    python bench/pickup_latency.py [--jobs 200] [--gap 0.02] [--processes 1]
+
+Enqueue time is the job's created_at (the database clock, in the enqueuing
+transaction); start time is the handler's own clock reading, returned as the job's
+result. Both clocks are this machine's, so they agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg
+from worker_throughput import HERE, ROOT, drop_database, scratch_database, server_url
+
+from broker import Broker, task
+
+
+@task("bench_started", queue="latency")
+async def bench_started() -> float:
+    """Returns when it started: the latency measured is enqueue -> this line."""
+    return time.time()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def wait_for_workers(url: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'broker listen %%' AND datname = current_database()"
+            ).fetchone()
+            if row is not None and row[0] >= count:
+                return
+            time.sleep(0.1)
+    raise SystemExit("workers did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--gap", type=float, default=0.02, help="seconds between enqueues")
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=10)
+    args = parser.parse_args()
+    server = server_url()
+    name = f"broker_latency_{os.getpid()}"
+    url = scratch_database(server, name)
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_STATE_DIR": tempfile.mkdtemp(prefix="broker-bench-"),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "BROKER_LOG_LEVEL": "WARNING",
+    }
+    cmd = [sys.executable, "-m", "broker.worker", "--tasks", "pickup_latency"]
+    cmd += ["--queues", "latency", "--concurrency", str(args.concurrency)]
+    cmd += ["--processes", str(args.processes)]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        wait_for_workers(url, args.processes)
+        time.sleep(1.0)
+        with Broker.connect(url) as client:
+            ids = []
+            for _ in range(args.jobs):
+                ids.append(client.enqueue("bench_started", queue="latency").id)
+                time.sleep(args.gap)
+            deadline = time.monotonic() + 60
+            with psycopg.connect(url, autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    rows = conn.execute(
+                        "SELECT (result)::float8 - extract(epoch FROM created_at) FROM broker.jobs"
+                        " WHERE state = 'succeeded'"
+                    ).fetchall()
+                    if len(rows) >= args.jobs:
+                        break
+                    time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        drop_database(server, name)
+    latencies = [r[0] * 1000 for r in rows]
+    print(
+        f"{len(latencies)} jobs, {args.gap * 1000:.0f} ms apart, {args.processes} idle worker(s): "
+        f"p50 {percentile(latencies, 50):.2f} ms, p95 {percentile(latencies, 95):.2f} ms, "
+        f"p99 {percentile(latencies, 99):.2f} ms, max {max(latencies):.2f} ms, "
+        f"mean {statistics.fmean(latencies):.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Worker throughput: N no-op jobs pre-queued, drained by 1 and by 2 worker processes.
+
+    python bench/worker_throughput.py [--jobs 20000] [--processes 1,2] [--concurrency 100]
+
+Uses BROKER_DATABASE_URL's server (else an embedded one), in a scratch database per run.
+Prints jobs/s measured by the database: first claim to last completion. This file is
+also the task module the workers import (`bench_noop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from broker import Broker, JobSpec, task
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@task("bench_noop", queue="bench")
+async def bench_noop() -> None:
+    """Does nothing: the cost measured is the broker's."""
+
+
+def server_url() -> str:
+    url = os.environ.get("BROKER_DATABASE_URL")
+    if url:
+        return url
+    from broker.config import Settings
+    from broker.db import start_embedded
+
+    return start_embedded(Settings.from_env().home)
+
+
+def scratch_database(server: str, name: str) -> str:
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(server)._replace(path="/" + name))
+    from broker.migrate import upgrade
+
+    upgrade(url)
+    return url
+
+
+def drop_database(server: str, name: str) -> None:
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def enqueue(url: str, jobs: int) -> None:
+    with Broker.connect(url) as client:
+        for start in range(0, jobs, 5000):
+            count = min(5000, jobs - start)
+            client.enqueue_many([JobSpec("bench_noop", queue="bench") for _ in range(count)])
+
+
+def drain(url: str, processes: int, concurrency: int, jobs: int, state_dir: Path) -> float:
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_STATE_DIR": str(state_dir),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "BROKER_LOG_LEVEL": "WARNING",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "broker.worker",
+        "--tasks",
+        "worker_throughput",
+        "--queues",
+        "bench",
+        "--concurrency",
+        str(concurrency),
+        "--processes",
+        str(processes),
+    ]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+                    " extract(epoch FROM max(finished_at) - min(started_at))"
+                    " FROM broker.jobs"
+                ).fetchone()
+                assert row is not None
+                if row[0] >= jobs:
+                    return float(row[1])
+                if proc.poll() is not None:
+                    raise SystemExit(f"worker exited with {proc.returncode}")
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
+    parser.add_argument("--concurrency", type=int, default=100)
+    args = parser.parse_args()
+    server = server_url()
+    name = f"broker_bench_{os.getpid()}"
+    for processes in [int(p) for p in args.processes.split(",")]:
+        url = scratch_database(server, name)
+        try:
+            enqueue(url, args.jobs)
+            state = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+            seconds = drain(url, processes, args.concurrency, args.jobs, state)
+        finally:
+            drop_database(server, name)
+        print(
+            f"{args.jobs} no-op jobs, {processes} process(es) x concurrency {args.concurrency}: "
+            f"{seconds:.2f} s, {args.jobs / seconds:,.0f} jobs/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
