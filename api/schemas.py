@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -45,6 +45,15 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idempotency_key: Key | None = None
     subject_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
     tags: Annotated[list[Tag], Meta(max_length=32)] = []
+
+    def __post_init__(self) -> None:
+        if self.run_at is not None:
+            # PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows; UTC is
+            # the same instant without that limit.
+            try:
+                self.run_at = self.run_at.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("run_at is out of range") from None
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
