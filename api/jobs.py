@@ -6,12 +6,14 @@ import asyncio
 import base64
 import binascii
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import (
     FromQuery,
     HeaderParameter,
@@ -96,6 +98,18 @@ def decode_cursor(cursor: str) -> int:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationException("cursor is not one this API returned") from None
     return last_id
+
+
+@dataclass
+class _StreamingOperation(Operation):
+    """Documents that a 200 may also be a text/event-stream (`follow=true`)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content["text/event-stream"] = OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING)
+            )
 
 
 class JobsController(Controller):
@@ -240,6 +254,7 @@ class JobsController(Controller):
     @get(
         "/{job_id:int}/logs",
         responses=responses(400, 401, 403, 404, 503),
+        operation_class=_StreamingOperation,
         summary="A job's log lines",
         description=(
             "With `follow=true` the answer is a text/event-stream: one `log` event per line "

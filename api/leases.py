@@ -86,7 +86,7 @@ class LeasesController(Controller):
     @post(
         "/jobs/{job_id:int}/heartbeat",
         status_code=200,
-        responses=responses(400, 401, 403, 409, 413, 503),
+        responses=responses(400, 401, 403, 404, 409, 413, 503),
         summary="Extend a lease",
     )
     async def heartbeat(
@@ -107,7 +107,7 @@ class LeasesController(Controller):
     @post(
         "/jobs/{job_id:int}/complete",
         status_code=200,
-        responses=responses(400, 401, 403, 409, 413, 422, 503),
+        responses=responses(400, 401, 403, 404, 409, 413, 422, 503),
         summary="Report success",
     )
     async def complete(
@@ -129,7 +129,7 @@ class LeasesController(Controller):
     @post(
         "/jobs/{job_id:int}/fail",
         status_code=200,
-        responses=responses(400, 401, 403, 409, 413, 503),
+        responses=responses(400, 401, 403, 404, 409, 413, 503),
         summary="Report a failed attempt",
         description=(
             "The job is queued again after backoff (or `delay` seconds) while attempts remain "
