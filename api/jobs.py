@@ -42,7 +42,7 @@ from api.schemas import (
     LogPage,
     StateOut,
 )
-from broker import JobSpec, lease
+from broker import JobSpec
 from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.lease import Enqueued
 from broker.schema import TERMINAL_STATES
@@ -75,7 +75,7 @@ def _spec(job: JobIn, key: str | None) -> JobSpec:
 async def _enqueue(client: BrokerClient, specs: list[JobSpec]) -> list[Enqueued]:
     for attempt in range(ENQUEUE_ATTEMPTS):
         try:
-            return await client.run(lease.enqueue_many(specs))
+            return await client.enqueue_many(specs)
         except pg_errors.SerializationFailure:
             if attempt == ENQUEUE_ATTEMPTS - 1:
                 raise
