@@ -15,6 +15,7 @@ import threading
 import time
 
 import click
+import psycopg
 
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -221,6 +222,7 @@ def _run_one(
             max_clock_skew=max_clock_skew,
             reaper=ReaperConfig(interval=reap_interval),
             version=pkg_version,
+            supervisor_pid=_supervisor_pid(),
         )
     except BrokerError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -239,7 +241,13 @@ def _run_one(
     except ClockSkewTooLarge as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_CLOCK_SKEW
-    except BrokerError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except (BrokerError, psycopg.Error) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"error: {message}", err=True)
         return EXIT_CONFIG
     return 0
+
+
+def _supervisor_pid() -> int | None:
+    raw = os.environ.get("BROKER_SUPERVISOR_PID")
+    return int(raw) if raw and raw.isdigit() else None

@@ -20,9 +20,11 @@ import contextlib
 import contextvars
 import functools
 import logging
+import os
 import signal
 import socket
 import traceback
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,7 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 # After the grace period, released leases still need their release written.
 DEFAULT_FINAL_WRITE_TIMEOUT = 10.0
 MAX_ERROR_CHARS = 8000
+SERVICE_RESTART_DELAY = 1.0
 
 # Why a handler was stopped before it returned.
 STOP_CANCEL = "cancel requested"
@@ -74,6 +77,8 @@ class WorkerConfig:
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
     version: str = "0"
+    # Set by the supervisor: a worker whose supervisor is gone stops (and drains).
+    supervisor_pid: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -177,10 +182,10 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         await self._register()
         services = [
-            asyncio.create_task(self.listener.run(), name="listener"),
-            asyncio.create_task(self.writer.run(), name="writer"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self.reaper.run(), name="reaper"),
+            asyncio.create_task(self._service("listener", self.listener.run)),
+            asyncio.create_task(self._service("writer", self.writer.run)),
+            asyncio.create_task(self._service("heartbeat", self._heartbeat_loop)),
+            asyncio.create_task(self._service("reaper", self.reaper.run)),
         ]
         log.info(
             "worker %s serving %s with concurrency %d",
@@ -202,6 +207,18 @@ class Worker:
             if self._lock is not None:
                 self._lock.release()
             log.info("worker %s stopped", self.worker_id)
+
+    @staticmethod
+    async def _service(name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a background service; a bug that escapes it is logged and the service
+        restarted, because a worker without heartbeats or writes would lose every lease."""
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                log.exception("%s service crashed; restarting it", name)
+                await asyncio.sleep(SERVICE_RESTART_DELAY)
 
     async def _register(self) -> None:
         directory = registry.state_dir(self.settings)
@@ -464,6 +481,10 @@ class Worker:
                 interval = min(1.0, self.config.heartbeat_every)
 
     async def _heartbeat_once(self) -> None:
+        parent = self.config.supervisor_pid
+        if parent is not None and os.getppid() != parent and not self._stopping.is_set():
+            log.warning("supervisor %s is gone; stopping", parent)
+            self.stop()
         # Leases whose outcome is already being written are left out: the write ends them.
         leases = [h.lease for h in self._held.values() if not h.finished]
         if leases:

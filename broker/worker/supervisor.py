@@ -53,8 +53,13 @@ class Supervisor:
             **self.env,
             "BROKER_WORKER_SEQ": str(child.seq),
             "BROKER_PROCESSES": "1",
+            "BROKER_SUPERVISOR_PID": str(os.getpid()),
         }
-        child.proc = subprocess.Popen([sys.executable, "-m", "broker.worker"], env=env)
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only,
+        # which forwards it once (a second copy would mean "hand back at once").
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.worker"], env=env, process_group=0
+        )
         child.started = time.monotonic()
         log.info("started worker seq %d (pid %d)", child.seq, child.proc.pid)
 

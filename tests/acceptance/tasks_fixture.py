@@ -118,3 +118,9 @@ def retry_soon(ctx: JobContext) -> str:
 @task("boom", retry=False)
 def boom() -> None:
     raise RuntimeError("boom")
+
+
+@task("capped", max_attempts=2, retry=lambda attempt: 0.1 * attempt)
+def capped() -> None:
+    """Always fails: the task's own max_attempts (2) ends it before the job's (20)."""
+    raise RuntimeError("still broken")

@@ -43,19 +43,20 @@ def test_handler_outcomes(runs: str, broker: Broker, tmp_path: Path) -> None:
                 JobSpec("retry_soon"),
                 JobSpec("boom"),
                 JobSpec("no_such_kind", max_attempts=1),
+                JobSpec("capped"),
             ]
         )
     ]
     with WorkerProcess(runs, tmp_path) as worker:
         wait_for(
-            lambda: states(runs).get("queued", 0) + states(runs).get("running", 0) == 0,
+            lambda: not {"queued", "running"} & set(states(runs)),
             30,
             "all jobs to end",
             diagnose=worker.output,
         )
         assert worker.stop() == 0
     jobs = {j.id: j for j in (broker.get_job(i) for i in ids)}
-    sleep, logs, final, retried, boom, unknown = (jobs[i] for i in ids)
+    sleep, logs, final, retried, boom, unknown, capped = (jobs[i] for i in ids)
     assert sleep.state == "succeeded" and sleep.result["slept"] == 0
     assert logs.state == "succeeded" and logs.result == 3
     assert [line.line for line in broker.logs(logs.id)] == ["line 0", "line 1", "line 2"]
@@ -67,6 +68,11 @@ def test_handler_outcomes(runs: str, broker: Broker, tmp_path: Path) -> None:
     assert boom.last_error is not None and "RuntimeError: boom" in boom.last_error
     assert unknown.state == "failed"
     assert unknown.last_error is not None and "no task registered" in unknown.last_error
+    assert (capped.state, capped.attempts, capped.max_attempts) == ("failed", 2, 20)
+    [retry_at] = [
+        e.detail["retry_at"] for e in broker.events(capped.id) if e.event == "attempt_failed"
+    ]
+    assert retry_at is not None
 
 
 def test_fifty_one_second_jobs_run_in_parallel(runs: str, broker: Broker, tmp_path: Path) -> None:

@@ -51,3 +51,42 @@ def test_supervisor_restarts_a_dead_worker(db_url: str, broker: Broker, tmp_path
         for pid in live_workers(db_url).values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_stop_when_their_supervisor_dies(db_url: str, tmp_path: Path) -> None:
+    supervisor = WorkerProcess(db_url, tmp_path, ["--processes", "2"])
+    try:
+        with supervisor:
+            children = wait_for(
+                lambda: (w := live_workers(db_url)) and len(w) == 2 and w,
+                30,
+                "two workers",
+                diagnose=supervisor.output,
+            )
+            supervisor.kill()
+            # Orphans notice at their next heartbeat (TTL/3), drain and unregister.
+            wait_for(
+                lambda: live_workers(db_url) == {},
+                30,
+                "the orphaned workers to stop",
+                diagnose=supervisor.output,
+            )
+            assert "supervisor" in supervisor.output() and "is gone" in supervisor.output()
+            for pid in children.values():
+                wait_for(lambda pid=pid: not _alive(pid), 10, f"pid {pid} to exit")
+    finally:
+        for pid in live_workers(db_url).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
