@@ -48,6 +48,39 @@ def one_success_per_job(url: str, expected: int) -> None:
     assert mismatched == 0
 
 
+def test_worker_survives_its_connections_being_killed(
+    db_url: str, broker: Broker, tmp_path: Path
+) -> None:
+    create_runs_table(db_url)
+    total = 300
+    broker.enqueue_many([JobSpec("record", {"work": 0.05}) for _ in range(total)])
+    with WorkerProcess(db_url, tmp_path, ["--concurrency", "10"]) as worker:
+        for _ in range(2):
+            done = scalar(db_url, "SELECT count(*) FROM test_runs")
+            wait_for(
+                lambda done=done: scalar(db_url, "SELECT count(*) FROM test_runs") >= done + 50,
+                60,
+                "the run to go on",
+                diagnose=worker.output,
+            )
+            killed = scalar(
+                db_url,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'broker %%' AND datname = current_database()",
+            )
+            assert killed >= 3  # of claim, write, heartbeat, reaper, listen
+        wait_for(
+            lambda: states(db_url) == {"succeeded": total},
+            90,
+            "every job to finish",
+            interval=0.5,
+            diagnose=lambda: f"{states(db_url)}\n{worker.output()[-5000:]}",
+        )
+        assert worker.proc.poll() is None
+        assert worker.stop() == 0
+    one_success_per_job(db_url, total)
+
+
 @pytest.mark.skipif(
     bool(os.environ.get("BROKER_TEST_DATABASE_URL")),
     reason="restarts the server: only the test session's own embedded PostgreSQL",
