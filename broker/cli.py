@@ -116,6 +116,46 @@ def api(host: str, port: int, workers: int, access_log: bool, log_level: str) ->
 
 
 @main.command()
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["succeeded", "failed", "cancelled"]),
+    help="Only these states (repeatable) [default: all three].",
+)
+@click.option(
+    "--older-than",
+    help="Override the retention, e.g. 36h or 7d [default: BROKER_RETENTION_<STATE> or 1d/14d/7d].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@one_line_errors
+def prune(states: tuple[str, ...], older_than: str | None, as_json: bool) -> None:
+    """Delete finished jobs (and their events and logs) past their retention, once."""
+    from broker.client import Broker
+    from broker.pruner import PrunerConfig, parse_duration, prune_once
+
+    config = PrunerConfig.from_env()
+    retention = dict(config.retention)
+    if older_than is not None:
+        try:
+            seconds = parse_duration(older_than, "--older-than")
+        except BrokerError as exc:
+            raise click.BadParameter(str(exc)) from None
+        retention = dict.fromkeys(retention, seconds)
+    if states:
+        retention = {state: retention[state] for state in states}
+    settings, url = settings_and_url()
+    with Broker.connect(url, schema=settings.schema, max_size=1, connect_timeout=5) as client:
+        pruned = prune_once(client, PrunerConfig(retention=retention))
+    if pruned is None:
+        raise BrokerError("another process is pruning right now; try again later")
+    if as_json:
+        click.echo(json.dumps(pruned))
+    else:
+        click.echo("pruned " + ", ".join(f"{n} {state}" for state, n in pruned.items()))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface for the API.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port for the API.")
 @click.option(

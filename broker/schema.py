@@ -123,6 +123,13 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        # Retention: finished jobs oldest first, per state (migration 0002).
+        Index(
+            "jobs_finished_idx",
+            "state",
+            "finished_at",
+            postgresql_where=text("state IN ('succeeded', 'failed', 'cancelled')"),
+        ),
         Index(
             "jobs_subject_idx",
             "kind",
@@ -153,6 +160,14 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Column("at", _tstz(), nullable=False, server_default=text("now()")),
         Column("line", Text, nullable=False),
         Index("job_logs_job_idx", "job_id", "id"),
+    )
+
+    Table(
+        "queue_pauses",
+        md,
+        Column("queue", Text, primary_key=True),
+        Column("paused_at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("reason", Text),
     )
 
     Table(

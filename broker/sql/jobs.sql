@@ -20,9 +20,12 @@ FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 -- row on each claim (10 ms per claim at 20k queued, measured). SKIP LOCKED sits inside
 -- each subquery so concurrent claimers pass over each other's rows instead of coming
 -- back empty; rows locked but not chosen by the outer LIMIT are released at commit.
+-- Paused queues (broker.queue_pauses) are skipped.
 -- FOR NO KEY UPDATE is enough to own the row and does not block foreign-key checks.
 WITH next AS (
-    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    SELECT c.id
+    FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
+          WHERE NOT EXISTS (SELECT 1 FROM {schema}.queue_pauses p WHERE p.queue = u.name)) q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()

@@ -1,0 +1,135 @@
+"""Retention: delete finished jobs (with their events and logs) once they are older than
+their state's retention, in bounded batches, one process at a time (advisory-lock leader).
+
+Workers run it in the background (`run_pruner`); `broker prune` runs it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import psycopg
+
+from broker.client import AsyncBroker, Broker
+from broker.errors import BrokerError, ConfigError
+from broker.lease import Statement
+
+log = logging.getLogger("broker.pruner")
+
+DEFAULT_RETENTION: Mapping[str, float] = {
+    "succeeded": 24 * 3600.0,  # one day
+    "cancelled": 7 * 24 * 3600.0,  # a week
+    "failed": 14 * 24 * 3600.0,  # two weeks: failures are what people come back to read
+}
+DEFAULT_BATCH = 1000
+DEFAULT_MAX_BATCHES = 100  # per state per run, so one run stays bounded
+DEFAULT_INTERVAL = 60.0
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Seconds in `text`: a number with an optional unit s, m, h or d ("36h", "7d")."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{what} must be a duration like 3600, 90m, 36h or 7d; got {text!r}")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Retention per finished state (seconds), batch size and pacing."""
+
+    retention: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
+    batch: int = DEFAULT_BATCH
+    max_batches: int = DEFAULT_MAX_BATCHES
+    interval: float = DEFAULT_INTERVAL
+
+    def __post_init__(self) -> None:
+        unknown = set(self.retention) - set(DEFAULT_RETENTION)
+        if unknown:
+            raise ConfigError(f"retention is set per finished state, not for {sorted(unknown)}")
+        if self.batch < 1 or self.max_batches < 1:
+            raise ConfigError("prune batch and max batches must be at least 1")
+
+    @classmethod
+    def from_env(cls) -> PrunerConfig:
+        """Retention from BROKER_RETENTION_SUCCEEDED / _FAILED / _CANCELLED (e.g. "7d")."""
+        retention = dict(DEFAULT_RETENTION)
+        for state in retention:
+            name = f"BROKER_RETENTION_{state.upper()}"
+            if raw := os.environ.get(name):
+                retention[state] = parse_duration(raw, name)
+        return cls(retention=retention)
+
+
+def prune_batch(state: str, older_than: float, batch: int) -> Statement[int | None]:
+    """Delete one batch; None when another process holds the pruner's lock."""
+    return Statement(
+        "prune_batch",
+        {"state": state, "older_than": older_than, "batch": batch},
+        lambda rows: None if rows[0][0] is None else int(rows[0][0]),
+    )
+
+
+PruneRun = Generator[Statement[int | None], int | None, dict[str, int] | None]
+
+
+def _plan(config: PrunerConfig) -> PruneRun:
+    """The pruning loop, written once: yields each batch statement and receives its count.
+    Returns jobs pruned per state, or None when another process holds the lock."""
+    pruned: dict[str, int] = {}
+    for state, older_than in config.retention.items():
+        pruned[state] = 0
+        for _ in range(config.max_batches):
+            count = yield prune_batch(state, older_than, config.batch)
+            if count is None:
+                return None
+            pruned[state] += count
+            if count < config.batch:
+                break
+    return pruned
+
+
+def prune_once(client: Broker, config: PrunerConfig) -> dict[str, int] | None:
+    """Prune every state once; None if another process is pruning right now."""
+    plan = _plan(config)
+    try:
+        stmt = next(plan)
+        while True:
+            stmt = plan.send(client.run(stmt))
+    except StopIteration as done:
+        return cast("dict[str, int] | None", done.value)
+
+
+async def aprune_once(client: AsyncBroker, config: PrunerConfig) -> dict[str, int] | None:
+    """`prune_once` for an `AsyncBroker`."""
+    plan = _plan(config)
+    try:
+        stmt = next(plan)
+        while True:
+            stmt = plan.send(await client.run(stmt))
+    except StopIteration as done:
+        return cast("dict[str, int] | None", done.value)
+
+
+async def run_pruner(client: AsyncBroker, config: PrunerConfig, stopping: asyncio.Event) -> None:
+    """Prune every `config.interval` seconds until `stopping` is set; failures are logged
+    and retried at the next interval, never raised into the worker."""
+    while not stopping.is_set():
+        try:
+            pruned = await aprune_once(client, config)
+            if pruned and any(pruned.values()):
+                log.info("pruned finished jobs: %s", pruned)
+        except (BrokerError, psycopg.Error) as exc:
+            log.warning("prune failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), config.interval)
