@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -52,13 +54,15 @@ def drop_database(server_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """URL of a maintenance database on the test server."""
     env = os.environ.get("BROKER_TEST_DATABASE_URL")
     if env:
         yield env
         return
-    data: Path = tmp_path_factory.mktemp("pgdata")
+    # Not under pytest's basetemp: a concurrent pytest session rotates old basetemp
+    # directories away, which would delete this session's running server.
+    data = Path(tempfile.mkdtemp(prefix="broker-test-pg-"))
     # pgserver's platformdirs warns at import time when this is unset.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
     try:
@@ -73,6 +77,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield str(server.get_uri())
     finally:
         server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
