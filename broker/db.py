@@ -22,16 +22,26 @@ def sqlalchemy_url(url: str) -> str:
     raise ConfigError(f"not a PostgreSQL URL: {url!r}")
 
 
+def embedded_data_dir(home: Path) -> Path:
+    """The embedded server's data directory under `home`, created with its parents.
+
+    Also points XDG_RUNTIME_DIR (when unset) at a private 0700 directory beside it:
+    pgserver's platformdirs warns at import time without one (as in containers).
+    """
+    data = (home / "pgdata").resolve()
+    runtime = data.parent / "run"
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    return data
+
+
 def start_embedded(home: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL kept under `home`/pgdata; return its URL.
 
     The server keeps running after this process exits, so a later `broker` command
     (or a worker) finds the same database. Raises ConfigError when pgserver is missing.
     """
-    data = (home / "pgdata").resolve()
-    data.parent.mkdir(parents=True, exist_ok=True)
-    # pgserver's platformdirs warns at import time when this is unset (as in containers).
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
+    data = embedded_data_dir(home)
     try:
         import pgserver
     except ImportError:

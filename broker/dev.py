@@ -43,15 +43,12 @@ def _database(settings: Settings) -> tuple[str, Callable[[], None]]:
     """The URL to use and how to stop what was started for it."""
     if settings.database_url:
         return settings.database_url, lambda: None
-    data = (settings.home / "pgdata").resolve()
-    data.parent.mkdir(parents=True, exist_ok=True)
-    # pgserver's platformdirs warns at import time when this is unset (as in containers).
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
+    from broker.db import EMBEDDED_HINT, embedded_data_dir
+
+    data = embedded_data_dir(settings.home)
     try:
         import pgserver
     except ImportError:
-        from broker.db import EMBEDDED_HINT
-
         raise ConfigError(EMBEDDED_HINT) from None
     server = pgserver.get_server(data, cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri()), server.cleanup

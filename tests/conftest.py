@@ -62,9 +62,10 @@ def pg_server_url() -> Iterator[str]:
         return
     # Not under pytest's basetemp: a concurrent pytest session rotates old basetemp
     # directories away, which would delete this session's running server.
-    data = Path(tempfile.mkdtemp(prefix="broker-test-pg-"))
-    # pgserver's platformdirs warns at import time when this is unset.
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data.parent))
+    base = Path(tempfile.mkdtemp(prefix="broker-test-pg-"))
+    data = base / "pgdata"
+    # pgserver's platformdirs warns at import time unless this is a private (0700) directory.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(base))
     try:
         import pgserver  # type: ignore[import-untyped]
     except ImportError:
@@ -77,7 +78,7 @@ def pg_server_url() -> Iterator[str]:
         yield str(server.get_uri())
     finally:
         server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
