@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
+from api.batcher import EnqueueBatcher
 from api.config import ApiSettings
 from api.metrics import Metrics
 from broker import AsyncBroker
@@ -21,6 +22,7 @@ class Runtime:
     api: ApiSettings
     metrics: Metrics
     expected_revision: str
+    batcher: EnqueueBatcher = field(default_factory=EnqueueBatcher)
     client: AsyncBroker | None = None
 
     @property

@@ -22,9 +22,9 @@ from litestar.params import (
     QueryParameter,
 )
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from psycopg import errors as pg_errors
 
 from api.auth import principal, require
+from api.batcher import enqueue_many
 from api.deps import BrokerClient, Runtime
 from api.problems import responses
 from api.schemas import (
@@ -44,16 +44,12 @@ from api.schemas import (
 )
 from broker import JobSpec
 from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
-from broker.lease import Enqueued
 from broker.schema import TERMINAL_STATES
 
 MAX_ID = 2**63 - 1
 JobId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Job id.")]
 FOLLOW_POLL_SECONDS = 0.25
 REPLAY_HEADER = "Idempotent-Replayed"
-# An idempotent enqueue can lose a race to a job that is then deleted; the SQL function
-# asks for a retry with serialization_failure, which is safe to repeat.
-ENQUEUE_ATTEMPTS = 3
 
 
 def _spec(job: JobIn, key: str | None) -> JobSpec:
@@ -70,16 +66,6 @@ def _spec(job: JobIn, key: str | None) -> JobSpec:
         subject_key=job.subject_key,
         tags=job.tags,
     )
-
-
-async def _enqueue(client: BrokerClient, specs: list[JobSpec]) -> list[Enqueued]:
-    for attempt in range(ENQUEUE_ATTEMPTS):
-        try:
-            return await client.enqueue_many(specs)
-        except pg_errors.SerializationFailure:
-            if attempt == ENQUEUE_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def encode_cursor(last_id: int) -> str:
@@ -155,11 +141,12 @@ class JobsController(Controller):
             )
         prefix = principal(request).key_prefix
         key = idempotency_key or data.idempotency_key
-        enqueued = (await _enqueue(client, [_spec(data, prefix + key if key else None)]))[0]
-        job = await client.get_job(enqueued.id)
         runtime: Runtime = request.app.state.runtime
+        spec = _spec(data, prefix + key if key else None)
+        stored = await runtime.batcher.enqueue(client, spec)
+        job = stored.job
         headers = {"Location": f"/v1/jobs/{job.id}"}
-        if enqueued.created:
+        if stored.created:
             runtime.metrics.enqueued.inc(job.queue)
         else:
             headers[REPLAY_HEADER] = "true"
@@ -188,7 +175,7 @@ class JobsController(Controller):
             _spec(job, prefix + job.idempotency_key if job.idempotency_key else None)
             for job in data.jobs
         ]
-        enqueued = await _enqueue(client, specs)
+        enqueued = await enqueue_many(client, specs)
         runtime: Runtime = request.app.state.runtime
         for job, result in zip(data.jobs, enqueued, strict=True):
             if result.created:

@@ -7,11 +7,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from api.app import create_app
@@ -92,3 +93,13 @@ def live_api(db_url: str) -> Iterator[str]:
     """Base URL of a real `broker api` server (uvicorn) on the test database."""
     with serve(db_url) as base:
         yield base
+
+
+@asynccontextmanager
+async def asgi_client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling `app` in this event loop, so requests truly run concurrently
+    (Litestar's AsyncTestClient hands each request to a portal, one at a time)."""
+    async with app.lifespan():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+            yield c

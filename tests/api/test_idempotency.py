@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import psycopg
-from litestar.testing import AsyncTestClient, TestClient
+from litestar.testing import TestClient
 
 from api.app import create_app
 from api.config import ApiSettings, parse_tokens
 from broker.config import Settings
-from tests.api.conftest import ADMIN, SUBMIT, TOKENS, bearer
+from tests.api.conftest import ADMIN, SUBMIT, TOKENS, asgi_client, bearer
 
 Client = TestClient  # type: ignore[type-arg]
 
@@ -93,7 +93,7 @@ def test_concurrent_posts_create_one_job_per_key(
     app = create_app(Settings(database_url=db_url), api_settings=settings)
 
     async def run() -> list[Any]:
-        async with AsyncTestClient(app) as c:
+        async with asgi_client(app) as c:
 
             async def post(n: int) -> Any:
                 key = f"key-{n % 20}"
