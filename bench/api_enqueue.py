@@ -1,13 +1,15 @@
 """Benchmark enqueue over HTTP: single POST /v1/jobs req/s (1 and 50 clients) and batch jobs/s.
 
 Starts `broker api` (uvicorn, no access log) the way the README does, on a scratch
-database, unless --url points at a running server. Clients are asyncio + httpx with
-keep-alive in one process; on a 2-core machine they share the CPU with the server and
-PostgreSQL, so the figures are a floor for what a separate load generator would see.
+database, unless --url points at a running server. On a 2-core machine the load
+generator shares the CPU with the server and PostgreSQL, so the figures are a floor.
 
     python -m bench.api_enqueue                      # 5 s per single-enqueue run, 50 batches
     python -m bench.api_enqueue --seconds 1 --batches 3   # quick smoke run
     python -m bench.api_enqueue --url http://127.0.0.1:8000 --token secret
+
+Single enqueues are driven by wrk (Debian package `wrk`) when it is installed, else by
+httpx; batches always by httpx (their cost is on the server).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,9 +128,42 @@ async def batches(base: str, token: str, count: int, size: int, clients: int) ->
     return count * size, elapsed
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"kind":"noop","args":{"n":1}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def single_wrk(base: str, token: str, clients: int, seconds: float) -> tuple[int, float]:
+    """The same load from wrk, a separate C process: the Python client above tops out
+    long before the server does on this machine."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT % token)
+        script.flush()
+        duration = max(1, round(seconds))
+        cmd = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration}s"]
+        out = subprocess.run(
+            [*cmd, "-s", script.name, base + "/v1/jobs"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return requests, float(duration)
+
+
 def run(base: str, token: str, args: argparse.Namespace) -> None:
+    use_wrk = shutil.which("wrk") is not None and not args.python_client
+    print(f"load generator: {'wrk' if use_wrk else 'httpx (asyncio, in-process)'}")
     for clients in (1, 50):
-        n, elapsed = asyncio.run(single(base, token, clients, args.seconds))
+        if use_wrk:
+            n, elapsed = single_wrk(base, token, clients, args.seconds)
+        else:
+            n, elapsed = asyncio.run(single(base, token, clients, args.seconds))
         rate = n / elapsed
         print(
             f"single POST /v1/jobs, {clients:>2} client(s): {rate:8.0f} req/s "
@@ -149,6 +187,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument(
+        "--python-client",
+        action="store_true",
+        help="use httpx for single enqueues even if wrk is installed",
+    )
     args = parser.parse_args()
     if args.url:
         run(args.url, args.token, args)
