@@ -49,7 +49,13 @@ JOB_KEYS = {
 def cli(db_url: str, *args: str, input: str | None = None) -> Result:
     """Run `broker ARGS` in-process on the test's database."""
     env = {"BROKER_DATABASE_URL": db_url, "BROKER_SCHEMA": None, "BROKER_LEASE_TTL": None}
-    return CliRunner().invoke(main, list(args), env=env, input=input, catch_exceptions=False)
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(
+        main, list(args), env=env, input=input, catch_exceptions=False, prog_name="broker"
+    )
 
 
 def one_error_line(result: Result) -> str:
