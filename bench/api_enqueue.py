@@ -10,6 +10,22 @@ generator shares the CPU with the server and PostgreSQL, so the figures are a fl
 
 Single enqueues are driven by wrk (Debian package `wrk`) when it is installed, else by
 httpx; batches always by httpx (their cost is on the server).
+
+Figures (2026-11-23, this 2-core machine, PostgreSQL 15 with fsync on, other test runs
+sharing the CPU, so +-20% between runs; one server process):
+
+    single POST /v1/jobs, 1 client      230-510 req/s  (one commit per request)
+    single POST /v1/jobs, 50 clients    1,950-2,750 req/s  (group commit, api/batcher.py;
+                                        ~240 req/s before it: notifying commits serialize)
+    batch of 1,000, 1 client            17,000-35,000 jobs/s
+    batch of 1,000, 4 clients           36,000-43,000 jobs/s
+
+Server choice, same database, wrk, one process each, measured back to back:
+uvicorn 2,418-2,753 vs granian 2.8.7 2,774-2,828 req/s on POST /v1/jobs with 50 clients,
+427-510 vs 391-446 with one; GET /healthz 6,800 vs 16,000 req/s. Enqueue is bound by the
+database, so `broker api` stays on uvicorn (already a dependency, no Rust wheel). Run one
+uvicorn process per container/port: with --workers 2 every request here took ~45 ms at
+low concurrency (even /healthz), which granian's workers did not show.
 """
 
 from __future__ import annotations
