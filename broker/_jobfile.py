@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -74,15 +75,35 @@ class JobFileError(ValueError):
 
 
 _decoder = msgspec.json.Decoder(JobLine)
+_AT = re.compile(r"^(?P<why>.*) - at `\$\.?(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def _why(exc: msgspec.ValidationError) -> tuple[str | None, str]:
+    """(the field at fault, if one is named, and what is wrong with it)."""
+    found = _AT.match(str(exc))
+    if found is None or not found["path"]:
+        return None, str(exc)
+    why = found["why"].replace(f"`str` matching regex {_NAME!r}", "letters, digits, _ . : - only")
+    why = why.replace(f"`str` matching regex {_KEY!r}", "printable ASCII without spaces")
+    return found["path"], why
+
+
+class FieldError(ValueError):
+    """A job field is invalid; `field` is its name (e.g. `priority`, `tags[0]`)."""
+
+    def __init__(self, field: str | None, why: str) -> None:
+        super().__init__(f"{field}: {why}" if field else why)
+        self.field = field
+        self.why = why
 
 
 def spec_from(fields: dict[str, Any]) -> JobSpec:
     """A job spec from already-parsed fields (as on the command line), checked like a line.
-    Raises ValueError saying which field is wrong."""
+    Raises FieldError saying which field is wrong."""
     try:
         return msgspec.convert(fields, JobLine).spec()
     except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from None
+        raise FieldError(*_why(exc)) from None
 
 
 def parse_line(text: str | bytes, source: str, number: int) -> JobSpec:
@@ -90,7 +111,7 @@ def parse_line(text: str | bytes, source: str, number: int) -> JobSpec:
     try:
         return _decoder.decode(text).spec()
     except msgspec.ValidationError as exc:
-        raise JobFileError(source, number, str(exc)) from None
+        raise JobFileError(source, number, str(FieldError(*_why(exc)))) from None
     except msgspec.DecodeError as exc:
         raise JobFileError(source, number, f"not valid JSON ({exc})") from None
 

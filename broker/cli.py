@@ -222,6 +222,12 @@ class CommandFailed(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+class Interrupted(CommandFailed):
+    """Ctrl-C: exit code 130, as a shell reports SIGINT."""
+
+    exit_code = 130
+
+
 def _one_line_usage(exc: click.UsageError) -> InputError:
     where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
     return InputError(exc.format_message() + where)
@@ -422,7 +428,7 @@ def enqueue(
         raise InputError("give KIND, or --file (see `broker enqueue --help`)")
     if delay is not None and run_at is not None:
         raise InputError("give --delay or --run-at, not both")
-    from broker._jobfile import spec_from
+    from broker._jobfile import FieldError, spec_from
 
     fields: dict[str, Any] = {
         "kind": kind,
@@ -439,8 +445,10 @@ def enqueue(
     }
     try:
         spec = spec_from({k: v for k, v in fields.items() if v is not None})
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    except FieldError as exc:
+        name = (exc.field or "").split("[")[0]
+        option = {"kind": "KIND", "tags": "--tag"}.get(name, "--" + name.replace("_", "-"))
+        raise InputError(f"{option}: {exc.why}" if exc.field else exc.why) from None
     with _client() as client:
         [done] = client.enqueue_many([spec])
     if as_json:
@@ -499,6 +507,8 @@ def _enqueue_file(path: str, batch_size: int, as_json: bool) -> None:
                 progress.update(jobs, bytes_read)
     except JobFileError as exc:
         raise InputError(f"{exc}; nothing was enqueued") from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; nothing was enqueued") from None
     finally:
         progress.close()
         stream.close()

@@ -140,7 +140,9 @@ def test_enqueue_delay_is_measured_by_the_database(db_url: str, broker: Broker) 
     [
         (["k", "--args", "{bad"], "--args is not valid JSON"),
         (["k", "--args", "[1, 2]"], "--args must be a JSON object"),
-        (["bad kind!"], "$.kind"),
+        (["bad kind!"], "KIND: Expected letters, digits, _ . : - only"),
+        (["k", "--queue", "a b"], "--queue: Expected letters"),
+        (["k", "--tag", ""], "--tag: Expected `str` of length >= 1"),
         (["k", "--run-at", "2030-01-01T09:00:00"], "--run-at needs a UTC offset"),
         (["k", "--run-at", "tomorrow"], "--run-at is not an ISO 8601 time"),
         (["k", "--delay", "5", "--run-at", "2030-01-01T09:00:00Z"], "not both"),
@@ -209,7 +211,7 @@ def test_enqueue_file_with_a_bad_line_enqueues_nothing(
     assert result.exit_code == 2
     line = one_error_line(result)
     assert line.startswith(f"error: {path} line 7001: ")
-    assert "$.priority" in line and "nothing was enqueued" in line
+    assert line.endswith("priority: Expected `int`, got `str`; nothing was enqueued")
     assert job_count(conn) == 0  # the first batch of 5,000 was rolled back too
 
 
