@@ -201,6 +201,8 @@ Exit codes (enqueue, jobs, stats, workers):
 
 main.epilog = EXIT_CODES
 
+# broker.schema.JOB_STATES, without importing SQLAlchemy into every command (a test
+# keeps the two equal).
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 

@@ -122,3 +122,10 @@ def test_batches_fail_before_yielding_the_bad_lines_batch() -> None:
 def test_spec_from_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"^priority: Expected `int`"):
         spec_from({"kind": "k", "priority": "high"})
+
+
+def test_cli_state_names_are_the_schemas() -> None:
+    from broker.cli import STATES
+    from broker.schema import JOB_STATES
+
+    assert STATES == JOB_STATES
