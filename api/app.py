@@ -41,7 +41,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(msgspec.json.decode, conn)
 
 
-def open_pool(url: str, max_size: int) -> AsyncConnectionPool[Any]:
+def open_pool(url: str, max_size: int, wait: float) -> AsyncConnectionPool[Any]:
     """An unopened pool of autocommit connections, as the API's lifespan uses."""
     return AsyncConnectionPool(
         url,
@@ -50,8 +50,7 @@ def open_pool(url: str, max_size: int) -> AsyncConnectionPool[Any]:
         kwargs={"autocommit": True},
         configure=_configure,
         open=False,
-        # A request waits this long for a connection before answering 503.
-        timeout=10.0,
+        timeout=wait,
     )
 
 
@@ -80,7 +79,9 @@ def create_app(
         if active is None:
             from broker.db import database_url
 
-            owned = active = open_pool(database_url(settings), api_settings.pool_size)
+            owned = active = open_pool(
+                database_url(settings), api_settings.pool_size, api_settings.db_wait
+            )
             # Not waiting for connections: the API starts (and /readyz says why it is not
             # ready) even while the database is down.
             await owned.open(wait=False)

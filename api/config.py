@@ -10,6 +10,7 @@ from broker.errors import ConfigError
 SCOPES = frozenset({"submit", "work", "admin"})
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_POOL_SIZE = 10
+DEFAULT_DB_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,8 @@ class ApiSettings:
     auth_disabled: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     pool_size: int = DEFAULT_POOL_SIZE
+    # How long a request waits for a database connection before answering 503.
+    db_wait: float = DEFAULT_DB_WAIT
 
     def __post_init__(self) -> None:
         if not self.tokens and not self.auth_disabled:
@@ -73,6 +76,8 @@ class ApiSettings:
             raise ConfigError("BROKER_API_MAX_BODY_BYTES must be at least 1024")
         if self.pool_size < 1:
             raise ConfigError("BROKER_API_POOL_SIZE must be at least 1")
+        if not self.db_wait > 0:
+            raise ConfigError("BROKER_API_DB_WAIT must be a positive number of seconds")
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -84,6 +89,7 @@ class ApiSettings:
             auth_disabled=auth == "disabled",
             max_body_bytes=_int("BROKER_API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             pool_size=_int("BROKER_API_POOL_SIZE", DEFAULT_POOL_SIZE),
+            db_wait=_float("BROKER_API_DB_WAIT", DEFAULT_DB_WAIT),
         )
 
 
@@ -95,3 +101,13 @@ def _int(env: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
+
+
+def _float(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env} must be a number, got {raw!r}") from None

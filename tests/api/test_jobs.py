@@ -338,7 +338,9 @@ def test_readyz_when_the_database_is_unreachable() -> None:
 
     # Port 1 on loopback refuses connections at once.
     url = "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1"
-    app = create_app(Settings(database_url=url), api_settings=ApiSettings(auth_disabled=True))
+    app = create_app(
+        Settings(database_url=url), api_settings=ApiSettings(auth_disabled=True, db_wait=1)
+    )
     with TestClient(app) as c:
         assert c.get("/healthz").status_code == 200
         problem = assert_problem(c.get("/readyz"), 503)
