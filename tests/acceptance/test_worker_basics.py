@@ -174,3 +174,14 @@ def test_second_signal_hands_back_at_once(runs: str, broker: Broker, tmp_path: P
     after = broker.get_job(job.id)
     assert (after.state, after.attempts) == ("queued", 0)
     assert scalar(runs, "SELECT outcome FROM test_runs") == "cancelled:worker shutdown"
+
+
+def test_clock_skew_is_recorded_and_warned_about(runs: str, tmp_path: Path) -> None:
+    # A tolerance no real clock pair meets: the worker starts, records, and warns.
+    with WorkerProcess(runs, tmp_path, BROKER_CLOCK_SKEW_TOLERANCE="0.000000001") as worker:
+        wait_for(lambda: registered_ids(runs), 30, "registration", diagnose=worker.output)
+        wait_for(lambda: "clock differs" in worker.output(), 30, "the warning")
+        assert worker.stop() == 0
+    skew = scalar(runs, "SELECT clock_skew_seconds FROM broker.workers")
+    # Same machine, same clock: what is measured is the round trip's uncertainty.
+    assert skew is not None and abs(skew) < 1.0

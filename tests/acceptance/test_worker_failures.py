@@ -115,6 +115,24 @@ def test_cancel_of_a_running_job_stops_its_handler(
     assert events[-2:] == ["cancel_requested", "cancelled"]
 
 
+def test_cancel_without_notification_is_caught_by_the_heartbeat(
+    runs: str, broker: Broker, tmp_path: Path
+) -> None:
+    [job] = broker.enqueue_many([JobSpec("async_sleep", {"seconds": 60})])
+    with WorkerProcess(runs, tmp_path) as worker:
+        wait_for(lambda: run_count(runs, job.id), 30, "job start", diagnose=worker.output)
+        # What cancel_job() does, minus its NOTIFY: only the heartbeat can tell the worker.
+        query(runs, "UPDATE broker.jobs SET cancel_requested_at = now() WHERE id = %s", [job.id])
+        wait_for(
+            lambda: broker.get_job(job.id).state == "cancelled",
+            LEASE_TTL * 3,
+            "the heartbeat to report the cancel",
+            diagnose=worker.output,
+        )
+        assert worker.stop() == 0
+    assert scalar(runs, "SELECT outcome FROM test_runs") == "cancelled:cancel requested"
+
+
 def test_per_job_timeout(runs: str, broker: Broker, tmp_path: Path) -> None:
     [job] = broker.enqueue_many(
         [JobSpec("async_sleep", {"seconds": 60}, timeout=0.5, max_attempts=1)]
