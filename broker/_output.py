@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from broker.inspect import QueueStats, WorkerInfo
+from broker._cli_views import QueueRow, WorkerRow
 from broker.lease import Job, JobEvent, LogLine
 
 _GAP = "  "
@@ -131,7 +131,8 @@ def log_json(line: LogLine) -> dict[str, Any]:
     }
 
 
-def queue_json(q: QueueStats) -> dict[str, Any]:
+def queue_json(q: QueueRow) -> dict[str, Any]:
+    """A queue as GET /v1/queues shows it, plus its pause."""
     return {
         "queue": q.queue,
         "queued": q.queued,
@@ -142,19 +143,14 @@ def queue_json(q: QueueStats) -> dict[str, Any]:
         "failed": q.failed,
         "cancelled": q.cancelled,
         "oldest_available_age_seconds": q.oldest_available_age_seconds,
+        "paused": q.paused,
+        "paused_at": q.paused_at,
+        "pause_reason": q.pause_reason,
     }
 
 
-def worker_status(w: WorkerInfo, stale_after: float) -> str:
-    """alive (heartbeating), stopped (shut down cleanly) or gone (no heartbeat for too long)."""
-    if w.stopped_at is not None:
-        return "stopped"
-    return "alive" if w.last_seen_age_seconds <= stale_after else "gone"
-
-
-def worker_json(w: WorkerInfo, stale_after: float, skew_tolerance: float) -> dict[str, Any]:
-    """A worker as GET /v1/workers shows it, plus `status`."""
-    status = worker_status(w, stale_after)
+def worker_json(w: WorkerRow, skew_tolerance: float) -> dict[str, Any]:
+    """A worker as GET /v1/workers shows it, plus `status` (alive, stopped or gone)."""
     return {
         "worker_id": w.worker_id,
         "host_id": w.host_id,
@@ -168,8 +164,8 @@ def worker_json(w: WorkerInfo, stale_after: float, skew_tolerance: float) -> dic
         "last_seen": w.last_seen,
         "stopped_at": w.stopped_at,
         "last_seen_age_seconds": w.last_seen_age_seconds,
-        "alive": status == "alive",
-        "status": status,
+        "alive": w.status == "alive",
+        "status": w.status,
         "running_jobs": w.running_jobs,
         "clock_skew_seconds": w.clock_skew_seconds,
         "clock_skew_exceeded": w.clock_skew_seconds is not None

@@ -718,53 +718,47 @@ def jobs_retry(job_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @operator_errors
 def stats(as_json: bool) -> None:
-    """Jobs per queue and state, and how long the oldest runnable job has waited."""
-    from broker import inspect
+    """Jobs per queue and state, how long the oldest runnable job has waited, which queues
+    are paused, and how many workers are alive."""
+    from broker import _cli_views as views
     from broker._output import duration, queue_json, table, when
 
     with _client() as client:
-        stale_after = 3 * client.lease_ttl
-        queues = client.run(inspect.queues())
-        total = client.run(inspect.overview(stale_after))
-    scheduled = sum(q.scheduled for q in queues)
-    totals = {
-        "queued": total.queued,
-        "available": total.available,
-        "scheduled": scheduled,
-        "running": total.running,
-        "succeeded": total.succeeded,
-        "failed": total.failed,
-        "cancelled": total.cancelled,
-        "oldest_available_age_seconds": total.oldest_available_age_seconds,
-    }
+        queues = client.run(views.queue_stats())
+        summary = client.run(views.summary())
+    counts = ["queued", "available", "scheduled", "running", "succeeded", "failed", "cancelled"]
+    totals: dict[str, Any] = {name: sum(getattr(q, name) for q in queues) for name in counts}
+    waits = [q.oldest_available_age_seconds for q in queues if q.available]
+    totals["oldest_available_age_seconds"] = max(waits, default=0.0)
     if as_json:
         _echo_json(
             {
                 "queues": [queue_json(q) for q in queues],
                 "totals": totals,
-                "workers_alive": total.workers_alive,
-                "db_time": total.db_time,
+                "workers_alive": summary.workers_alive,
+                "db_time": summary.db_time,
             }
         )
         return
-    counts = ["QUEUED", "AVAILABLE", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
     rows = [
         [
             q.queue,
-            *(str(n) for n in (q.queued, q.available, q.scheduled, q.running)),
-            *(str(n) for n in (q.succeeded, q.failed, q.cancelled)),
+            *(str(getattr(q, name)) for name in counts),
             duration(q.oldest_available_age_seconds) if q.available else "-",
+            "paused" if q.paused else "",
         ]
         for q in queues
     ]
     total_row = [
         "(all)",
-        *(str(totals[name.lower()]) for name in counts),
-        duration(total.oldest_available_age_seconds) if total.available else "-",
+        *(str(totals[name]) for name in counts),
+        duration(totals["oldest_available_age_seconds"]) if waits else "-",
+        "",
     ]
-    right = [*counts, "OLDEST WAIT"]
-    click.echo(table(["QUEUE", *counts, "OLDEST WAIT"], [*rows, total_row], right=right))
-    click.echo(f"\nworkers alive: {total.workers_alive}   database time: {when(total.db_time)}")
+    headers = ["QUEUE", *(name.upper() for name in counts), "OLDEST WAIT", "PAUSED"]
+    right = headers[1:-1]
+    click.echo(table(headers, [*rows, total_row], right=right))
+    click.echo(f"\nworkers alive: {summary.workers_alive}   database time: {when(summary.db_time)}")
 
 
 @main.command("workers", cls=_OneLineCommand)
@@ -772,24 +766,22 @@ def stats(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @operator_errors
 def workers_command(alive_only: bool, as_json: bool) -> None:
-    """The worker registry: alive (heartbeat within 3 lease TTLs, by the database clock),
-    stopped (shut down cleanly) or gone; last seen; clock skew against the database
-    (`!` past BROKER_CLOCK_SKEW_TOLERANCE)."""
-    from broker import inspect
-    from broker._output import duration, table, worker_json, worker_status
+    """The worker registry, with each worker's status as the broker.worker_status view
+    gives it (alive: a heartbeat within the last 30 s, by the database clock; stopped:
+    shut down cleanly; gone: no heartbeat since), when it was last seen, and its clock
+    skew against the database (`!` past BROKER_CLOCK_SKEW_TOLERANCE)."""
+    from broker import _cli_views as views
+    from broker._output import duration, table, worker_json
 
-    settings = Settings.from_env()
-    tolerance = settings.clock_skew_tolerance
+    tolerance = Settings.from_env().clock_skew_tolerance
     with _client() as client:
-        stale_after = 3 * client.lease_ttl
-        found = client.run(inspect.workers())
+        found = client.run(views.workers())
     if alive_only:
-        found = [w for w in found if worker_status(w, stale_after) == "alive"]
+        found = [w for w in found if w.status == "alive"]
     if as_json:
         _echo_json(
             {
-                "workers": [worker_json(w, stale_after, tolerance) for w in found],
-                "stale_after_seconds": stale_after,
+                "workers": [worker_json(w, tolerance) for w in found],
                 "clock_skew_tolerance_seconds": tolerance,
             }
         )
@@ -798,7 +790,7 @@ def workers_command(alive_only: bool, as_json: bool) -> None:
         click.echo("no workers")
         return
 
-    def skew(w: inspect.WorkerInfo) -> str:
+    def skew(w: views.WorkerRow) -> str:
         if w.clock_skew_seconds is None:
             return "-"
         flag = "!" if abs(w.clock_skew_seconds) > tolerance else ""
@@ -812,7 +804,7 @@ def workers_command(alive_only: bool, as_json: bool) -> None:
             ",".join(w.queues),
             str(w.concurrency),
             str(w.running_jobs),
-            worker_status(w, stale_after),
+            w.status,
             duration(w.last_seen_age_seconds) + " ago",
             skew(w),
         ]

@@ -403,13 +403,15 @@ def test_jobs_cancel_a_finished_job_exits_1(db_url: str, broker: Broker) -> None
 # --- stats and workers ------------------------------------------------------------------
 
 
-def test_stats_table_and_json(db_url: str, broker: Broker) -> None:
+def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connection[Any]) -> None:
     broker.enqueue("k", queue="a")
     broker.enqueue("k", queue="a", delay=3600)
     done = broker.enqueue("k", queue="b").id
     [held] = broker.claim(["b"], 1, "host:1")
     assert held.job_id == done
     broker.complete(held)
+    conn.execute("SELECT broker.pause_queue('a', 'deploy')")
+    conn.execute("SELECT broker.pause_queue('idle')")  # paused, and no jobs at all
 
     table = cli(db_url, "stats")
     assert table.exit_code == 0, table.stderr
@@ -425,16 +427,20 @@ def test_stats_table_and_json(db_url: str, broker: Broker) -> None:
         "CANCELLED",
         "OLDEST",
         "WAIT",
+        "PAUSED",
     ]
     assert lines[1].split()[:8] == ["a", "2", "1", "1", "0", "0", "0", "0"]
+    assert lines[1].split()[-1] == "paused"
     assert lines[2].split() == ["b", "0", "0", "0", "0", "1", "0", "0", "-"]
-    assert lines[3].split()[:8] == ["(all)", "2", "1", "1", "0", "1", "0", "0"]
+    assert lines[3].split() == ["idle", "0", "0", "0", "0", "0", "0", "0", "-", "paused"]
+    assert lines[4].split()[:8] == ["(all)", "2", "1", "1", "0", "1", "0", "0"]
     assert "workers alive: 0" in table.stdout
 
     body = json.loads(cli(db_url, "stats", "--json").stdout)
     assert set(body) == {"queues", "totals", "workers_alive", "db_time"}
-    assert [q["queue"] for q in body["queues"]] == ["a", "b"]
-    assert body["queues"][0] == {
+    assert [q["queue"] for q in body["queues"]] == ["a", "b", "idle"]
+    a = body["queues"][0]
+    assert a == {
         "queue": "a",
         "queued": 2,
         "available": 1,
@@ -443,9 +449,23 @@ def test_stats_table_and_json(db_url: str, broker: Broker) -> None:
         "succeeded": 0,
         "failed": 0,
         "cancelled": 0,
-        "oldest_available_age_seconds": body["queues"][0]["oldest_available_age_seconds"],
+        "oldest_available_age_seconds": a["oldest_available_age_seconds"],
+        "paused": True,
+        "paused_at": a["paused_at"],
+        "pause_reason": "deploy",
     }
-    assert body["totals"]["succeeded"] == 1 and body["totals"]["scheduled"] == 1
+    assert a["oldest_available_age_seconds"] >= 0 and a["paused_at"] is not None
+    assert body["queues"][1]["paused"] is False and body["queues"][1]["paused_at"] is None
+    assert body["totals"] == {
+        "queued": 2,
+        "available": 1,
+        "scheduled": 1,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 0,
+        "cancelled": 0,
+        "oldest_available_age_seconds": a["oldest_available_age_seconds"],
+    }
 
 
 def register_worker(conn: psycopg.Connection[Any], seq: int, age: str, skew: float) -> str:
@@ -464,6 +484,8 @@ def test_workers_table_and_json(db_url: str, conn: psycopg.Connection[Any]) -> N
     assert cli(db_url, "workers").stdout == "no workers\n"
     alive = register_worker(conn, 1, "1 second", 0.004)
     gone = register_worker(conn, 2, "10 minutes", 9.5)
+    stopped = register_worker(conn, 3, "5 minutes", 0.0)
+    conn.execute("UPDATE broker.workers SET stopped_at = now() WHERE worker_id = %s", (stopped,))
 
     table = cli(db_url, "workers")
     assert table.exit_code == 0, table.stderr
@@ -471,12 +493,15 @@ def test_workers_table_and_json(db_url: str, conn: psycopg.Connection[Any]) -> N
     assert rows[alive][6] == "alive" and rows[alive][-1] == "+0.004s"
     assert rows[gone][6] == "gone" and rows[gone][-1] == "+9.500s!"
     assert rows[gone][7:9] == ["10m00s", "ago"]
+    assert rows[stopped][6] == "stopped"
 
     body = json.loads(cli(db_url, "workers", "--json").stdout)
-    assert set(body) == {"workers", "stale_after_seconds", "clock_skew_tolerance_seconds"}
+    assert set(body) == {"workers", "clock_skew_tolerance_seconds"}
     by_id = {w["worker_id"]: w for w in body["workers"]}
     assert by_id[alive]["alive"] is True and by_id[alive]["status"] == "alive"
     assert by_id[gone]["alive"] is False and by_id[gone]["clock_skew_exceeded"] is True
+    assert (by_id[gone]["status"], by_id[stopped]["status"]) == ("gone", "stopped")
+    assert by_id[stopped]["stopped_at"] is not None
     assert by_id[alive]["queues"] == ["default", "emails"]
     only = json.loads(cli(db_url, "workers", "--alive", "--json").stdout)
     assert [w["worker_id"] for w in only["workers"]] == [alive]
