@@ -305,6 +305,11 @@ class Worker:
                 log.warning("claim failed: %s", exc)
                 await self._wait(self._stopping, backoff.next())
                 continue
+            except Exception:
+                # A bug must not end the claim loop silently while jobs keep running.
+                log.exception("claim failed")
+                await self._wait(self._stopping, backoff.next())
+                continue
             backoff.reset()
             self.claimed += len(leases)
             for held in leases:

@@ -15,10 +15,16 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from broker import Fail, JobContext, Retry, task
 
-_local = threading.local()
+# Few connections per worker process: the test server is shared with other test runs, and
+# one connection per handler thread (x concurrency x processes) would exhaust it.
+RECORD_CONNECTIONS = 3
+_pool: ConnectionPool[Any] | None = None
+_pool_lock = threading.Lock()
+
 
 START = (
     "INSERT INTO public.test_runs (job_id, epoch, attempt, pid, worker_id, started)"
@@ -27,26 +33,35 @@ START = (
 FINISH = "UPDATE public.test_runs SET finished = to_timestamp(%s), outcome = %s WHERE id = %s"
 
 
-def _conn() -> psycopg.Connection[Any]:
-    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
-    if conn is None or conn.closed or conn.broken:
-        conn = psycopg.connect(os.environ["BROKER_DATABASE_URL"], autocommit=True)
-        _local.conn = conn
-    return conn
+def _connections() -> ConnectionPool[Any]:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ConnectionPool(
+                os.environ["BROKER_DATABASE_URL"],
+                min_size=1,
+                max_size=RECORD_CONNECTIONS,
+                kwargs={"autocommit": True},
+                open=True,
+            )
+        return _pool
+
+
+def _execute(query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    with _connections().connection() as conn:
+        cur = conn.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description is not None else []
 
 
 def _start(ctx: JobContext) -> int:
-    row = (
-        _conn()
-        .execute(START, (ctx.id, ctx.epoch, ctx.attempt, os.getpid(), ctx.worker_id, time.time()))
-        .fetchone()
+    [(run_id,)] = _execute(
+        START, (ctx.id, ctx.epoch, ctx.attempt, os.getpid(), ctx.worker_id, time.time())
     )
-    assert row is not None
-    return int(row[0])
+    return int(run_id)
 
 
 def _finish(run_id: int, outcome: str) -> None:
-    _conn().execute(FINISH, (time.time(), outcome, run_id))
+    _execute(FINISH, (time.time(), outcome, run_id))
 
 
 @task("sleep")
