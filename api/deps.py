@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
@@ -25,21 +27,16 @@ class Runtime:
     batcher: EnqueueBatcher = field(default_factory=EnqueueBatcher)
     client: AsyncBroker | None = None
 
-    @property
-    def worker_stale_after(self) -> float:
-        """Seconds without a heartbeat after which a worker counts as gone."""
-        return 3 * self.settings.lease_ttl
 
-
-def runtime(state: State) -> Runtime:
-    """The app's Runtime (a Litestar dependency)."""
-    found: Runtime = state.runtime
+def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
+    """The Runtime of the app serving `request`."""
+    found: Runtime = request.app.state.runtime
     return found
 
 
 def client(state: State) -> AsyncBroker:
     """The app's broker client (a Litestar dependency). Raises if the lifespan did not run."""
-    found = runtime(state).client
+    found: AsyncBroker | None = state.runtime.client
     if found is None:
         raise RuntimeError("the API's database pool is not open (lifespan not started)")
     return found

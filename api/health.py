@@ -8,7 +8,7 @@ import psycopg
 from litestar import Controller, Request, get
 from litestar.exceptions import ServiceUnavailableException
 
-from api.deps import BrokerClient, Runtime
+from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import Health, Readiness
 from broker import BrokerError
@@ -30,7 +30,7 @@ class HealthController(Controller):
         summary="Readiness: the database is reachable and migrated to this code's head",
     )
     async def readyz(self, request: Request[Any, Any, Any], client: BrokerClient) -> Readiness:
-        runtime: Runtime = request.app.state.runtime
+        runtime = runtime_of(request)
         try:
             current = await client.run(schema_revision())
         except (BrokerError, psycopg.Error) as exc:

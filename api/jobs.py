@@ -25,7 +25,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.auth import principal, require
 from api.batcher import enqueue_many
-from api.deps import BrokerClient, Runtime
+from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import (
     NAME_PATTERN,
@@ -141,7 +141,7 @@ class JobsController(Controller):
             )
         prefix = principal(request).key_prefix
         key = idempotency_key or data.idempotency_key
-        runtime: Runtime = request.app.state.runtime
+        runtime = runtime_of(request)
         spec = _spec(data, prefix + key if key else None)
         stored = await runtime.batcher.enqueue(client, spec)
         job = stored.job
@@ -176,7 +176,7 @@ class JobsController(Controller):
             for job in data.jobs
         ]
         enqueued = await enqueue_many(client, specs)
-        runtime: Runtime = request.app.state.runtime
+        runtime = runtime_of(request)
         for job, result in zip(data.jobs, enqueued, strict=True):
             if result.created:
                 runtime.metrics.enqueued.inc(job.queue)

@@ -13,7 +13,7 @@ from litestar import Controller, Request, post
 from litestar.params import JSONBody, Parameter
 
 from api.auth import require
-from api.deps import BrokerClient, Runtime
+from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import (
     CompleteIn,
@@ -36,11 +36,6 @@ def _held(job_id: int, epoch: int, worker_id: str) -> Lease:
     return Lease(job_id, epoch, "", "", {}, 0, 0, 0, None, worker_id)
 
 
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    found: Runtime = request.app.state.runtime
-    return found
-
-
 class LeasesController(Controller):
     """Worker protocol endpoints; they need the `work` scope."""
 
@@ -59,7 +54,7 @@ class LeasesController(Controller):
     async def claim(
         self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest], client: BrokerClient
     ) -> LeaseList:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         ttl = data.lease_ttl or runtime.settings.lease_ttl
         started = time.perf_counter()
         leases = await client.claim(data.queues, data.limit, data.worker_id, ttl)
@@ -96,7 +91,7 @@ class LeasesController(Controller):
         data: JSONBody[HeartbeatIn],
         client: BrokerClient,
     ) -> HeartbeatOut:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         ttl = data.lease_ttl or runtime.settings.lease_ttl
         outcome = await client.heartbeat([_held(job_id, data.lease_epoch, data.worker_id)], ttl)
         if outcome.lost:
@@ -117,7 +112,7 @@ class LeasesController(Controller):
         data: JSONBody[CompleteIn],
         client: BrokerClient,
     ) -> WriteOut:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         held = _held(job_id, data.lease_epoch, data.worker_id)
         outcome = (await client.complete_many([(held, data.result)]))[0]
         if not outcome.applied:
@@ -144,7 +139,7 @@ class LeasesController(Controller):
         data: JSONBody[FailIn],
         client: BrokerClient,
     ) -> WriteOut:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         held = _held(job_id, data.lease_epoch, data.worker_id)
         failure = Failure(data.error, data.retryable, data.delay)
         outcome = (await client.fail_many([(held, failure)]))[0]

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Controller, Request, Response, get
 
 from api.auth import require
-from api.deps import BrokerClient, Runtime
+from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import (
     HostOut,
@@ -20,11 +20,6 @@ from api.schemas import (
 from broker import inspect as views
 
 PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    found: Runtime = request.app.state.runtime
-    return found
 
 
 class QueuesController(Controller):
@@ -48,6 +43,7 @@ class QueuesController(Controller):
                     r.failed,
                     r.cancelled,
                     r.oldest_available_age_seconds,
+                    r.paused,
                 )
                 for r in rows
             ]
@@ -65,13 +61,13 @@ class WorkersController(Controller):
         responses=responses(401, 403, 503),
         summary="Registered workers, and the same grouped by host",
         description=(
-            "A worker is alive when it has not stopped and was seen within three lease TTLs "
-            "(database clock). clock_skew_exceeded flags workers whose clock differs from "
+            "Status is alive, stopped or gone, judged on the database clock (the "
+            "worker_status view). clock_skew_exceeded flags workers whose clock differs from "
             "the database's by more than BROKER_CLOCK_SKEW_TOLERANCE."
         ),
     )
     async def index(self, request: Request[Any, Any, Any], client: BrokerClient) -> WorkerList:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         tolerance = runtime.settings.clock_skew_tolerance
         rows = await client.run(views.workers())
         workers = [
@@ -88,8 +84,8 @@ class WorkersController(Controller):
                 last_seen=w.last_seen,
                 stopped_at=w.stopped_at,
                 last_seen_age_seconds=w.last_seen_age_seconds,
-                alive=w.stopped_at is None
-                and w.last_seen_age_seconds <= runtime.worker_stale_after,
+                status=w.status,  # type: ignore[arg-type]
+                alive=w.status == "alive",
                 running_jobs=w.running_jobs,
                 clock_skew_seconds=w.clock_skew_seconds,
                 clock_skew_exceeded=w.clock_skew_seconds is not None
@@ -131,8 +127,8 @@ class StatsController(Controller):
     guards = [require("admin")]
 
     @get("/", responses=responses(401, 403, 503), summary="Broker-wide totals")
-    async def index(self, request: Request[Any, Any, Any], client: BrokerClient) -> StatsOut:
-        o = await client.run(views.overview(_runtime(request).worker_stale_after))
+    async def index(self, client: BrokerClient) -> StatsOut:
+        o = await client.run(views.overview())
         queue_rows = await client.run(views.queues())
         return StatsOut(
             queued=o.queued,
@@ -163,4 +159,6 @@ class MetricsController(Controller):
     )
     async def metrics(self, request: Request[Any, Any, Any], client: BrokerClient) -> Response[str]:
         counts = await client.run(views.job_counts())
-        return Response(_runtime(request).metrics.render(counts), media_type=PROMETHEUS_MEDIA_TYPE)
+        return Response(
+            runtime_of(request).metrics.render(counts), media_type=PROMETHEUS_MEDIA_TYPE
+        )

@@ -259,6 +259,7 @@ class QueueOut(msgspec.Struct):
     failed: int
     cancelled: int
     oldest_available_age_seconds: float
+    paused: bool
 
 
 class QueueList(msgspec.Struct):
@@ -278,6 +279,7 @@ class WorkerOut(msgspec.Struct):
     last_seen: datetime
     stopped_at: datetime | None
     last_seen_age_seconds: float
+    status: Literal["alive", "stopped", "gone"]
     alive: bool
     running_jobs: int
     clock_skew_seconds: float | None

@@ -39,11 +39,12 @@ class QueueStats:
     failed: int
     cancelled: int
     oldest_available_age_seconds: float
+    paused: bool
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
-    """A registered worker; ages are measured on the database clock."""
+    """A registered worker; status (alive/stopped/gone) and ages use the database clock."""
 
     worker_id: str
     host_id: str
@@ -59,6 +60,7 @@ class WorkerInfo:
     clock_skew_seconds: float | None
     last_seen_age_seconds: float
     running_jobs: int
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +105,9 @@ def workers() -> Statement[list[WorkerInfo]]:
     return Statement("workers_list", {}, lambda rows: [WorkerInfo(*r) for r in rows])
 
 
-def overview(stale_after: float) -> Statement[Overview]:
-    """Totals by state; workers count as alive when seen within `stale_after` seconds."""
-    return Statement(
-        "stats_overview", {"stale_after": stale_after}, lambda rows: Overview(*rows[0])
-    )
+def overview() -> Statement[Overview]:
+    """Totals by state, and how many workers are alive."""
+    return Statement("stats_overview", {}, lambda rows: Overview(*rows[0]))
 
 
 def job_counts() -> Statement[list[tuple[str, str, int]]]:

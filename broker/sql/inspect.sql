@@ -19,18 +19,17 @@ LIMIT %(limit)s;
 
 -- name: queues_list
 SELECT queue, queued, available, scheduled, running, succeeded, failed, cancelled,
-       oldest_available_age_seconds
+       oldest_available_age_seconds, paused
 FROM {schema}.queue_stats ORDER BY queue;
 
 -- name: workers_list
--- Liveness and ages use the database clock only, like leases do.
-SELECT w.worker_id, w.host_id::text, w.seq, w.hostname, w.pid, w.queues, w.concurrency,
-       w.version, w.started_at, w.last_seen, w.stopped_at, w.clock_skew_seconds,
-       extract(epoch FROM now() - w.last_seen)::float8 AS last_seen_age_seconds,
-       (SELECT count(*) FROM {schema}.jobs j
-        WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running_jobs
-FROM {schema}.workers w
-ORDER BY w.host_id, w.seq;
+-- Status (alive/stopped/gone) comes from the worker_status view, so the API, the CLI and
+-- psql agree; it is judged on the database clock only, like leases are.
+SELECT s.worker_id, s.host_id::text, s.seq, s.hostname, s.pid, s.queues, s.concurrency,
+       w.version, s.started_at, s.last_seen, w.stopped_at, s.clock_skew_seconds,
+       s.seconds_since_seen, s.running_jobs, s.status
+FROM {schema}.worker_status s JOIN {schema}.workers w USING (worker_id)
+ORDER BY s.host_id, s.seq;
 
 -- name: stats_overview
 SELECT count(*) FILTER (WHERE state = 'queued') AS queued,
@@ -42,9 +41,7 @@ SELECT count(*) FILTER (WHERE state = 'queued') AS queued,
        coalesce(extract(epoch FROM now() - min(run_at)
                 FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8
          AS oldest_available_age_seconds,
-       (SELECT count(*) FROM {schema}.workers
-        WHERE stopped_at IS NULL
-          AND last_seen > now() - make_interval(secs => %(stale_after)s)) AS workers_alive,
+       (SELECT count(*) FROM {schema}.worker_status WHERE status = 'alive') AS workers_alive,
        now() AS db_time
 FROM {schema}.jobs;
 

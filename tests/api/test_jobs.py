@@ -268,9 +268,11 @@ def test_operator_views(client: Client, conn: psycopg.Connection[Any]) -> None:
     enqueue(client, queue="q1", delay=3600)
     enqueue(client, queue="q2")
     admin = bearer(ADMIN)
+    conn.execute("SELECT broker.pause_queue('q2')")
     queues = {q["queue"]: q for q in client.get("/v1/queues", headers=admin).json()["queues"]}
     assert queues["q1"]["queued"] == 2 and queues["q1"]["scheduled"] == 1
     assert queues["q2"]["available"] == 1
+    assert (queues["q1"]["paused"], queues["q2"]["paused"]) == (False, True)
 
     stats = client.get("/v1/stats", headers=admin).json()
     assert (stats["queued"], stats["total"], stats["queues"]) == (3, 3, 2)
@@ -289,7 +291,8 @@ def test_operator_views(client: Client, conn: psycopg.Connection[Any]) -> None:
     workers = {w["worker_id"]: w for w in body["workers"]}
     assert workers[f"{host}:1"]["alive"] and not workers[f"{host}:1"]["clock_skew_exceeded"]
     assert workers[f"{host}:2"]["clock_skew_exceeded"]
-    assert not workers["other:1"]["alive"]
+    assert not workers["other:1"]["alive"] and workers["other:1"]["status"] == "gone"
+    assert workers[f"{host}:2"]["status"] == "alive"
     hosts = {h["hostname"]: h for h in body["hosts"]}
     assert (hosts["box"]["workers"], hosts["box"]["alive"], hosts["box"]["concurrency"]) == (
         2,
