@@ -26,6 +26,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from api.auth import principal, require
 from api.batcher import enqueue_many
 from api.deps import BrokerClient, runtime_of
+from api.leases import held_lease
 from api.problems import responses
 from api.schemas import (
     NAME_PATTERN,
@@ -40,9 +41,11 @@ from api.schemas import (
     JobState,
     LogLineOut,
     LogPage,
+    LogsIn,
+    LogsStored,
     StateOut,
 )
-from broker import JobSpec
+from broker import JobSpec, LeaseLost
 from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.schema import TERMINAL_STATES
 
@@ -99,15 +102,16 @@ class _StreamingOperation(Operation):
 
 
 class JobsController(Controller):
-    """Jobs: submit with the `submit` scope (admin may do everything)."""
+    """Jobs: the `submit` scope, except appending logs, which is a worker's write (`work`).
+    The admin scope may do everything."""
 
     path = "/v1/jobs"
     tags = ["jobs"]
     security = [{"bearer": []}]
-    guards = [require("submit")]
 
     @post(
         "/",
+        guards=[require("submit")],
         status_code=201,
         responses=responses(400, 401, 403, 413, 422, 503),
         summary="Enqueue a job",
@@ -154,6 +158,7 @@ class JobsController(Controller):
 
     @post(
         "/batch",
+        guards=[require("submit")],
         status_code=201,
         responses=responses(400, 401, 403, 413, 422, 503),
         summary="Enqueue many jobs at once",
@@ -182,7 +187,12 @@ class JobsController(Controller):
                 runtime.metrics.enqueued.inc(job.queue)
         return BatchOut([EnqueuedOut(e.id, e.created) for e in enqueued])
 
-    @get("/{job_id:int}", responses=responses(400, 401, 403, 404, 503), summary="Get a job")
+    @get(
+        "/{job_id:int}",
+        guards=[require("submit")],
+        responses=responses(400, 401, 403, 404, 503),
+        summary="Get a job",
+    )
     async def read(
         self, request: Request[Any, Any, Any], job_id: JobId, client: BrokerClient
     ) -> JobOut:
@@ -190,6 +200,7 @@ class JobsController(Controller):
 
     @get(
         "/",
+        guards=[require("submit")],
         responses=responses(400, 401, 403, 503),
         summary="List jobs, newest first",
         description=f"Keyset pagination: pass `next_cursor` back as `cursor`. At most "
@@ -224,6 +235,7 @@ class JobsController(Controller):
 
     @get(
         "/{job_id:int}/events",
+        guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         summary="A job's history",
     )
@@ -240,6 +252,7 @@ class JobsController(Controller):
 
     @get(
         "/{job_id:int}/logs",
+        guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         operation_class=_StreamingOperation,
         summary="A job's log lines",
@@ -268,6 +281,7 @@ class JobsController(Controller):
 
     @post(
         "/{job_id:int}/cancel",
+        guards=[require("submit")],
         status_code=200,
         responses=responses(400, 401, 403, 404, 409, 503),
         summary="Cancel a job",
@@ -284,12 +298,37 @@ class JobsController(Controller):
 
     @post(
         "/{job_id:int}/retry",
+        guards=[require("submit")],
         status_code=200,
         responses=responses(400, 401, 403, 404, 409, 503),
         summary="Run a failed or cancelled job again",
     )
     async def retry(self, job_id: JobId, client: BrokerClient) -> StateOut:
         return StateOut(job_id, await client.retry(job_id))  # type: ignore[arg-type]
+
+    @post(
+        "/{job_id:int}/logs",
+        status_code=200,
+        guards=[require("work")],
+        tags=["worker protocol"],
+        responses=responses(400, 401, 403, 404, 409, 413, 503),
+        summary="Append log lines for a running job",
+        description="Readers see them at GET /v1/jobs/{job_id}/logs (and its follow stream).",
+    )
+    async def append_logs(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        data: JSONBody[LogsIn],
+        client: BrokerClient,
+    ) -> LogsStored:
+        held = held_lease(job_id, data.lease_epoch, data.worker_id)
+        stored = await client.append_logs([(held, line) for line in data.lines])
+        if stored < len(data.lines):
+            # Lines are kept only under the live lease; none were stored for a lost one.
+            runtime_of(request).metrics.lease_lost.inc("logs")
+            raise LeaseLost(job_id, data.lease_epoch, "logs")
+        return LogsStored(job_id, stored)
 
 
 async def _follow(

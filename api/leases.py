@@ -30,7 +30,7 @@ from broker import Failure, Lease, LeaseLost
 JobId = Annotated[int, Parameter(ge=1, le=2**63 - 1, description="Job id.")]
 
 
-def _held(job_id: int, epoch: int, worker_id: str) -> Lease:
+def held_lease(job_id: int, epoch: int, worker_id: str) -> Lease:
     # Fenced writes use only (job id, epoch, worker id); the rest of the lease is what the
     # claim told the worker, which the HTTP worker keeps on its side.
     return Lease(job_id, epoch, "", "", {}, 0, 0, 0, None, worker_id)
@@ -93,7 +93,9 @@ class LeasesController(Controller):
     ) -> HeartbeatOut:
         runtime = runtime_of(request)
         ttl = data.lease_ttl or runtime.settings.lease_ttl
-        outcome = await client.heartbeat([_held(job_id, data.lease_epoch, data.worker_id)], ttl)
+        outcome = await client.heartbeat(
+            [held_lease(job_id, data.lease_epoch, data.worker_id)], ttl
+        )
         if outcome.lost:
             runtime.metrics.lease_lost.inc("heartbeat")
             raise LeaseLost(job_id, data.lease_epoch, "heartbeat")
@@ -113,7 +115,7 @@ class LeasesController(Controller):
         client: BrokerClient,
     ) -> WriteOut:
         runtime = runtime_of(request)
-        held = _held(job_id, data.lease_epoch, data.worker_id)
+        held = held_lease(job_id, data.lease_epoch, data.worker_id)
         outcome = (await client.complete_many([(held, data.result)]))[0]
         if not outcome.applied:
             runtime.metrics.lease_lost.inc("complete")
@@ -140,7 +142,7 @@ class LeasesController(Controller):
         client: BrokerClient,
     ) -> WriteOut:
         runtime = runtime_of(request)
-        held = _held(job_id, data.lease_epoch, data.worker_id)
+        held = held_lease(job_id, data.lease_epoch, data.worker_id)
         failure = Failure(data.error, data.retryable, data.delay)
         outcome = (await client.fail_many([(held, failure)]))[0]
         if not outcome.applied:

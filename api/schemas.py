@@ -241,6 +241,21 @@ class FailIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delay: Seconds | None = None
 
 
+class LogsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Lines a running job logged; stored only while the lease is held."""
+
+    worker_id: WorkerId
+    lease_epoch: Epoch
+    lines: Annotated[
+        list[Annotated[str, Meta(max_length=MAX_ERROR_LENGTH)]], Meta(min_length=1, max_length=500)
+    ]
+
+
+class LogsStored(msgspec.Struct):
+    job_id: int
+    stored: int
+
+
 class WriteOut(msgspec.Struct):
     """A fenced write that applied; `state` is the job's new state."""
 

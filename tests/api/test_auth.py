@@ -35,6 +35,7 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/jobs/{job_id}/heartbeat", "work", LEASE),
     ("POST", "/v1/jobs/{job_id}/complete", "work", LEASE),
     ("POST", "/v1/jobs/{job_id}/fail", "work", {**LEASE, "error": "e"}),
+    ("POST", "/v1/jobs/{job_id}/logs", "work", {**LEASE, "lines": ["x"]}),
     ("GET", "/v1/queues", "admin", None),
     ("GET", "/v1/workers", "admin", None),
     ("GET", "/v1/stats", "admin", None),

@@ -172,3 +172,22 @@ def test_protocol_validation(client: Client) -> None:
         "/v1/jobs/99999/heartbeat", json={"worker_id": "w", "lease_epoch": 1}, headers=W
     )
     assert r.status_code == 409
+
+
+def test_logs_over_http_are_fenced(client: Client) -> None:
+    job_id = client.post(
+        "/v1/jobs", json={"kind": "k", "queue": "lg"}, headers=bearer(SUBMIT)
+    ).json()["id"]
+    held = claim(client, "lg")[0]
+    fence = {"worker_id": "http:1", "lease_epoch": held["lease_epoch"]}
+    r = client.post(f"/v1/jobs/{job_id}/logs", json={**fence, "lines": ["a", "b"]}, headers=W)
+    assert r.status_code == 200 and r.json() == {"job_id": job_id, "stored": 2}
+    stale = {**fence, "lease_epoch": held["lease_epoch"] + 1}
+    r = client.post(f"/v1/jobs/{job_id}/logs", json={**stale, "lines": ["c"]}, headers=W)
+    assert r.status_code == 409 and r.json()["type"].endswith("lease-lost")
+    assert (
+        client.post(f"/v1/jobs/{job_id}/logs", json={**fence, "lines": []}, headers=W).status_code
+        == 400
+    )
+    lines = client.get(f"/v1/jobs/{job_id}/logs", headers=bearer(SUBMIT)).json()["lines"]
+    assert [line["line"] for line in lines] == ["a", "b"]
