@@ -80,3 +80,37 @@ def test_python_blocks_run(page: Path, db_url: str, tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, f"docs/{page.name}:\n{done.stderr}"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = FENCE.sub("", page.read_text())
+    return {slug(m) for m in re.findall(r"^#+ (.*)$", text, flags=re.MULTILINE)}
+
+
+def test_index_links_every_page() -> None:
+    index = (DOCS / "index.md").read_text()
+    linked = {target.split("#")[0] for target in LINK.findall(index)}
+    pages = {page.name for page in DOCS.glob("*.md")} - {"index.md"}
+    pages |= {f"decisions/{page.name}" for page in (DOCS / "decisions").glob("*.md")}
+    assert pages <= linked, f"docs/index.md does not link {sorted(pages - linked)}"
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_relative_links_resolve(page: Path) -> None:
+    for target in LINK.findall(FENCE.sub("", page.read_text())):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        assert resolved.exists(), f"{page.name}: broken link {target}"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{page.name}: no heading for {target}"
