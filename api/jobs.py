@@ -255,6 +255,7 @@ class JobsController(Controller):
         guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         operation_class=_StreamingOperation,
+        operation_id="readJobLogs",
         summary="A job's log lines",
         description=(
             "With `follow=true` the answer is a text/event-stream: one `log` event per line "
