@@ -363,7 +363,7 @@ def _parse_run_at(text: str | None) -> datetime | None:
     "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Per run."
 )
 @click.option("--idempotency-key", help="At most one job per key.")
-@click.option("--subject-key", help="A newer job supersedes queued ones with this key.")
+@click.option("--subject-key", help="Supersede queued jobs of this kind with this key.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option(
     "--file",
