@@ -230,6 +230,16 @@ class Interrupted(CommandFailed):
     exit_code = 130
 
 
+# `broker jobs` alone shows the group's help (and exits 2) rather than an error line;
+# click < 8.2 has no such exception and exits 0 after the help.
+_HELP_INSTEAD: tuple[type[click.UsageError], ...] = tuple(
+    getattr(click.exceptions, name)
+    for name in ("NoArgsIsHelpError",)
+    if hasattr(click.exceptions, name)
+)
+_PASS_THROUGH: tuple[type[click.UsageError], ...] = (InputError, *_HELP_INSTEAD)
+
+
 def _one_line_usage(exc: click.UsageError) -> InputError:
     where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
     return InputError(exc.format_message() + where)
@@ -247,7 +257,7 @@ class _OneLineCommand(click.Command):
     ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
-        except InputError:
+        except _PASS_THROUGH:
             raise
         except click.UsageError as exc:
             raise _one_line_usage(exc) from None
@@ -267,7 +277,7 @@ class _OneLineGroup(click.Group):
     ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
-        except InputError:
+        except _PASS_THROUGH:
             raise
         except click.UsageError as exc:
             raise _one_line_usage(exc) from None
@@ -277,7 +287,7 @@ class _OneLineGroup(click.Group):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         try:
             return super().resolve_command(ctx, args)
-        except InputError:
+        except _PASS_THROUGH:
             raise
         except click.UsageError as exc:
             raise _one_line_usage(exc) from None

@@ -507,6 +507,14 @@ def test_workers_table_and_json(db_url: str, conn: psycopg.Connection[Any]) -> N
     assert [w["worker_id"] for w in only["workers"]] == [alive]
 
 
+def test_jobs_alone_shows_its_help(db_url: str) -> None:
+    result = cli(db_url, "jobs")
+    assert "Usage: broker jobs" in result.output
+    assert "error:" not in result.output
+    for command in ("ls", "show", "cancel", "retry"):
+        assert command in result.output
+
+
 def test_help_documents_the_exit_codes(db_url: str) -> None:
     result = cli(db_url, "--help")
     assert "Exit codes" in result.stdout
