@@ -13,7 +13,9 @@ DEFAULT_SCHEMA = "broker"
 DEFAULT_LEASE_TTL = 15.0
 DEFAULT_CLOCK_SKEW_TOLERANCE = 3.0
 
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# 56 characters at most: the NOTIFY channels "<schema>_jobs" / "<schema>_cancel" must fit
+# PostgreSQL's 63-byte identifier limit.
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,55}$")
 
 
 def validate_schema(name: str) -> str:
@@ -24,7 +26,8 @@ def validate_schema(name: str) -> str:
     """
     if not _IDENTIFIER.match(name):
         raise ConfigError(
-            f"BROKER_SCHEMA must be a lower-case identifier (letters, digits, _), got {name!r}"
+            "BROKER_SCHEMA must be a lower-case identifier of at most 56 letters, digits or _,"
+            f" got {name!r}"
         )
     return name
 

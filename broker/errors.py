@@ -97,7 +97,14 @@ def translate(exc: psycopg.Error) -> BrokerError | None:
         # The message reads "cannot <action> job <id>: it is <state>".
         action = (diag.message_primary or "cannot change").split()[1]
         return InvalidTransition(int(diag.message_hint or 0), diag.message_detail or "", action)
-    if state == "23502" and diag.column_name:
+    if state is not None and (state.startswith("40") or state == "57014"):
+        # Serialization failures, deadlocks (class 40) and statement timeouts: the server
+        # is fine and the caller may retry; keep psycopg's precise error. (psycopg's
+        # classes for these derive from OperationalError, hence the check by SQLSTATE.)
+        return None
+    if state == "22003":
+        return InvalidJobError("a number is out of range: " + (diag.message_primary or ""))
+    if state == "23502" and diag.column_name and diag.table_name == "jobs":
         return InvalidJobError(f"{diag.column_name} is required")
     if state == "23514" and diag.constraint_name in CONSTRAINT_MESSAGES:
         # The row itself (in the error's detail) is deliberately not repeated.

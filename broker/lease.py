@@ -69,10 +69,15 @@ class JobSpec:
             raise InvalidJobError("run_at must be timezone-aware")
         if isinstance(self.tags, str):
             raise InvalidJobError("tags must be a list of strings, not a string")
+        if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
+            raise InvalidJobError("tags must be a list of strings")
         if self.run_at is not None and self.delay is not None:
             raise InvalidJobError("give run_at or delay, not both")
         if self.delay is not None and (_seconds(self.delay, "delay") or 0) < 0:
             raise InvalidJobError("delay must not be negative")
+        _int4(self.priority, "priority")
+        if self.max_attempts is not None:
+            _int4(self.max_attempts, "max_attempts")
         spec: dict[str, Any] = {
             "kind": self.kind,
             "args": self.args,
@@ -195,13 +200,28 @@ class LogLine:
     line: str
 
 
+# Longest delay or timeout accepted (100 years), as in the enqueue_many() SQL function.
+MAX_DURATION_SECONDS = 3_155_760_000
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+
+
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise InvalidJobError(f"{name} must be a number of seconds")
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not math.isfinite(seconds):
-        raise InvalidJobError(f"{name} must be a finite number of seconds")
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION_SECONDS:
+        raise InvalidJobError(f"{name} must be a finite number of seconds, at most 100 years")
     return seconds
+
+
+def _int4(value: object, name: str) -> None:
+    """Reject what PostgreSQL's integer column cannot hold (binary COPY would wrap it)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobError(f"{name} must be an integer")
+    if not INT4_MIN <= value <= INT4_MAX:
+        raise InvalidJobError(f"{name} must be between {INT4_MIN} and {INT4_MAX}")
 
 
 def _json(value: Any) -> str:
@@ -303,9 +323,11 @@ def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Stat
             Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], worker_id) for r in rows
         ]
 
+    # A queue named twice would be scanned twice and fill the LIMIT with the same rows.
+    unique = list(dict.fromkeys(queues))
     return Statement(
         "job_claim",
-        {"queues": list(queues), "limit": limit, "worker_id": worker_id, "ttl": ttl},
+        {"queues": unique, "limit": limit, "worker_id": worker_id, "ttl": ttl},
         decode,
     )
 
@@ -368,6 +390,14 @@ class Failure:
     delay: float | None = None
 
 
+def _retry_delay(delay: float | None) -> float | None:
+    """A delay the database can add to now(): NaN means the default backoff, and the rest
+    is clamped to [0, 100 years], so one odd handler value cannot fail a whole batch."""
+    if delay is None or math.isnan(delay):
+        return None
+    return min(max(float(delay), 0.0), float(MAX_DURATION_SECONDS))
+
+
 def fail(failed: Sequence[tuple[Lease, Failure]]) -> Statement[list[WriteOutcome]]:
     """Record failed attempts: retry after backoff while attempts remain, else `failed`."""
     leases = [lease for lease, _ in failed]
@@ -375,7 +405,7 @@ def fail(failed: Sequence[tuple[Lease, Failure]]) -> Statement[list[WriteOutcome
         **_fence(leases),
         "errors": [f.error for _, f in failed],
         "retryable": [f.retryable for _, f in failed],
-        "delays": [f.delay for _, f in failed],
+        "delays": [_retry_delay(f.delay) for _, f in failed],
     }
     return Statement("job_fail_many", params, _outcomes(leases))
 

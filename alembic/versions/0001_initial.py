@@ -17,6 +17,10 @@ branch_labels = None
 depends_on = None
 
 
+# Longest delay or timeout accepted (100 years): beyond this intervals overflow or wrap.
+MAX_DURATION_SECONDS = 3_155_760_000
+
+
 def _schema() -> str:
     schema = op.get_context().version_table_schema
     assert schema, "env.py always sets version_table_schema"
@@ -64,10 +68,15 @@ LANGUAGE sql VOLATILE AS $$
          CASE WHEN r.run_at IS NOT NULL AND r.delay IS NOT NULL
                 THEN {s}._reject(format('job %s: give run_at or delay, not both', r.ord))::timestamptz
               WHEN r.delay < 0 THEN {s}._reject(format('job %s: delay must not be negative', r.ord))::timestamptz
+              WHEN NOT (r.delay <= {max_seconds})
+                THEN {s}._reject(format('job %s: delay must be at most {max_seconds} seconds (100 years)', r.ord))::timestamptz
+              WHEN NOT isfinite(r.run_at) OR r.run_at NOT BETWEEN '0001-01-01' AND '9999-12-31'
+                THEN {s}._reject(format('job %s: run_at must be a date between years 1 and 9999', r.ord))::timestamptz
               WHEN r.delay IS NOT NULL THEN now() + make_interval(secs => r.delay)
               ELSE coalesce(r.run_at, now()) END,
          coalesce(r.max_attempts, {default_max_attempts}),
-         make_interval(secs => r.timeout),
+         CASE WHEN r.timeout IS NULL OR r.timeout <= {max_seconds} THEN make_interval(secs => r.timeout)
+              ELSE {s}._reject(format('job %s: timeout must be at most {max_seconds} seconds', r.ord))::interval END,
          r.idempotency_key,
          CASE WHEN r.idempotency_key IS NOT NULL THEN
            encode(sha256(convert_to(jsonb_build_object(
@@ -107,6 +116,12 @@ BEGIN
   -- Serialize enqueues that supersede by subject, so two concurrent ones cannot both
   -- miss each other's job. The lock is taken before the insert's snapshot.
   IF jsonb_path_exists(specs, '$[*] ? (exists (@.subject_key))') THEN
+    -- Under REPEATABLE READ the snapshot predates the lock, so a job committed while we
+    -- waited would be invisible and never superseded. (SERIALIZABLE detects it itself.)
+    IF current_setting('transaction_isolation') = 'repeatable read' THEN
+      RAISE EXCEPTION USING ERRCODE = 'PB002',
+        MESSAGE = 'subject_key needs READ COMMITTED or SERIALIZABLE isolation, not REPEATABLE READ';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended(s.kind || '/' || s.subject_key, 0))
     FROM (SELECT DISTINCT p.kind, p.subject_key
           FROM jsonb_to_recordset(specs) AS p(kind text, subject_key text)
@@ -118,11 +133,15 @@ BEGIN
   ), newest_in_batch AS (
     -- Within one batch the last spec for a (kind, subject_key) wins; earlier ones are
     -- born superseded.
-    -- A spec replaying an existing idempotency key creates nothing, so it cannot win.
+    -- A spec replaying an idempotency key (one already stored, or one used earlier in
+    -- this batch: the insert runs in ord order, so the first use wins) creates nothing,
+    -- so it cannot win.
     SELECT DISTINCT ON (kind, subject_key) kind, subject_key, id AS newest_id FROM src
     WHERE subject_key IS NOT NULL
-      AND (idempotency_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM {s}.jobs e WHERE e.idempotency_key = src.idempotency_key))
+      AND (idempotency_key IS NULL OR (
+            NOT EXISTS (SELECT 1 FROM {s}.jobs e WHERE e.idempotency_key = src.idempotency_key)
+            AND NOT EXISTS (SELECT 1 FROM src d
+                            WHERE d.idempotency_key = src.idempotency_key AND d.ord < src.ord)))
     ORDER BY kind, subject_key, ord DESC
   ), ins AS (
     INSERT INTO {s}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout,
@@ -219,29 +238,29 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   j {s}.jobs;
 BEGIN
-  UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
-  WHERE id = job_id AND state = 'queued' RETURNING * INTO j;
-  IF FOUND THEN
-    INSERT INTO {s}.job_events (job_id, event) VALUES (j.id, 'cancelled');
-    RETURN NEXT j;
-    RETURN;
-  END IF;
-  UPDATE {s}.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
-  WHERE id = job_id AND state = 'running' RETURNING * INTO j;
-  IF FOUND THEN
-    INSERT INTO {s}.job_events (job_id, event, epoch, worker_id)
-    VALUES (j.id, 'cancel_requested', j.lease_epoch, j.worker_id);
-    PERFORM pg_notify('{cancel_channel}', j.id::text);
-    RETURN NEXT j;
-    RETURN;
-  END IF;
-  SELECT * INTO j FROM {s}.jobs WHERE id = job_id;
+  -- Lock first and branch on the locked row: a transition committing between separate
+  -- UPDATEs (a retrying fail, a release, the reaper) would otherwise lose the cancel.
+  SELECT * INTO j FROM {s}.jobs WHERE id = job_id FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION USING ERRCODE = 'PB003', MESSAGE = format('job %s not found', job_id),
       HINT = job_id::text;
   END IF;
-  RAISE EXCEPTION USING ERRCODE = 'PB004', MESSAGE = format('cannot cancel job %s: it is %s', job_id, j.state),
-    DETAIL = j.state, HINT = job_id::text;
+  IF j.state = 'queued' THEN
+    UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
+    WHERE id = job_id RETURNING * INTO j;
+    INSERT INTO {s}.job_events (job_id, event) VALUES (j.id, 'cancelled');
+  ELSIF j.state = 'running' THEN
+    UPDATE {s}.jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = job_id RETURNING * INTO j;
+    INSERT INTO {s}.job_events (job_id, event, epoch, worker_id)
+    VALUES (j.id, 'cancel_requested', j.lease_epoch, j.worker_id);
+    PERFORM pg_notify('{cancel_channel}', j.id::text);
+  ELSE
+    RAISE EXCEPTION USING ERRCODE = 'PB004',
+      MESSAGE = format('cannot cancel job %s: it is %s', job_id, j.state),
+      DETAIL = j.state, HINT = job_id::text;
+  END IF;
+  RETURN NEXT j;
 END
 $$;
 
@@ -440,6 +459,7 @@ def upgrade() -> None:
             jobs_channel=f"{s}_jobs",
             cancel_channel=f"{s}_cancel",
             default_max_attempts=20,
+            max_seconds=MAX_DURATION_SECONDS,
         )
     )
 

@@ -48,7 +48,7 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = 'PB002',
       MESSAGE = format('only finished jobs are pruned (succeeded, failed, cancelled), not %L', state);
   END IF;
-  IF older_than < interval '0' OR batch < 1 THEN
+  IF older_than IS NULL OR older_than < interval '0' OR batch IS NULL OR batch < 1 THEN
     RAISE EXCEPTION USING ERRCODE = 'PB002',
       MESSAGE = 'older_than must not be negative and batch must be at least 1';
   END IF;
