@@ -188,3 +188,11 @@ def test_worker_gets_its_shutdown_grace(compose: dict[str, Any]) -> None:
     assert float(grace.rstrip("s")) > DEFAULT_SHUTDOWN_GRACE
     option = next(p for p in worker_command.params if p.name == "shutdown_grace")
     assert option.default == DEFAULT_SHUTDOWN_GRACE
+
+
+def test_api_port_is_published_and_health_checked(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    command = argv(api["command"])
+    port = command[command.index("--port") + 1]
+    assert f"{port}:{port}" in api["ports"]
+    assert f"127.0.0.1:{port}/readyz" in " ".join(argv(api["healthcheck"]["test"]))
