@@ -314,8 +314,10 @@ class Worker:
             self.claimed += len(leases)
             for held in leases:
                 self._start(held)
-            if len(leases) < free:
+            if not leases:
                 # The queues are drained for now: sleep until a notification or the poll.
+                # A short batch is not proof of that (other workers' claims hold rows
+                # that SKIP LOCKED passes over), so only an empty one sends us to sleep.
                 await self._wait(self._wake, self.config.poll_interval)
 
     @staticmethod
