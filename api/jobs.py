@@ -29,6 +29,7 @@ from api.deps import BrokerClient, runtime_of
 from api.leases import held_lease
 from api.problems import responses
 from api.schemas import (
+    MAX_BIGINT,
     NAME_PATTERN,
     BatchIn,
     BatchOut,
@@ -49,7 +50,7 @@ from broker import JobSpec, LeaseLost
 from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.schema import TERMINAL_STATES
 
-MAX_ID = 2**63 - 1
+MAX_ID = MAX_BIGINT
 JobId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Job id.")]
 FOLLOW_POLL_SECONDS = 0.25
 REPLAY_HEADER = "Idempotent-Replayed"

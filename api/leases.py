@@ -16,6 +16,7 @@ from api.auth import require
 from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import (
+    MAX_BIGINT,
     CompleteIn,
     FailIn,
     HeartbeatIn,
@@ -27,7 +28,7 @@ from api.schemas import (
 )
 from broker import Failure, Lease, LeaseLost
 
-JobId = Annotated[int, Parameter(ge=1, le=2**63 - 1, description="Job id.")]
+JobId = Annotated[int, Parameter(ge=1, le=MAX_BIGINT, description="Job id.")]
 
 
 def held_lease(job_id: int, epoch: int, worker_id: str) -> Lease:

@@ -24,7 +24,10 @@ MaxAttempts = Annotated[int, Meta(ge=1, le=1000)]
 Seconds = Annotated[float, Meta(ge=0, le=366 * 86400)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=366 * 86400)]
 LeaseTtl = Annotated[float, Meta(ge=1, le=3600)]
-Epoch = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+# Ids and epochs are bigints, but the schema caps them at 2**53: JSON Schema bounds are
+# floats, and 2**63 - 1 would be published as 2**63, a value the API then refuses.
+MAX_BIGINT = 2**53
+Epoch = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_BATCH = 5000
