@@ -7,21 +7,22 @@ Workers run it in the background (`run_pruner`); `broker prune` runs it once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import random
 import re
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, TypeVar, cast
 
 import psycopg
 
-from broker.client import AsyncBroker, Broker
+from broker.client import Broker
 from broker.errors import BrokerError, ConfigError
 from broker.lease import Statement
 
 log = logging.getLogger("broker.pruner")
+T = TypeVar("T")
 
 DEFAULT_RETENTION: Mapping[str, float] = {
     "succeeded": 24 * 3600.0,  # one day
@@ -54,6 +55,8 @@ class PrunerConfig:
     interval: float = DEFAULT_INTERVAL
 
     def __post_init__(self) -> None:
+        if self.interval < 0:
+            raise ConfigError("the prune interval must not be negative")
         unknown = set(self.retention) - set(DEFAULT_RETENTION)
         if unknown:
             raise ConfigError(f"retention is set per finished state, not for {sorted(unknown)}")
@@ -62,13 +65,22 @@ class PrunerConfig:
 
     @classmethod
     def from_env(cls) -> PrunerConfig:
-        """Retention from BROKER_RETENTION_SUCCEEDED / _FAILED / _CANCELLED (e.g. "7d")."""
+        """Retention from BROKER_RETENTION_SUCCEEDED / _FAILED / _CANCELLED (e.g. "7d"),
+        and how often workers prune from BROKER_PRUNE_INTERVAL (0 turns it off)."""
         retention = dict(DEFAULT_RETENTION)
         for state in retention:
             name = f"BROKER_RETENTION_{state.upper()}"
             if raw := os.environ.get(name):
                 retention[state] = parse_duration(raw, name)
-        return cls(retention=retention)
+        interval = DEFAULT_INTERVAL
+        if raw := os.environ.get("BROKER_PRUNE_INTERVAL"):
+            interval = parse_duration(raw, "BROKER_PRUNE_INTERVAL")
+        return cls(retention=retention, interval=interval)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether workers prune at all (BROKER_PRUNE_INTERVAL=0 leaves it to cron)."""
+        return self.interval > 0
 
 
 def prune_batch(state: str, older_than: float, batch: int) -> Statement[int | None]:
@@ -78,6 +90,12 @@ def prune_batch(state: str, older_than: float, batch: int) -> Statement[int | No
         {"state": state, "older_than": older_than, "batch": batch},
         lambda rows: None if rows[0][0] is None else int(rows[0][0]),
     )
+
+
+class Runner(Protocol):
+    """Anything that executes a Statement asynchronously: AsyncBroker, a worker connection."""
+
+    async def run(self, stmt: Statement[T]) -> T: ...
 
 
 PruneRun = Generator[Statement[int | None], int | None, dict[str, int] | None]
@@ -110,8 +128,8 @@ def prune_once(client: Broker, config: PrunerConfig) -> dict[str, int] | None:
         return cast("dict[str, int] | None", done.value)
 
 
-async def aprune_once(client: AsyncBroker, config: PrunerConfig) -> dict[str, int] | None:
-    """`prune_once` for an `AsyncBroker`."""
+async def aprune_once(client: Runner, config: PrunerConfig) -> dict[str, int] | None:
+    """`prune_once` for an async runner (AsyncBroker, a worker's connection)."""
     plan = _plan(config)
     try:
         stmt = next(plan)
@@ -121,15 +139,15 @@ async def aprune_once(client: AsyncBroker, config: PrunerConfig) -> dict[str, in
         return cast("dict[str, int] | None", done.value)
 
 
-async def run_pruner(client: AsyncBroker, config: PrunerConfig, stopping: asyncio.Event) -> None:
-    """Prune every `config.interval` seconds until `stopping` is set; failures are logged
-    and retried at the next interval, never raised into the worker."""
-    while not stopping.is_set():
+async def run_pruner(client: Runner, config: PrunerConfig) -> None:
+    """Prune every `config.interval` seconds (first after a random part of one, so workers
+    started together spread out) until cancelled; failures are logged, never raised."""
+    await asyncio.sleep(random.uniform(0, config.interval))
+    while True:
         try:
             pruned = await aprune_once(client, config)
             if pruned and any(pruned.values()):
                 log.info("pruned finished jobs: %s", pruned)
         except (BrokerError, psycopg.Error) as exc:
             log.warning("prune failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), config.interval)
+        await asyncio.sleep(config.interval)

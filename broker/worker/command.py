@@ -198,6 +198,7 @@ def _run_one(
     from importlib.metadata import PackageNotFoundError, version
 
     from broker.db import database_url
+    from broker.pruner import PrunerConfig
     from broker.task import registered
     from broker.worker.reaper import ReaperConfig
     from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
@@ -221,6 +222,7 @@ def _run_one(
             shutdown_grace=shutdown_grace,
             max_clock_skew=max_clock_skew,
             reaper=ReaperConfig(interval=reap_interval),
+            pruner=PrunerConfig.from_env(),
             version=pkg_version,
             supervisor_pid=_supervisor_pid(),
         )

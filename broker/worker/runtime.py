@@ -36,6 +36,7 @@ from broker import lease
 from broker.config import DEFAULT_LEASE_TTL, Settings
 from broker.errors import BrokerError, DatabaseUnavailable
 from broker.lease import Failure, Lease, WriteOutcome
+from broker.pruner import PrunerConfig, run_pruner
 from broker.task import Fail, JobContext, Retry, Task, get_task, registered
 from broker.worker import registry
 from broker.worker._conn import Backoff, Connection
@@ -74,6 +75,7 @@ class WorkerConfig:
     heartbeat_interval: float | None = None
     max_clock_skew: float | None = None
     reaper: ReaperConfig = field(default_factory=ReaperConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
     version: str = "0"
@@ -187,6 +189,11 @@ class Worker:
             asyncio.create_task(self._service("heartbeat", self._heartbeat_loop)),
             asyncio.create_task(self._service("reaper", self.reaper.run)),
         ]
+        if self.config.pruner.enabled:
+            # Once a minute by default: it shares the reaper's connection (statements on
+            # one connection run one at a time) rather than holding another one.
+            prune = functools.partial(run_pruner, self._reaps, self.config.pruner)
+            services.append(asyncio.create_task(self._service("pruner", prune)))
         log.info(
             "worker %s serving %s with concurrency %d",
             self.worker_id,

@@ -139,3 +139,14 @@ def test_prune_command(broker: Broker, db_url: str, conn: Conn) -> None:
     assert (result.exit_code, result.output.strip()) == (0, "pruned 1 succeeded")
     result = runner.invoke(main, ["prune", "--older-than", "soon"], env=env)
     assert result.exit_code == 2 and "duration like" in result.output
+
+
+def test_pruner_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_RETENTION_FAILED", "30d")
+    monkeypatch.setenv("BROKER_PRUNE_INTERVAL", "0")
+    config = PrunerConfig.from_env()
+    assert config.retention["failed"] == 30 * 86400
+    assert config.retention["succeeded"] == 86400
+    assert not config.enabled
+    monkeypatch.setenv("BROKER_PRUNE_INTERVAL", "5m")
+    assert PrunerConfig.from_env().interval == 300 and PrunerConfig.from_env().enabled
