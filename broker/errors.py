@@ -109,7 +109,7 @@ def translate(exc: psycopg.Error) -> BrokerError | None:
     if state == "23514" and diag.constraint_name in CONSTRAINT_MESSAGES:
         # The row itself (in the error's detail) is deliberately not repeated.
         return InvalidJobError(CONSTRAINT_MESSAGES[diag.constraint_name])
-    if state == SQLSTATE_INVALID_JOB or state in ("22P02", "22007", "22008", "22023"):
+    if state == SQLSTATE_INVALID_JOB or state in ("22P02", "22007", "22008", "22009", "22023"):
         return InvalidJobError(diag.message_primary or str(exc))
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -86,7 +86,8 @@ class JobSpec:
             "tags": list(self.tags),
         }
         optional = {
-            "run_at": self.run_at,
+            # UTC: PostgreSQL refuses offsets beyond +-15:59, which Python allows.
+            "run_at": self.run_at.astimezone(UTC) if self.run_at is not None else None,
             "delay": _seconds(self.delay, "delay"),
             "max_attempts": self.max_attempts,
             "timeout": _seconds(self.timeout, "timeout"),

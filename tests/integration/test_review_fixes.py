@@ -126,3 +126,11 @@ def test_schema_names_leave_room_for_notify_channels() -> None:
 def test_prune_jobs_requires_a_batch(conn: Conn) -> None:
     with pytest.raises(psycopg.Error, match="batch must be at least 1"):
         conn.execute("SELECT broker.prune_jobs('succeeded', '1 day', NULL)")
+
+
+def test_run_at_with_any_utc_offset_is_accepted(broker: Broker) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    far = datetime(2030, 1, 1, tzinfo=timezone(timedelta(hours=23)))
+    job = broker.enqueue("k", run_at=far)
+    assert broker.get_job(job.id).run_at == far.astimezone(UTC)
