@@ -166,10 +166,17 @@ BEGIN
   ), newest AS (
     SELECT id, kind, subject_key FROM ins WHERE subject_key IS NOT NULL AND state = 'queued'
   ), sup AS (
+    -- Driven from the (usually empty) newest rows through jobs_subject_idx, behind a
+    -- one-time EXISTS gate: with statistics saying jobs was empty, the planner once
+    -- scanned every job per inserted row here (7.5 s for a 10,000-job batch, measured).
     UPDATE {s}.jobs j SET state = 'cancelled', finished_at = now(), last_error = 'superseded'
-    FROM newest n
-    WHERE j.kind = n.kind AND j.subject_key = n.subject_key AND j.state = 'queued'
-    RETURNING j.id, n.id AS by_id
+    FROM (SELECT o.id, n.id AS by_id FROM newest n
+          CROSS JOIN LATERAL (
+            SELECT q.id FROM {s}.jobs q
+            WHERE q.kind = n.kind AND q.subject_key = n.subject_key AND q.state = 'queued'
+          ) o) older
+    WHERE j.id = older.id AND j.state = 'queued' AND EXISTS (SELECT 1 FROM newest)
+    RETURNING j.id, older.by_id
   ), sup_ev AS (
     INSERT INTO {s}.job_events (job_id, event, detail)
     SELECT id, 'superseded', jsonb_build_object('superseded_by', by_id) FROM sup
