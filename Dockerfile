@@ -13,9 +13,9 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY alembic ./alembic
 COPY broker ./broker
 COPY api ./api
-# Editable on purpose: broker.migrate and the API's /readyz find alembic.ini and the
-# migrations next to the package's source directory, which a wheel install leaves behind.
-RUN pip install -e . \
+# A plain install: the wheel carries the migrations (broker._alembic) for `broker migrate`
+# and /readyz; alembic.ini and alembic/ stay in /app for `alembic upgrade head`.
+RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/broker --create-home broker \
     && mkdir -p /var/lib/broker/state \
     && chown -R broker:broker /var/lib/broker

@@ -157,7 +157,8 @@ def run(config: DevConfig, echo: Callable[[str], None]) -> int:
             " -H 'Content-Type: application/json'"
             ' -d \'{"kind": "hello", "args": {"name": "you"}}\''
         )
-        echo(f"  curl -s {base}/v1/jobs/1 -H 'Authorization: Bearer {token}'")
+        echo('then look at it (ID is the "id" in the answer):')
+        echo(f"  curl -s {base}/v1/jobs/ID -H 'Authorization: Bearer {token}'")
         echo("Ctrl-C stops everything.")
         while not stopping:
             if problem := _exited(children):

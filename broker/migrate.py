@@ -10,16 +10,28 @@ from alembic import command
 from broker.config import DEFAULT_SCHEMA, validate_schema
 from broker.errors import ConfigError
 
-_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
+_ROOT = _PACKAGE.parent
+
+
+def script_location() -> Path:
+    """The migrations: the repository's alembic/ (source checkouts, editable installs), or
+    the copy a wheel installs as broker/_alembic (see pyproject.toml)."""
+    for candidate in (_ROOT / "alembic", _PACKAGE / "_alembic"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise ConfigError(f"no migrations found next to the broker package ({_PACKAGE})")
 
 
 def alembic_config(url: str, schema: str = DEFAULT_SCHEMA) -> Config:
-    """An Alembic Config for the repository's alembic/ directory, aimed at `url`/`schema`."""
+    """An Alembic Config for the shipped migrations, aimed at `url`/`schema`.
+
+    Uses the repository's alembic.ini when there is one (for its logging settings);
+    a wheel install needs none.
+    """
     ini = _ROOT / "alembic.ini"
-    if not ini.exists():
-        raise ConfigError(f"alembic.ini not found next to the broker package (looked in {_ROOT})")
-    cfg = Config(str(ini))
-    cfg.set_main_option("script_location", str(_ROOT / "alembic"))
+    cfg = Config(str(ini)) if ini.exists() else Config()
+    cfg.set_main_option("script_location", str(script_location()))
     cfg.attributes["url"] = url
     cfg.attributes["schema"] = validate_schema(schema)
     return cfg

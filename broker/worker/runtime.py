@@ -426,7 +426,9 @@ class Worker:
                 return self._failure(held, f"timed out after {timeout}s", retryable=True)
             raise
         except Retry as exc:
-            return Outcome("fail", job, Failure(exc.reason, True, exc.delay))
+            # A task's own max_attempts caps retries it asks for, as it caps failures.
+            capped = task.max_attempts is not None and job.attempt >= task.max_attempts
+            return Outcome("fail", job, Failure(exc.reason, not capped, exc.delay))
         except Fail as exc:
             return Outcome("fail", job, Failure(str(exc) or "Fail", retryable=False))
         except Exception as exc:

@@ -139,3 +139,9 @@ def boom() -> None:
 def capped() -> None:
     """Always fails: the task's own max_attempts (2) ends it before the job's (20)."""
     raise RuntimeError("still broken")
+
+
+@task("retry_capped", max_attempts=2)
+def retry_capped() -> None:
+    """Always asks for a retry: the task's own max_attempts (2) still ends it."""
+    raise Retry(delay=0.1, reason="asked to retry")
