@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from broker._cli_views import QueueRow, WorkerRow
+from broker.inspect import QueueStats, WorkerInfo
 from broker.lease import Job, JobEvent, LogLine
 
 _GAP = "  "
@@ -131,7 +131,7 @@ def log_json(line: LogLine) -> dict[str, Any]:
     }
 
 
-def queue_json(q: QueueRow) -> dict[str, Any]:
+def queue_json(q: QueueStats) -> dict[str, Any]:
     """A queue as GET /v1/queues shows it, plus its pause."""
     return {
         "queue": q.queue,
@@ -149,7 +149,7 @@ def queue_json(q: QueueRow) -> dict[str, Any]:
     }
 
 
-def worker_json(w: WorkerRow, skew_tolerance: float) -> dict[str, Any]:
+def worker_json(w: WorkerInfo, skew_tolerance: float) -> dict[str, Any]:
     """A worker as GET /v1/workers shows it, plus `status` (alive, stopped or gone)."""
     return {
         "worker_id": w.worker_id,

@@ -731,10 +731,11 @@ def stats(as_json: bool) -> None:
     """Jobs per queue and state, how long the oldest runnable job has waited, which queues
     are paused, and how many workers are alive."""
     from broker import _cli_views as views
+    from broker import inspect
     from broker._output import duration, queue_json, table, when
 
     with _client() as client:
-        queues = client.run(views.queue_stats())
+        queues = client.run(inspect.queues())
         summary = client.run(views.summary())
     counts = ["queued", "available", "scheduled", "running", "succeeded", "failed", "cancelled"]
     totals: dict[str, Any] = {name: sum(getattr(q, name) for q in queues) for name in counts}
@@ -780,12 +781,12 @@ def workers_command(alive_only: bool, as_json: bool) -> None:
     gives it (alive: a heartbeat within the last 30 s, by the database clock; stopped:
     shut down cleanly; gone: no heartbeat since), when it was last seen, and its clock
     skew against the database (`!` past BROKER_CLOCK_SKEW_TOLERANCE)."""
-    from broker import _cli_views as views
+    from broker import inspect
     from broker._output import duration, table, worker_json
 
     tolerance = Settings.from_env().clock_skew_tolerance
     with _client() as client:
-        found = client.run(views.workers())
+        found = client.run(inspect.workers())
     if alive_only:
         found = [w for w in found if w.status == "alive"]
     if as_json:
@@ -800,7 +801,7 @@ def workers_command(alive_only: bool, as_json: bool) -> None:
         click.echo("no workers")
         return
 
-    def skew(w: views.WorkerRow) -> str:
+    def skew(w: inspect.WorkerInfo) -> str:
         if w.clock_skew_seconds is None:
             return "-"
         flag = "!" if abs(w.clock_skew_seconds) > tolerance else ""

@@ -28,7 +28,8 @@ class JobFilter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """A row of the queue_stats view: jobs per state in one queue."""
+    """A queue's jobs per state, how long its oldest runnable job waited, and its pause
+    (paused queues are listed even when they hold no jobs)."""
 
     queue: str
     queued: int
@@ -40,6 +41,8 @@ class QueueStats:
     cancelled: int
     oldest_available_age_seconds: float
     paused: bool
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,15 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: queues_list
-SELECT queue, queued, available, scheduled, running, succeeded, failed, cancelled,
-       oldest_available_age_seconds, paused
-FROM {schema}.queue_stats ORDER BY queue;
+-- queue_stats, plus paused queues that hold no jobs (the view only lists queues with jobs).
+SELECT coalesce(s.queue, p.queue) AS queue,
+       coalesce(s.queued, 0), coalesce(s.available, 0), coalesce(s.scheduled, 0),
+       coalesce(s.running, 0), coalesce(s.succeeded, 0), coalesce(s.failed, 0),
+       coalesce(s.cancelled, 0), coalesce(s.oldest_available_age_seconds, 0),
+       p.queue IS NOT NULL AS paused, p.paused_at, p.reason
+FROM {schema}.queue_stats s
+FULL JOIN {schema}.queue_pauses p ON p.queue = s.queue
+ORDER BY 1;
 
 -- name: workers_list
 -- Status (alive/stopped/gone) comes from the worker_status view, so the API, the CLI and
