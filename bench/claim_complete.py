@@ -22,41 +22,17 @@ import multiprocessing as mp
 import os
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
+from bench._scratch import scratch_database
 from broker import Broker, JobSpec
 from broker.config import DEFAULT_SCHEMA
-from broker.migrate import upgrade
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUE = "default"
 ENQUEUE_CHUNK = 10_000
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    """`url` aimed at another database on the same server."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
-
-
-@contextmanager
-def scratch_database(dsn: str, name: str, schema: str) -> Iterator[str]:
-    """Create and migrate database `name` next to `dsn`; drop it on exit. Yields its URL."""
-    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(drop)
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_dbname(dsn, name)
-    try:
-        upgrade(url, schema)
-        yield url
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(drop)
 
 
 def reset(url: str, schema: str) -> None:
