@@ -263,24 +263,12 @@ class _OneLineCommand(click.Command):
             raise _one_line_usage(exc) from None
 
 
-class _OneLineGroup(click.Group):
-    """A group whose usage errors (and its commands') are one `error:` line (exit code 2)."""
+class _OneLineGroup(_OneLineCommand, click.Group):
+    """A group whose usage errors (and its commands') are one `error:` line (exit code 2).
+
+    make_context comes from _OneLineCommand, whose super() is click.Group's here."""
 
     command_class = _OneLineCommand
-
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except _PASS_THROUGH:
-            raise
-        except click.UsageError as exc:
-            raise _one_line_usage(exc) from None
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
