@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +105,29 @@ def test_cli_doc_examples_run(db_url: str, tmp_path: Path, monkeypatch: pytest.M
             assert got[0].split() == documented[0].split(), command
             for doc_line, got_line in zip(documented[1:], got[1:], strict=True):
                 assert key(got_line) == key(doc_line), f"{command}: {got_line!r}"
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="the documented script uses jq")
+def test_cli_doc_paging_script_runs(db_url: str) -> None:
+    """The `bash` block that walks every failed job with jq pages through all of them."""
+    [script] = [body for lang, _, body in FENCE.findall(DOC.read_text()) if "jq" in body]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO broker.jobs (kind, state, finished_at, last_error)"
+            " SELECT 'k', 'failed', now(), 'boom ' || n FROM generate_series(1, 501) n"
+        )
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": db_url,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    assert len(out) == 501 and len({line.split()[0] for line in out}) == 501
+    assert all(line.split()[1:3] == ["k", "boom"] for line in out)
