@@ -61,15 +61,16 @@ class JobSpec:
     subject_key: str | None = None
     tags: Sequence[str] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        """The spec as the enqueue_many() SQL function reads it (None fields left out)."""
+    def validate(self) -> None:
+        """Raise InvalidJobError for what Python can tell is wrong before the database
+        sees it (types, ranges); names and args are checked by the table's constraints."""
         if not isinstance(self.args, Mapping):
             raise InvalidJobError(f"args must be a mapping, got {type(self.args).__name__}")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise InvalidJobError("run_at must be timezone-aware")
         if isinstance(self.tags, str):
             raise InvalidJobError("tags must be a list of strings, not a string")
-        if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
+        if self.tags and not all(isinstance(t, str) for t in self.tags):
             raise InvalidJobError("tags must be a list of strings")
         if self.run_at is not None and self.delay is not None:
             raise InvalidJobError("give run_at or delay, not both")
@@ -78,6 +79,11 @@ class JobSpec:
         _int4(self.priority, "priority")
         if self.max_attempts is not None:
             _int4(self.max_attempts, "max_attempts")
+        _seconds(self.timeout, "timeout")
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as the enqueue_many() SQL function reads it (None fields left out)."""
+        self.validate()
         spec: dict[str, Any] = {
             "kind": self.kind,
             "args": self.args,
@@ -287,7 +293,7 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
     job_rows: list[tuple[Any, ...]] = []
     runnable: set[str] = set()
     for spec, job_id in zip(specs, ids, strict=True):
-        spec.to_json()  # the same checks as the enqueue_many() path
+        spec.validate()  # the same checks as the enqueue_many() path
         delay = _seconds(spec.delay, "delay")
         run_at = spec.run_at or (db_now + timedelta(seconds=delay) if delay else db_now)
         if run_at <= db_now:
