@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,25 +111,13 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def event_json(event: JobEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "job_id": event.job_id,
-        "event": event.event,
-        "epoch": event.epoch,
-        "worker_id": event.worker_id,
-        "at": event.at,
-        "detail": event.detail,
-    }
+    """An event row with its own field names (as the API shows it)."""
+    return asdict(event)
 
 
 def log_json(line: LogLine) -> dict[str, Any]:
-    return {
-        "id": line.id,
-        "job_id": line.job_id,
-        "epoch": line.epoch,
-        "at": line.at,
-        "line": line.line,
-    }
+    """A log line with its own field names (as the API shows it)."""
+    return asdict(line)
 
 
 def queue_json(q: QueueStats) -> dict[str, Any]:
