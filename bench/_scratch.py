@@ -1,5 +1,5 @@
-"""A scratch database for one benchmark run: created and migrated next to a server URL,
-dropped afterwards."""
+"""A scratch database for benchmark runs: created and migrated next to a server URL,
+emptied and settled between runs, dropped afterwards."""
 
 from __future__ import annotations
 
@@ -32,3 +32,20 @@ def scratch_database(dsn: str, name: str, schema: str) -> Iterator[str]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(drop)
+
+
+def reset(url: str, schema: str) -> None:
+    """Empty the broker tables so every run starts from the same state."""
+    tables = sql.SQL(", ").join(
+        sql.Identifier(schema, t) for t in ("jobs", "job_events", "job_logs")
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(tables))
+
+
+def settle(url: str, schema: str) -> None:
+    """VACUUM ANALYZE + CHECKPOINT before a timed run, as the reference does."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("jobs", "job_events"):
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, table)))
+        conn.execute("CHECKPOINT")

@@ -23,33 +23,13 @@ import os
 import statistics
 import time
 
-import psycopg
-from psycopg import sql
-
-from bench._scratch import scratch_database
+from bench._scratch import reset, scratch_database, settle
 from broker import Broker, JobSpec
 from broker.config import DEFAULT_SCHEMA
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUE = "default"
 ENQUEUE_CHUNK = 10_000
-
-
-def reset(url: str, schema: str) -> None:
-    """Empty the broker tables so every run starts from the same state."""
-    tables = sql.SQL(", ").join(
-        sql.Identifier(schema, t) for t in ("jobs", "job_events", "job_logs")
-    )
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(tables))
-
-
-def settle(url: str, schema: str) -> None:
-    """VACUUM ANALYZE + CHECKPOINT before a timed run, as the reference does."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        for table in ("jobs", "job_events"):
-            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, table)))
-        conn.execute("CHECKPOINT")
 
 
 def enqueue(url: str, schema: str, jobs: int) -> float:

@@ -23,10 +23,7 @@ import os
 import statistics
 import time
 
-import psycopg
-from psycopg import sql
-
-from bench._scratch import scratch_database
+from bench._scratch import reset, scratch_database, settle
 from broker import Broker, JobSpec, lease
 from broker.config import DEFAULT_SCHEMA
 
@@ -35,16 +32,6 @@ PATHS = {
     "library": "Broker.enqueue_many",
     "function": "SQL enqueue_many(jsonb)",
 }
-
-
-def reset_and_settle(url: str, schema: str) -> None:
-    """Empty the broker tables, then VACUUM ANALYZE + CHECKPOINT so runs start alike."""
-    tables = [sql.Identifier(schema, t) for t in ("jobs", "job_events")]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(sql.SQL(", ").join(tables)))
-        for table in tables:
-            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
-        conn.execute("CHECKPOINT")
 
 
 def batch_enqueue(broker: Broker, total: int, batch: int, path: str) -> float:
@@ -102,7 +89,8 @@ def main() -> None:
         for rep in range(opts.reps):
             for path in ("library", "function"):
                 for batch in batches:
-                    reset_and_settle(url, opts.schema)
+                    reset(url, opts.schema)
+                    settle(url, opts.schema)
                     rate = batch_enqueue(broker, opts.total, batch, path)
                     name = f"{PATHS[path]} batch {batch:,}"
                     rates.setdefault(name, []).append(rate)
@@ -110,7 +98,8 @@ def main() -> None:
                         f"rep {rep} {name} ({opts.total:,} jobs): {rate:,.0f} jobs/s",
                         flush=True,
                     )
-            reset_and_settle(url, opts.schema)
+            reset(url, opts.schema)
+            settle(url, opts.schema)
             rate = single_enqueue(broker, opts.seconds)
             rates.setdefault("enqueue (one job per call)", []).append(rate)
             print(f"rep {rep} enqueue one job per call: {rate:,.0f} calls/s", flush=True)
