@@ -66,8 +66,13 @@ class JobSpec:
         sees it (types, ranges); names and args are checked by the table's constraints."""
         if not isinstance(self.args, Mapping):
             raise InvalidJobError(f"args must be a mapping, got {type(self.args).__name__}")
-        if self.run_at is not None and self.run_at.tzinfo is None:
-            raise InvalidJobError("run_at must be timezone-aware")
+        if self.run_at is not None:
+            if self.run_at.tzinfo is None:
+                raise InvalidJobError("run_at must be timezone-aware")
+            try:
+                self.run_at.astimezone(UTC)  # sent in UTC; this may not exist (year 1 or 9999)
+            except OverflowError:
+                raise InvalidJobError("run_at is out of range") from None
         if isinstance(self.tags, str):
             raise InvalidJobError("tags must be a list of strings, not a string")
         if self.tags and not all(isinstance(t, str) for t in self.tags):

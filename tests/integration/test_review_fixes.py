@@ -134,3 +134,11 @@ def test_run_at_with_any_utc_offset_is_accepted(broker: Broker) -> None:
     far = datetime(2030, 1, 1, tzinfo=timezone(timedelta(hours=23)))
     job = broker.enqueue("k", run_at=far)
     assert broker.get_job(job.id).run_at == far.astimezone(UTC)
+
+
+def test_run_at_whose_utc_instant_overflows_is_invalid() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    edge = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    with pytest.raises(InvalidJobError, match="run_at is out of range"):
+        JobSpec("k", run_at=edge).to_json()
