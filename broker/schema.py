@@ -102,6 +102,10 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         ),
         CheckConstraint("jsonb_typeof(args) = 'object'", name="jobs_args_check"),
         CheckConstraint("timeout > interval '0'", name="jobs_timeout_check"),
+        # A running job holds a lease and nothing else does (jobs_lease_idx relies on it).
+        CheckConstraint(
+            "(state = 'running') = (lease_expires_at IS NOT NULL)", name="jobs_lease_check"
+        ),
         # The claim query walks this index in claim order and stops at the LIMIT.
         Index(
             "jobs_claim_idx",
@@ -111,11 +115,14 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             "id",
             postgresql_where=text("state = 'queued'"),
         ),
-        # Fenced writes find running rows by id through it; the reaper scans it.
+        # The reaper walks expired leases in order (migration 0003). Keyed and filtered on
+        # lease_expires_at, which no fenced write mentions: an index whose predicate a
+        # write's `state = 'running'` implied would let the planner scan all running rows
+        # (dead entries included) instead of looking each row up by primary key.
         Index(
-            "jobs_running_idx",
-            "id",
-            postgresql_where=text("state = 'running'"),
+            "jobs_lease_idx",
+            "lease_expires_at",
+            postgresql_where=text("lease_expires_at IS NOT NULL"),
         ),
         Index(
             "jobs_idempotency_key_idx",

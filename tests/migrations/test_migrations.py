@@ -102,12 +102,12 @@ def test_drift_is_detected(empty_db_url: str, engine: Engine) -> None:
     upgrade(empty_db_url)
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE broker.jobs ADD COLUMN stray integer")
-        conn.execute("DROP INDEX broker.jobs_running_idx")
+        conn.execute("DROP INDEX broker.jobs_lease_idx")
         conn.execute("ALTER TABLE broker.jobs ALTER COLUMN priority DROP DEFAULT")
         conn.execute("ALTER TABLE broker.job_logs ALTER COLUMN line TYPE varchar(10)")
     assert diff_kinds(drift(engine, "broker")) == {
         ("remove_column", "stray"),
-        ("add_index", "jobs_running_idx"),
+        ("add_index", "jobs_lease_idx"),
         ("modify_default", "priority"),
         ("modify_type", "line"),
     }
