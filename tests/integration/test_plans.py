@@ -1,0 +1,187 @@
+"""The hot statements keep their access path however much history broker.jobs holds.
+
+psycopg prepares a statement after 5 executions and the server may then switch it to a
+generic plan, built without the parameter values. Each hot statement is PREPAREd here with
+$n parameters exactly as the broker sends it and EXPLAIN EXECUTEd under both
+`force_generic_plan` and `force_custom_plan`, on a table holding millions of finished jobs
+whose partial indexes are full of dead entries from claim/complete churn (autovacuum off,
+statistics fresh). A plain EXPLAIN would plan with the values inlined and pass statements
+whose generic plan collapses (docs/decisions/009-history-proof-plans.md).
+
+The statements come from the broker.lease constructors, keyed by role, so the test follows
+the transitions wherever their SQL lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from broker import lease
+from broker._queries import queries
+from broker.client import Broker
+from broker.lease import Failure, Lease, Statement
+from tests.conftest import create_database, drop_database
+
+HISTORY_ROWS = int(os.environ.get("BROKER_PLAN_TEST_ROWS", "2000000"))
+CHURN_ROWS = 20_000  # claimed and completed once: dead entries in the partial indexes
+HELD = 100  # jobs left running for the fenced statements to name
+WORKER = "plan-test:1"
+CHANNEL = "broker_jobs"
+
+# Role -> statement builders. A role's statements may only reach broker.jobs through these
+# indexes, each with an index condition (a lookup or a range, never a full index scan).
+Build = Callable[[list[Lease]], Statement[Any]]
+ROLES: dict[str, tuple[set[str], list[Build]]] = {
+    "claim": (
+        {"jobs_claim_idx", "jobs_pkey"},
+        [lambda held: lease.claim(["default", "other"], 100, WORKER, 15.0)],
+    ),
+    "heartbeat": ({"jobs_pkey"}, [lambda held: lease.heartbeat(held, 15.0)]),
+    "finish": (
+        {"jobs_pkey"},
+        [
+            lambda held: lease.complete([(h, {"ok": True}) for h in held]),
+            lambda held: lease.fail([(h, Failure("boom")) for h in held]),
+            lambda held: lease.cancel_ack([(h, "cancelled") for h in held]),
+            lambda held: lease.release(held, CHANNEL),
+        ],
+    ),
+    "reap": ({"jobs_lease_idx", "jobs_pkey"}, [lambda held: lease.reap()]),
+    "log": ({"jobs_pkey"}, [lambda held: lease.append_logs([(h, "line") for h in held])]),
+}
+CASES = [
+    pytest.param(role, i, id=f"{role}-{i}")
+    for role, (_, builders) in ROLES.items()
+    for i in range(len(builders))
+]
+MODES = ("force_generic_plan", "force_custom_plan")
+
+
+@pytest.fixture(scope="module")
+def history(pg_server_url: str, template_db: str) -> Iterator[tuple[str, list[Lease]]]:
+    """A database with HISTORY_ROWS succeeded jobs, churned partial indexes, and HELD leases."""
+    name = f"brk_plans_{os.getpid()}"
+    url = create_database(pg_server_url, name, template=template_db)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # Deterministic: no vacuum cleans the dead index entries between statements.
+            conn.execute("ALTER TABLE broker.jobs SET (autovacuum_enabled = false)")
+            conn.execute(
+                "INSERT INTO broker.jobs (kind, args, state, attempts, lease_epoch, worker_id,"
+                " run_at, created_at, started_at, finished_at)"
+                " SELECT 'history', '{\"n\": 1}', 'succeeded', 1, 1, 'old:1', t, t, t, t"
+                " FROM (SELECT now() - interval '1 day' + g * interval '1 ms' AS t"
+                "       FROM generate_series(1, %s) g) s",
+                [HISTORY_ROWS],
+            )
+            conn.execute(
+                "INSERT INTO broker.jobs (kind) SELECT 'churn' FROM generate_series(1, %s)",
+                [CHURN_ROWS + HELD],
+            )
+        with Broker.connect(url, max_size=2) as broker:
+            claimed: list[Lease] = []
+            while batch := broker.claim(["default"], 1000, WORKER):
+                claimed.extend(batch)
+            held, done = claimed[:HELD], claimed[HELD:]
+            for i in range(0, len(done), 1000):
+                broker.complete_many([(d, None) for d in done[i : i + 1000]])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE broker.jobs")
+        yield url, held
+    finally:
+        drop_database(pg_server_url, name)
+
+
+def _positional(text: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The named query with $n placeholders, and its values in that order."""
+    order: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, text).replace("%%", "%"), [params[n] for n in order]
+
+
+def _plan(conn: psycopg.Connection[Any], stmt: Statement[Any], mode: str) -> dict[str, Any]:
+    text, values = _positional(queries("broker")[stmt.query], dict(stmt.params))
+    conn.execute("DEALLOCATE ALL")
+    conn.execute(f"PREPARE hot AS {text}")
+    conn.execute(f"SET plan_cache_mode = {mode}")
+    args = ", ".join(["%s"] * len(values))
+    row = conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE hot({args})", values).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return dict(plan[0]["Plan"])
+
+
+def _scans_of_jobs(node: dict[str, Any]) -> Iterator[tuple[str, str | None, str | None]]:
+    """(node type, index, index condition) for every node reading broker.jobs."""
+    if node.get("Relation Name") == "jobs" and node.get("Node Type") != "ModifyTable":
+        kind = node["Node Type"]
+        if kind == "Bitmap Heap Scan":
+            for child in node.get("Plans", []):
+                yield kind, child.get("Index Name"), child.get("Index Cond")
+        else:
+            yield kind, node.get("Index Name"), node.get("Index Cond")
+    for child in node.get("Plans", []):
+        yield from _scans_of_jobs(child)
+
+
+def access_path_violations(plan: dict[str, Any], allowed: set[str]) -> list[str]:
+    """Every read of broker.jobs that is not a keyed lookup or range on an allowed index."""
+    bad = []
+    for kind, index, cond in _scans_of_jobs(plan):
+        if index is None or index not in allowed or cond is None:
+            bad.append(f"{kind} on {index or 'jobs'} (condition {cond})")
+    return bad
+
+
+@pytest.fixture
+def client_conn(history: tuple[str, list[Lease]]) -> Iterator[psycopg.Connection[Any]]:
+    url, _ = history
+    # Client-side binding renders the values as typed literals inside EXPLAIN EXECUTE.
+    with psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        yield conn
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("role", "index"), CASES)
+def test_hot_statement_keeps_its_access_path(
+    history: tuple[str, list[Lease]],
+    client_conn: psycopg.Connection[Any],
+    role: str,
+    index: int,
+    mode: str,
+) -> None:
+    _, held = history
+    allowed, builders = ROLES[role]
+    stmt = builders[index](held)
+    plan = _plan(client_conn, stmt, mode)
+    assert list(_scans_of_jobs(plan)), f"{stmt.query} never reads broker.jobs?"
+    assert access_path_violations(plan, allowed) == [], json.dumps(plan, indent=1)
+
+
+def test_the_check_catches_a_state_predicate_index(
+    history: tuple[str, list[Lease]], client_conn: psycopg.Connection[Any]
+) -> None:
+    # The index migration 0003 removed, put back inside a rolled-back transaction: the
+    # complete statement's plan then reads every running row through it (the 10-18x drain
+    # slowdown at 5M retained jobs), and the check above reports it.
+    _, held = history
+    with client_conn.transaction(force_rollback=True):
+        client_conn.execute(
+            "CREATE INDEX jobs_running_idx ON broker.jobs (id) WHERE state = 'running'"
+        )
+        client_conn.execute("ANALYZE broker.jobs")
+        plan = _plan(client_conn, lease.complete([(h, None) for h in held]), MODES[0])
+        violations = access_path_violations(plan, {"jobs_pkey"})
+    assert any("jobs_running_idx" in v for v in violations), json.dumps(plan, indent=1)
