@@ -1,0 +1,194 @@
+"""Drain rate against retained history: does a day of finished jobs slow the workers down?
+
+    python -m bench.history                                  # 0, 1M, 5M retained; 3 reps
+    python -m bench.history --retained 0,5000000 --reps 5
+    python -m bench.history --retained 0,10000000            # outside CI: ~4 GB of disk
+    python -m bench.history --queued 1000000                 # also: 1M queued behind the drain
+    python -m bench.history --pruner                         # also: the pruner deleting meanwhile
+
+Each scenario gets its own scratch database, built once: `--retained` succeeded jobs (with
+their enqueued/claimed/succeeded events, finished over the last day), VACUUM ANALYZE as
+autovacuum would leave a day-old table. Then, rep by rep and scenario by scenario in turn
+(so the machine's drift hits them alike), `--jobs` no-op jobs are queued and drained by
+`--processes` worker processes; the rate is jobs / (last finished_at - first started_at),
+database time. The ratio column is each rate over the fresh table's (0 retained) median.
+
+Scenarios beyond plain retention: `--queued N` adds a database holding N queued jobs
+(the drain measures the first --jobs of them); `--pruner` drains the largest history with
+the workers' pruner on and a 12 h retention, so it deletes half the history meanwhile.
+Uses --dsn (default BROKER_BENCH_DSN, else the local server); the user needs CREATEDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from bench._scratch import scratch_database
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SCHEMA = "broker"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    retained: int
+    queued: int = 0
+    pruner: bool = False
+
+
+def build_history(url: str, scenario: Scenario) -> None:
+    """Fill the scratch database server-side (generate_series): history, then a backlog."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if scenario.retained:
+            conn.execute(
+                "INSERT INTO broker.jobs (kind, args, queue, state, attempts, lease_epoch,"
+                " worker_id, run_at, created_at, started_at, finished_at)"
+                " SELECT 'bench_noop', jsonb_build_object('i', g), 'bench', 'succeeded', 1, 1,"
+                " 'old:1', t, t, t, t"
+                " FROM (SELECT g, now() - interval '1 day' + g * (interval '1 day' / %(n)s)"
+                "       AS t FROM generate_series(1, %(n)s) g) s",
+                {"n": scenario.retained},
+            )
+            conn.execute(
+                "INSERT INTO broker.job_events (job_id, event, epoch, worker_id, at)"
+                " SELECT j.id, e.event, e.epoch, e.worker, j.finished_at FROM broker.jobs j"
+                " CROSS JOIN (VALUES ('enqueued', NULL, NULL), ('claimed', 1, 'old:1'),"
+                "                    ('succeeded', 1, 'old:1')) e(event, epoch, worker)"
+                " ORDER BY j.id"
+            )
+        if scenario.queued:
+            # Behind the measured jobs: same queue and priority, later run_at.
+            conn.execute(
+                "INSERT INTO broker.jobs (kind, queue, run_at)"
+                " SELECT 'bench_noop', 'bench', now() + interval '1 second'"
+                " FROM generate_series(1, %s)",
+                [scenario.queued],
+            )
+        conn.execute("VACUUM ANALYZE broker.jobs")
+        conn.execute("VACUUM ANALYZE broker.job_events")
+        conn.execute("CHECKPOINT")
+
+
+def drain(url: str, scenario: Scenario, jobs: int, processes: int, concurrency: int) -> float:
+    """Queue `jobs` no-op jobs ahead of everything, drain them with real workers: jobs/s."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM broker.jobs").fetchone()
+        assert row is not None
+        first = int(row[0]) + 1
+        conn.execute(
+            "SELECT broker.enqueue_many(jsonb_agg(jsonb_build_object("
+            "'kind', 'bench_noop', 'queue', 'bench', 'priority', 1)))"
+            " FROM generate_series(1, %s)",
+            [jobs],
+        )
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_STATE_DIR": tempfile.mkdtemp(prefix="broker-bench-"),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "BROKER_LOG_LEVEL": "WARNING",
+        "BROKER_PRUNE_INTERVAL": "1" if scenario.pruner else "0",
+        "BROKER_RETENTION_SUCCEEDED": "12h",
+    }
+    cmd = [sys.executable, "-m", "broker.worker", "--tasks", "worker_throughput"]
+    cmd += ["--queues", "bench", "--concurrency", str(concurrency), "--processes", str(processes)]
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                # The measured jobs are the priority-1 ones just queued (ids from `first`).
+                row = conn.execute(
+                    "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))"
+                    " FROM broker.jobs WHERE id >= %s AND priority = 1 AND state = 'succeeded'",
+                    [first],
+                ).fetchone()
+                assert row is not None
+                if row[0] >= jobs:
+                    return jobs / float(row[1])
+                if proc.poll() is not None:
+                    raise SystemExit(f"worker exited with {proc.returncode}")
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+@contextmanager
+def databases(dsn: str, scenarios: list[Scenario]) -> Iterator[dict[str, str]]:
+    with ExitStack() as stack:
+        urls = {}
+        for s in scenarios:
+            started = time.monotonic()
+            url = stack.enter_context(scratch_database(dsn, f"broker_hist_{s.name}", SCHEMA))
+            build_history(url, s)
+            print(f"# built {s.name} in {time.monotonic() - started:.0f} s", flush=True)
+            urls[s.name] = url
+        yield urls
+
+
+def index_sizes(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT indexrelname, pg_size_pretty(pg_relation_size(indexrelid))"
+            " FROM pg_stat_user_indexes WHERE relname = 'jobs' ORDER BY 1"
+        ).fetchall()
+    return ", ".join(f"{n} {s}" for n, s in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=os.environ.get("BROKER_BENCH_DSN", DEFAULT_DSN))
+    parser.add_argument("--retained", default="0,1000000,5000000")
+    parser.add_argument("--queued", type=int, default=0, help="add a scenario with N queued")
+    parser.add_argument("--pruner", action="store_true", help="add a scenario with pruning")
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+
+    retained = [int(n) for n in args.retained.split(",")]
+    scenarios = [Scenario(f"r{n}", n) for n in retained]
+    if args.queued:
+        scenarios.append(Scenario(f"q{args.queued}", 0, queued=args.queued))
+    if args.pruner:
+        scenarios.append(Scenario(f"p{max(retained)}", max(retained), pruner=True))
+    rates: dict[str, list[float]] = {s.name: [] for s in scenarios}
+    with databases(args.dsn, scenarios) as urls:
+        for rep in range(1, args.reps + 1):
+            for s in scenarios:
+                rate = drain(urls[s.name], s, args.jobs, args.processes, args.concurrency)
+                rates[s.name].append(rate)
+                print(f"rep {rep} {s.name:>10}: {rate:>9,.0f} jobs/s", flush=True)
+        sizes = {s.name: index_sizes(urls[s.name]) for s in scenarios}
+    base = statistics.median(rates[scenarios[0].name])
+    print(
+        f"\n{args.jobs} jobs, {args.processes} processes x {args.concurrency}; "
+        f"ratio = median / median of {scenarios[0].name}"
+    )
+    print(f"{'scenario':>10} {'median':>9} {'runs':>30} {'ratio':>6}")
+    for s in scenarios:
+        runs = ", ".join(f"{r:,.0f}" for r in rates[s.name])
+        median = statistics.median(rates[s.name])
+        print(f"{s.name:>10} {median:>9,.0f} {runs:>30} {median / base:>6.2f}")
+    for name, text in sizes.items():
+        print(f"# indexes after the runs, {name}: {text}")
+
+
+if __name__ == "__main__":
+    main()
