@@ -142,12 +142,15 @@ def databases(dsn: str, scenarios: list[Scenario]) -> Iterator[dict[str, str]]:
 
 
 def index_sizes(url: str) -> str:
+    """The jobs table's rows and index sizes (the partial indexes should stay small)."""
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT indexrelname, pg_size_pretty(pg_relation_size(indexrelid))"
             " FROM pg_stat_user_indexes WHERE relname = 'jobs' ORDER BY 1"
         ).fetchall()
-    return ", ".join(f"{n} {s}" for n, s in rows)
+        count = conn.execute("SELECT count(*) FROM broker.jobs").fetchone()
+    assert count is not None
+    return f"{count[0]:,} rows; " + ", ".join(f"{n} {s}" for n, s in rows)
 
 
 def main() -> None:
@@ -170,6 +173,7 @@ def main() -> None:
         scenarios.append(Scenario(f"p{max(retained)}", max(retained), pruner=True))
     rates: dict[str, list[float]] = {s.name: [] for s in scenarios}
     with databases(args.dsn, scenarios) as urls:
+        before = {s.name: index_sizes(urls[s.name]) for s in scenarios}
         for rep in range(1, args.reps + 1):
             for s in scenarios:
                 rate = drain(urls[s.name], s, args.jobs, args.processes, args.concurrency)
@@ -187,7 +191,8 @@ def main() -> None:
         median = statistics.median(rates[s.name])
         print(f"{s.name:>10} {median:>9,.0f} {runs:>30} {median / base:>6.2f}")
     for name, text in sizes.items():
-        print(f"# indexes after the runs, {name}: {text}")
+        print(f"# {name} before the runs: {before[name]}")
+        print(f"# {name} after the runs:  {text}")
 
 
 if __name__ == "__main__":
