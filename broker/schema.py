@@ -169,6 +169,16 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Index("job_logs_job_idx", "job_id", "id"),
     )
 
+    # Finished jobs per (queue, state) as delta rows: appended by statement triggers on
+    # jobs, folded by prune_jobs() (migration 0004). No key: writers never share a row.
+    Table(
+        "job_counts",
+        md,
+        Column("queue", Text, nullable=False),
+        Column("state", Text, nullable=False),
+        Column("n", BigInteger, nullable=False),
+    )
+
     Table(
         "queue_pauses",
         md,

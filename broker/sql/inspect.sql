@@ -38,21 +38,28 @@ FROM {schema}.worker_status s JOIN {schema}.workers w USING (worker_id)
 ORDER BY s.host_id, s.seq;
 
 -- name: stats_overview
-SELECT count(*) FILTER (WHERE state = 'queued') AS queued,
-       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS available,
-       count(*) FILTER (WHERE state = 'running') AS running,
-       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE state = 'failed') AS failed,
-       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
-       coalesce(extract(epoch FROM now() - min(run_at)
-                FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8
-         AS oldest_available_age_seconds,
+-- Totals from queue_stats: live states from their partial indexes, finished ones from the
+-- job_counts rollup, so the cost does not grow with the retained history.
+SELECT coalesce(sum(queued), 0)::bigint AS queued,
+       coalesce(sum(available), 0)::bigint AS available,
+       coalesce(sum(running), 0)::bigint AS running,
+       coalesce(sum(succeeded), 0)::bigint AS succeeded,
+       coalesce(sum(failed), 0)::bigint AS failed,
+       coalesce(sum(cancelled), 0)::bigint AS cancelled,
+       coalesce(max(oldest_available_age_seconds), 0)::float8 AS oldest_available_age_seconds,
        (SELECT count(*) FROM {schema}.worker_status WHERE status = 'alive') AS workers_alive,
        now() AS db_time
-FROM {schema}.jobs;
+FROM {schema}.queue_stats;
 
 -- name: metrics_job_counts
-SELECT queue, state, count(*) AS jobs FROM {schema}.jobs GROUP BY queue, state ORDER BY 1, 2;
+-- (queue, state, jobs) for every non-empty pair, from queue_stats (see stats_overview).
+SELECT s.queue, c.state, c.jobs
+FROM {schema}.queue_stats s
+CROSS JOIN LATERAL (VALUES ('queued', s.queued), ('running', s.running),
+                           ('succeeded', s.succeeded), ('failed', s.failed),
+                           ('cancelled', s.cancelled)) AS c(state, jobs)
+WHERE c.jobs > 0
+ORDER BY 1, 2;
 
 -- name: schema_revision
 -- Raises undefined_table on a database that was never migrated; callers treat that as

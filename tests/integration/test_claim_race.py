@@ -136,7 +136,8 @@ def _naive_claim(c: Conn, index: int) -> list[int]:
         return []
     updated = c.execute(
         "UPDATE broker.jobs SET state = 'running', lease_epoch = lease_epoch + 1,"
-        " worker_id = %s WHERE id = %s RETURNING id",
+        " lease_expires_at = now() + interval '15 seconds', worker_id = %s"
+        " WHERE id = %s RETURNING id",
         (f"racer:{index}", row[0]),
     ).fetchall()
     return [int(r[0]) for r in updated]
