@@ -32,10 +32,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from bench._scratch import scratch_database
+from broker import Broker, inspect
+from broker._queries import queries
+from broker.lease import Statement
+from broker.pruner import prune_batch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -153,6 +158,48 @@ def index_sizes(url: str) -> str:
     return f"{count[0]:,} rows; " + ", ".join(f"{n} {s}" for n, s in rows)
 
 
+def read_statements() -> dict[str, Statement[Any]]:
+    """The operator and API reads, by name: listing filters, stats, metrics, workers."""
+    page = 50
+
+    def listing(**filters: Any) -> Statement[Any]:
+        return inspect.list_jobs(inspect.JobFilter(**filters), page)
+
+    return {
+        "jobs_list": listing(),
+        "jobs_list state=queued": listing(state="queued"),
+        "jobs_list state=running": listing(state="running"),
+        "jobs_list state=failed": listing(state="failed"),
+        "jobs_list queue=bench": listing(queue="bench"),
+        "jobs_list tag=rare": listing(tag="rare"),
+        "queues_list": inspect.queues(),
+        "stats_overview": inspect.overview(),
+        "metrics_job_counts": inspect.job_counts(),
+        "workers_list": inspect.workers(),
+        "prune_batch (nothing due)": prune_batch("succeeded", 30 * 86400, 1000),
+    }
+
+
+def time_reads(url: str, runs: int = 15) -> dict[str, tuple[float, bool]]:
+    """Median milliseconds of each read (after warm-up runs, so psycopg prepares the ones it
+    would), and whether its plan reads broker.jobs sequentially."""
+    out: dict[str, tuple[float, bool]] = {}
+    q = queries(SCHEMA)
+    with Broker.connect(url, max_size=1) as client, psycopg.connect(url, autocommit=True) as c:
+        c.cursor_factory = psycopg.ClientCursor
+        for name, stmt in read_statements().items():
+            times = []
+            for i in range(runs + 6):
+                started = time.perf_counter()
+                client.run(stmt)
+                if i >= 6:
+                    times.append((time.perf_counter() - started) * 1000)
+            plan = c.execute(f"EXPLAIN {q[stmt.query]}", dict(stmt.params)).fetchall()
+            seq = any("Seq Scan on jobs" in r[0] for r in plan)
+            out[name] = (statistics.median(times), seq)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=os.environ.get("BROKER_BENCH_DSN", DEFAULT_DSN))
@@ -163,6 +210,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reads", action="store_true", help="also time the API's reads")
     args = parser.parse_args()
 
     retained = [int(n) for n in args.retained.split(",")]
@@ -180,6 +228,7 @@ def main() -> None:
                 rates[s.name].append(rate)
                 print(f"rep {rep} {s.name:>10}: {rate:>9,.0f} jobs/s", flush=True)
         sizes = {s.name: index_sizes(urls[s.name]) for s in scenarios}
+        reads = {s.name: time_reads(urls[s.name]) for s in scenarios} if args.reads else {}
     base = statistics.median(rates[scenarios[0].name])
     print(
         f"\n{args.jobs} jobs, {args.processes} processes x {args.concurrency}; "
@@ -190,6 +239,14 @@ def main() -> None:
         runs = ", ".join(f"{r:,.0f}" for r in rates[s.name])
         median = statistics.median(rates[s.name])
         print(f"{s.name:>10} {median:>9,.0f} {runs:>30} {median / base:>6.2f}")
+    if reads:
+        names = [s.name for s in scenarios]
+        print(f"\nreads, median ms (* = sequential scan of jobs); ratio = last / {names[0]}")
+        print(f"{'statement':>28} " + " ".join(f"{n:>10}" for n in names) + f" {'ratio':>6}")
+        for stmt_name in read_statements():
+            cells = [reads[n][stmt_name] for n in names]
+            text = " ".join(f"{ms:>9.2f}{'*' if seq else ' '}" for ms, seq in cells)
+            print(f"{stmt_name:>28} {text} {cells[-1][0] / cells[0][0]:>6.2f}")
     for name, text in sizes.items():
         print(f"# {name} before the runs: {before[name]}")
         print(f"# {name} after the runs:  {text}")

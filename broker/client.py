@@ -133,10 +133,10 @@ class Broker(_Base):
         query = self._queries[stmt.query]
         try:
             if conn is not None:
-                rows = conn.execute(query, stmt.params).fetchall()
+                rows = conn.execute(query, stmt.params, prepare=stmt.prepare).fetchall()
             else:
                 with self.pool.connection() as pooled:
-                    rows = pooled.execute(query, stmt.params).fetchall()
+                    rows = pooled.execute(query, stmt.params, prepare=stmt.prepare).fetchall()
         except psycopg.Error as exc:
             raise _translated(exc) from exc
         return stmt.decode(rows)
@@ -354,10 +354,14 @@ class AsyncBroker(_Base):
         query = self._queries[stmt.query]
         try:
             if conn is not None:
-                rows = await (await conn.execute(query, stmt.params)).fetchall()
+                rows = await (
+                    await conn.execute(query, stmt.params, prepare=stmt.prepare)
+                ).fetchall()
             else:
                 async with self.pool.connection() as pooled:
-                    rows = await (await pooled.execute(query, stmt.params)).fetchall()
+                    rows = await (
+                        await pooled.execute(query, stmt.params, prepare=stmt.prepare)
+                    ).fetchall()
         except psycopg.Error as exc:
             raise _translated(exc) from exc
         return stmt.decode(rows)

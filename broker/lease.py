@@ -40,6 +40,10 @@ class Statement(Generic[T]):
     query: str
     params: Mapping[str, Any]
     decode: Callable[[list[Row]], T]
+    # None: psycopg prepares the statement after 5 runs (the hot path; its plans hold under
+    # generic planning, tests/integration/test_plans.py). False: planned with its values
+    # on every run, for optional filters only a custom plan can serve from an index.
+    prepare: bool | None = None
 
 
 # --- values ---------------------------------------------------------------------------

@@ -10,6 +10,9 @@ FROM {schema}.jobs
 WHERE (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  -- Implied by state = 'running' (jobs_lease_check); spelled out so that filter reads the
+  -- running jobs from jobs_lease_idx instead of walking the history.
+  AND (%(state)s::text IS DISTINCT FROM 'running' OR lease_expires_at IS NOT NULL)
   AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
   AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)

@@ -99,7 +99,7 @@ class Connection:
         conn = await self._open()
         query = self._queries[stmt.query]
         try:
-            cur = await conn.execute(query, stmt.params)
+            cur = await conn.execute(query, stmt.params, prepare=stmt.prepare)
             rows = await cur.fetchall()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             await self.discard()
