@@ -236,8 +236,13 @@ class Broker(_Base):
         """Mark the job succeeded. Raises LeaseLost if `held` is no longer the live lease."""
         lease.raise_if_lost(self.complete_many([(held, result)]), "complete")
 
+    def finish_many(self, rows: Sequence[lease.Finish]) -> list[WriteOutcome]:
+        """End attempts (lease.completed / failed / cancel_acked / released) in one fenced
+        statement; an outcome with applied=False means that lease was lost."""
+        return self.run(lease.finish(rows, self.settings.jobs_channel)) if rows else []
+
     def complete_many(self, done: Sequence[tuple[Lease, Any]]) -> list[WriteOutcome]:
-        return self.run(lease.complete(done)) if done else []
+        return self.finish_many([lease.completed(h, r) for h, r in done])
 
     def fail(
         self,
@@ -254,15 +259,13 @@ class Broker(_Base):
         return outcomes[0].state or ""
 
     def fail_many(self, failed: Sequence[tuple[Lease, Failure]]) -> list[WriteOutcome]:
-        return self.run(lease.fail(failed)) if failed else []
+        return self.finish_many([lease.failed(h, f) for h, f in failed])
 
     def cancel_ack_many(self, cancelled: Sequence[tuple[Lease, str]]) -> list[WriteOutcome]:
-        return self.run(lease.cancel_ack(cancelled)) if cancelled else []
+        return self.finish_many([lease.cancel_acked(h, r) for h, r in cancelled])
 
     def release_many(self, leases: Sequence[Lease]) -> list[WriteOutcome]:
-        if not leases:
-            return []
-        return self.run(lease.release(leases, self.settings.jobs_channel))
+        return self.finish_many([lease.released(h) for h in leases])
 
     def append_logs(self, lines: Sequence[tuple[Lease, str]]) -> int:
         return self.run(lease.append_logs(lines)) if lines else 0
@@ -456,8 +459,11 @@ class AsyncBroker(_Base):
     async def complete(self, held: Lease, result: Any = None) -> None:
         lease.raise_if_lost(await self.complete_many([(held, result)]), "complete")
 
+    async def finish_many(self, rows: Sequence[lease.Finish]) -> list[WriteOutcome]:
+        return await self.run(lease.finish(rows, self.settings.jobs_channel)) if rows else []
+
     async def complete_many(self, done: Sequence[tuple[Lease, Any]]) -> list[WriteOutcome]:
-        return await self.run(lease.complete(done)) if done else []
+        return await self.finish_many([lease.completed(h, r) for h, r in done])
 
     async def fail(
         self,
@@ -472,15 +478,13 @@ class AsyncBroker(_Base):
         return outcomes[0].state or ""
 
     async def fail_many(self, failed: Sequence[tuple[Lease, Failure]]) -> list[WriteOutcome]:
-        return await self.run(lease.fail(failed)) if failed else []
+        return await self.finish_many([lease.failed(h, f) for h, f in failed])
 
     async def cancel_ack_many(self, cancelled: Sequence[tuple[Lease, str]]) -> list[WriteOutcome]:
-        return await self.run(lease.cancel_ack(cancelled)) if cancelled else []
+        return await self.finish_many([lease.cancel_acked(h, r) for h, r in cancelled])
 
     async def release_many(self, leases: Sequence[Lease]) -> list[WriteOutcome]:
-        if not leases:
-            return []
-        return await self.run(lease.release(leases, self.settings.jobs_channel))
+        return await self.finish_many([lease.released(h) for h in leases])
 
     async def append_logs(self, lines: Sequence[tuple[Lease, str]]) -> int:
         return await self.run(lease.append_logs(lines)) if lines else 0

@@ -390,13 +390,6 @@ def heartbeat(leases: Sequence[Lease], ttl: float) -> Statement[HeartbeatOutcome
     return Statement("job_heartbeat_many", {**_fence(leases), "ttl": ttl}, decode)
 
 
-def complete(done: Sequence[tuple[Lease, Any]]) -> Statement[list[WriteOutcome]]:
-    """Mark jobs succeeded with their results (JSON), under the caller's epoch only."""
-    leases = [lease for lease, _ in done]
-    params = {**_fence(leases), "results": [_json(result) for _, result in done]}
-    return Statement("job_complete_many", params, _outcomes(leases))
-
-
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why an attempt failed. `retryable=False` fails the job now; `delay` overrides backoff."""
@@ -404,6 +397,65 @@ class Failure:
     error: str
     retryable: bool = True
     delay: float | None = None
+
+
+# How a lease holder ends an attempt. Each is one row of the fenced finish statement
+# (query job_finish_many), which decides the job's next state once for all of them.
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The handler returned `result` (JSON): the job succeeds."""
+
+    lease: Lease
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt failed: retried after backoff while attempts remain, else `failed`."""
+
+    lease: Lease
+    failure: Failure
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAcked:
+    """The worker stopped the handler of a job whose cancel was requested: `cancelled`."""
+
+    lease: Lease
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The worker hands the lease back unfinished (shutdown): queued again at once, the
+    attempt not counted, other workers woken."""
+
+    lease: Lease
+
+
+Finish = Completed | Failed | CancelAcked | Released
+
+
+def completed(held: Lease, result: Any = None) -> Completed:
+    """A successful attempt with its result."""
+    return Completed(held, result)
+
+
+def failed(held: Lease, failure: Failure) -> Failed:
+    """A failed attempt."""
+    return Failed(held, failure)
+
+
+def cancel_acked(held: Lease, reason: str) -> CancelAcked:
+    """A handler stopped because its cancel was requested."""
+    return CancelAcked(held, reason)
+
+
+def released(held: Lease) -> Released:
+    """A lease handed back unfinished."""
+    return Released(held)
 
 
 def _retry_delay(delay: float | None) -> float | None:
@@ -414,28 +466,39 @@ def _retry_delay(delay: float | None) -> float | None:
     return min(max(float(delay), 0.0), float(MAX_DURATION_SECONDS))
 
 
-def fail(failed: Sequence[tuple[Lease, Failure]]) -> Statement[list[WriteOutcome]]:
-    """Record failed attempts: retry after backoff while attempts remain, else `failed`."""
-    leases = [lease for lease, _ in failed]
+def _finish_row(row: Finish) -> tuple[str, str, str | None, bool | None, float | None]:
+    """(outcome, result JSON, error, retryable, delay) of one row, as the statement reads it."""
+    match row:
+        case Completed(result=result):
+            return "complete", _json(result), None, None, None
+        case Failed(failure=f):
+            return "fail", "null", f.error, f.retryable, _retry_delay(f.delay)
+        case CancelAcked(reason=reason):
+            return "cancel", "null", reason, None, None
+        case Released():
+            return "release", "null", None, None, None
+    raise TypeError(f"not a finish row: {row!r}")
+
+
+def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]]:
+    """End attempts (completed, failed, cancel_acked, released) in one fenced statement,
+    under each caller's epoch only; `channel` wakes workers for jobs runnable at once."""
+    leases = [row.lease for row in rows]
+    outcomes, results, errors, retryable, delays = (
+        (list(column) for column in zip(*map(_finish_row, rows), strict=True))
+        if rows
+        else ([], [], [], [], [])
+    )
     params = {
         **_fence(leases),
-        "errors": [f.error for _, f in failed],
-        "retryable": [f.retryable for _, f in failed],
-        "delays": [_retry_delay(f.delay) for _, f in failed],
+        "outcomes": outcomes,
+        "results": results,
+        "errors": errors,
+        "retryable": retryable,
+        "delays": delays,
+        "channel": channel,
     }
-    return Statement("job_fail_many", params, _outcomes(leases))
-
-
-def cancel_ack(cancelled: Sequence[tuple[Lease, str]]) -> Statement[list[WriteOutcome]]:
-    """End jobs `cancelled` after the worker stopped their handlers."""
-    leases = [lease for lease, _ in cancelled]
-    params = {**_fence(leases), "errors": [reason for _, reason in cancelled]}
-    return Statement("job_cancel_ack_many", params, _outcomes(leases))
-
-
-def release(leases: Sequence[Lease], channel: str) -> Statement[list[WriteOutcome]]:
-    """Hand leases back (shutdown): queued now, attempt not counted, workers notified."""
-    return Statement("job_release_many", {**_fence(leases), "channel": channel}, _outcomes(leases))
+    return Statement("job_finish_many", params, _outcomes(leases))
 
 
 def append_logs(lines: Sequence[tuple[Lease, str]]) -> Statement[int]:

@@ -74,118 +74,65 @@ WITH applied AS (
 )
 SELECT id, state, cancel_requested FROM applied;
 
--- name: job_complete_many
--- Results arrive as JSON texts (one per job, 'null' for none) so they unnest with the ids.
+-- name: job_finish_many
+-- Every way a lease holder ends its attempt, in one fenced statement: `outcome` per row is
+-- complete, fail, cancel or release (broker.lease.completed/failed/cancel_acked/released).
+-- finish_state() decides the next state once for all of them (a requested cancel wins
+-- over a retry or a release; a failure retries while attempts remain and it is
+-- retryable). Results arrive as JSON texts ('null' for none) so they unnest with the ids.
+-- The fence has the heartbeat's shape (see there): unnest() directly in UPDATE ... FROM.
 WITH applied AS (
     UPDATE {schema}.jobs j
-    SET state = 'succeeded', result = nullif(d.result::jsonb, 'null'::jsonb),
-        finished_at = now(), lease_expires_at = NULL
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(results)s::text[])
-         AS d(id, epoch, result)
-    WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
-    RETURNING j.id, j.lease_epoch, j.state
-), ev AS (
-    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
-    SELECT id, 'succeeded', lease_epoch, %(worker_id)s FROM applied
-), rejected AS (
-    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
-    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
-           jsonb_build_object('write', 'complete', 'state', j.state, 'lease_epoch', j.lease_epoch)
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
-    JOIN {schema}.jobs j ON j.id = d.id
-    WHERE (SELECT count(*) FROM applied) < cardinality(%(ids)s::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
-)
-SELECT id, state FROM applied;
-
--- name: job_fail_many
--- A failure retries (queued, run_at pushed back) while attempts remain and the error is
--- retryable; otherwise the job is failed. A requested cancel wins over a retry.
-WITH applied AS (
-    UPDATE {schema}.jobs j
-    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                     WHEN NOT d.retryable OR j.attempts >= j.max_attempts THEN 'failed'
-                     ELSE 'queued' END,
-        run_at = CASE WHEN j.cancel_requested_at IS NOT NULL
-                           OR NOT d.retryable OR j.attempts >= j.max_attempts THEN j.run_at
+    SET state = {schema}.finish_state(d.outcome, d.retryable, j.cancel_requested_at IS NOT NULL,
+                                      j.attempts, j.max_attempts),
+        result = CASE WHEN d.outcome = 'complete' THEN nullif(d.result::jsonb, 'null'::jsonb)
+                      ELSE j.result END,
+        last_error = CASE WHEN d.outcome IN ('fail', 'cancel') THEN d.error ELSE j.last_error END,
+        attempts = CASE WHEN d.outcome = 'release' THEN greatest(j.attempts - 1, 0)
+                        ELSE j.attempts END,
+        run_at = CASE WHEN d.outcome = 'release' THEN now()
+                      WHEN {schema}.finish_state(d.outcome, d.retryable,
+                                                 j.cancel_requested_at IS NOT NULL,
+                                                 j.attempts, j.max_attempts) <> 'queued'
+                        THEN j.run_at
                       ELSE now() + coalesce(make_interval(secs => d.delay),
                                             {schema}.retry_backoff(j.attempts)) END,
-        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
-                                OR NOT d.retryable OR j.attempts >= j.max_attempts THEN now() END,
-        lease_expires_at = NULL, last_error = d.error
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(errors)s::text[],
-                %(retryable)s::bool[], %(delays)s::float8[])
-         AS d(id, epoch, error, retryable, delay)
+        finished_at = CASE WHEN {schema}.finish_state(d.outcome, d.retryable,
+                                                      j.cancel_requested_at IS NOT NULL,
+                                                      j.attempts, j.max_attempts) <> 'queued'
+                           THEN now() END,
+        lease_expires_at = NULL
+    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(outcomes)s::text[],
+                %(results)s::text[], %(errors)s::text[], %(retryable)s::bool[],
+                %(delays)s::float8[])
+         AS d(id, epoch, outcome, result, error, retryable, delay)
     WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
-    RETURNING j.id, j.lease_epoch, j.state, j.attempts, j.run_at, d.error
+    RETURNING j.id, j.lease_epoch, j.state, j.queue, j.attempts, j.run_at, d.outcome, d.error
 ), ev AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
-    SELECT id, CASE state WHEN 'queued' THEN 'attempt_failed' ELSE state END, lease_epoch,
-           %(worker_id)s,
-           jsonb_build_object('error', error, 'attempt', attempts)
+    SELECT id,
+           CASE WHEN state <> 'queued' THEN state
+                WHEN outcome = 'fail' THEN 'attempt_failed' ELSE 'released' END,
+           lease_epoch, %(worker_id)s,
+           CASE WHEN outcome = 'fail' THEN
+             jsonb_build_object('error', error, 'attempt', attempts)
              || CASE WHEN state = 'queued' THEN jsonb_build_object('retry_at', run_at)
                      ELSE '{{}}'::jsonb END
+           END
     FROM applied
 ), rejected AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
     SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
-           jsonb_build_object('write', 'fail', 'state', j.state, 'lease_epoch', j.lease_epoch)
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
-    JOIN {schema}.jobs j ON j.id = d.id
-    WHERE (SELECT count(*) FROM applied) < cardinality(%(ids)s::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
-)
-SELECT id, state FROM applied;
-
--- name: job_cancel_ack_many
--- The worker stopped a handler whose cancel was requested (or that it gave up on).
-WITH applied AS (
-    UPDATE {schema}.jobs j
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, last_error = d.error
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(errors)s::text[])
-         AS d(id, epoch, error)
-    WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
-    RETURNING j.id, j.lease_epoch, j.state
-), ev AS (
-    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
-    SELECT id, 'cancelled', lease_epoch, %(worker_id)s FROM applied
-), rejected AS (
-    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
-    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
-           jsonb_build_object('write', 'cancel', 'state', j.state, 'lease_epoch', j.lease_epoch)
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
-    JOIN {schema}.jobs j ON j.id = d.id
-    WHERE (SELECT count(*) FROM applied) < cardinality(%(ids)s::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
-)
-SELECT id, state FROM applied;
-
--- name: job_release_many
--- Hand leases back (shutdown): queued again at once, the attempt not counted, other
--- workers woken. A job whose cancel was requested ends cancelled instead.
-WITH applied AS (
-    UPDATE {schema}.jobs j
-    SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'queued' END,
-        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL THEN now() END,
-        attempts = greatest(j.attempts - 1, 0), run_at = now(), lease_expires_at = NULL
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
-    WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
-    RETURNING j.id, j.lease_epoch, j.state, j.queue
-), ev AS (
-    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
-    SELECT id, CASE state WHEN 'queued' THEN 'released' ELSE state END, lease_epoch, %(worker_id)s
-    FROM applied
-), rejected AS (
-    INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
-    SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
-           jsonb_build_object('write', 'release', 'state', j.state, 'lease_epoch', j.lease_epoch)
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
+           jsonb_build_object('write', d.outcome, 'state', j.state, 'lease_epoch', j.lease_epoch)
+    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(outcomes)s::text[])
+         AS d(id, epoch, outcome)
     JOIN {schema}.jobs j ON j.id = d.id
     WHERE (SELECT count(*) FROM applied) < cardinality(%(ids)s::bigint[])
       AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
 ), notified AS (
+    -- Wake workers for jobs runnable at once: released ones, retries without a delay.
     SELECT count(pg_notify(%(channel)s, q.queue)) AS n
-    FROM (SELECT DISTINCT queue FROM applied WHERE state = 'queued') q
+    FROM (SELECT DISTINCT queue FROM applied WHERE state = 'queued' AND run_at <= now()) q
 )
 -- `notified` is a plain SELECT: it runs only because it is referenced here.
 SELECT id, state FROM applied CROSS JOIN notified;

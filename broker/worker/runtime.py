@@ -35,14 +35,14 @@ import psycopg
 from broker import lease
 from broker.config import DEFAULT_LEASE_TTL, Settings
 from broker.errors import BrokerError, DatabaseUnavailable
-from broker.lease import Failure, Lease, WriteOutcome
+from broker.lease import Failure, Finish, Lease, WriteOutcome
 from broker.pruner import PrunerConfig, run_pruner
 from broker.task import Fail, JobContext, Retry, Task, get_task, registered
 from broker.worker import registry
 from broker.worker._conn import Backoff, Connection
 from broker.worker.listener import Listener, ListenerConfig
 from broker.worker.reaper import Reaper, ReaperConfig
-from broker.worker.writer import Outcome, OutcomeWriter, WriterConfig
+from broker.worker.writer import OutcomeWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class Worker:
             self.writer.add_log(held_lease, line)
 
     async def _run_job(self, held: _Held) -> None:
-        outcome: Outcome | None
+        outcome: Finish | None
         try:
             outcome = await self._invoke(held)
         except asyncio.CancelledError:
@@ -387,22 +387,20 @@ class Worker:
         else:
             self.writer.submit(outcome)
 
-    def _stopped_outcome(self, held: _Held) -> Outcome | None:
+    def _stopped_outcome(self, held: _Held) -> Finish | None:
         reason = held.stop_reason
         if reason == STOP_CANCEL:
-            return Outcome("cancel", held.lease, "cancelled while running")
+            return lease.cancel_acked(held.lease, "cancelled while running")
         if reason == STOP_SHUTDOWN:
-            return Outcome("release", held.lease)
+            return lease.released(held.lease)
         # Lost lease (or a cancellation we did not ask for): someone else owns the job now.
         return None
 
-    async def _invoke(self, held: _Held) -> Outcome:
+    async def _invoke(self, held: _Held) -> Finish:
         task, job = held.task, held.lease
         if task is None:
-            return Outcome(
-                "fail",
-                job,
-                Failure(f"no task registered for kind {job.kind!r} on worker {self.worker_id}"),
+            return lease.failed(
+                job, Failure(f"no task registered for kind {job.kind!r} on worker {self.worker_id}")
             )
         kwargs: dict[str, Any] = dict(job.args)
         if task.wants_ctx:
@@ -428,9 +426,9 @@ class Worker:
         except Retry as exc:
             # A task's own max_attempts caps retries it asks for, as it caps failures.
             capped = task.max_attempts is not None and job.attempt >= task.max_attempts
-            return Outcome("fail", job, Failure(exc.reason, not capped, exc.delay))
+            return lease.failed(job, Failure(exc.reason, not capped, exc.delay))
         except Fail as exc:
-            return Outcome("fail", job, Failure(str(exc) or "Fail", retryable=False))
+            return lease.failed(job, Failure(str(exc) or "Fail", retryable=False))
         except Exception as exc:
             return self._failure(held, _describe(exc), retryable=True)
         finally:
@@ -439,12 +437,12 @@ class Worker:
         try:
             msgspec.json.encode(result)
         except (TypeError, msgspec.EncodeError) as exc:
-            return Outcome(
-                "fail", job, Failure(f"result is not JSON-serializable: {exc}", retryable=False)
+            return lease.failed(
+                job, Failure(f"result is not JSON-serializable: {exc}", retryable=False)
             )
-        return Outcome("complete", job, result)
+        return lease.completed(job, result)
 
-    def _failure(self, held: _Held, error: str, *, retryable: bool) -> Outcome:
+    def _failure(self, held: _Held, error: str, *, retryable: bool) -> Finish:
         task, job = held.task, held.lease
         delay: float | None = None
         if task is not None:
@@ -453,20 +451,21 @@ class Worker:
             if task.max_attempts is not None and job.attempt >= task.max_attempts:
                 retryable = False
             delay = task.retry_delay(job.attempt)
-        return Outcome("fail", job, Failure(error[:MAX_ERROR_CHARS], retryable, delay))
+        return lease.failed(job, Failure(error[:MAX_ERROR_CHARS], retryable, delay))
 
     # --- outcomes and lost leases --------------------------------------------------------
 
-    def _written(self, held_lease: Lease, kind: str, outcome: WriteOutcome) -> None:
+    def _written(self, row: Finish, outcome: WriteOutcome) -> None:
+        held_lease = row.lease
         held = self._held.get(held_lease.job_id)
         if held is not None and held.lease.epoch == held_lease.epoch:
             del self._held[held_lease.job_id]
         if not outcome.applied:
             log.warning(
-                "job %s epoch %s: %s rejected, the lease was lost; outcome discarded",
+                "job %s epoch %s: %s outcome rejected, the lease was lost; discarded",
                 held_lease.job_id,
                 held_lease.epoch,
-                kind,
+                type(row).__name__,
             )
 
     def _drop(self, held: _Held) -> None:

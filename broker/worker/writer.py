@@ -1,11 +1,12 @@
 """Batched, fenced outcome writes: completions, failures, cancel acks, releases and log lines.
 
 Handlers hand their outcome to the writer and free their slot at once; the writer sends
-everything pending as one statement per kind, flushed after `flush_interval` or as soon
-as `flush_size` outcomes wait. Log lines go first, because they are fenced like any
-write and would be dropped once the job's outcome has ended its lease. When the database
-is unavailable the batch is kept and retried with backoff: a retried write that had in
-fact applied is rejected as stale (the job already left `running`), never applied twice.
+everything pending as one finish statement (broker.lease.finish), flushed after
+`flush_interval` or as soon as `flush_size` outcomes wait. Log lines go first, because
+they are fenced like any write and would be dropped once the job's outcome has ended its
+lease. When the database is unavailable the batch is kept and retried with backoff: a
+retried write that had in fact applied is rejected as stale (the job already left
+`running`), never applied twice.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
 from broker import lease
 from broker.errors import BrokerError, DatabaseUnavailable
-from broker.lease import Failure, Lease, Statement, WriteOutcome
+from broker.lease import Finish, Lease, WriteOutcome
 from broker.worker._conn import Backoff, Connection
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,7 @@ class WriterConfig:
     flush_size: int = DEFAULT_FLUSH_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What to write for one lease: complete (payload = result), fail (payload = Failure),
-    cancel (payload = reason) or release."""
-
-    kind: str
-    lease: Lease
-    payload: Any = None
-
-
-OnWritten = Callable[[Lease, str, WriteOutcome], None]
+OnWritten = Callable[[Finish, WriteOutcome], None]
 
 
 class OutcomeWriter:
@@ -66,7 +56,7 @@ class OutcomeWriter:
         self._jobs_channel = jobs_channel
         self._on_written = on_written
         # Keyed by job id: a newer epoch of the same job replaces an older, stale outcome.
-        self._pending: dict[int, Outcome] = {}
+        self._pending: dict[int, Finish] = {}
         self._logs: list[tuple[Lease, str]] = []
         self._ready = asyncio.Event()
         self._full = asyncio.Event()
@@ -74,7 +64,7 @@ class OutcomeWriter:
         self._idle.set()
         self.written = 0
 
-    def submit(self, outcome: Outcome) -> None:
+    def submit(self, outcome: Finish) -> None:
         self._pending[outcome.lease.job_id] = outcome
         self._idle.clear()
         self._ready.set()
@@ -130,32 +120,17 @@ class OutcomeWriter:
             if not self._pending and not self._logs:
                 self._idle.set()
 
-    async def _write(self, logs: list[tuple[Lease, str]], batch: dict[int, Outcome]) -> None:
-        """Write `logs`, then `batch` one statement per kind; what was written is removed
+    async def _write(self, logs: list[tuple[Lease, str]], batch: dict[int, Finish]) -> None:
+        """Write `logs`, then `batch` in one finish statement; what was written is removed
         from both, so a retry after a failure sends only the rest."""
         if logs:
             await self.conn.run(lease.append_logs(logs))
             logs.clear()
-        by_kind: dict[str, list[Outcome]] = {}
-        for outcome in batch.values():
-            by_kind.setdefault(outcome.kind, []).append(outcome)
-        for kind, group in by_kind.items():
-            results = await self.conn.run(self._statement(kind, group))
-            self.written += len(results)
-            leases = {o.lease.job_id: o.lease for o in group}
-            for o in group:
-                del batch[o.lease.job_id]
-            for result in results:
-                self._on_written(leases[result.job_id], kind, result)
-
-    def _statement(self, kind: str, group: list[Outcome]) -> Statement[list[WriteOutcome]]:
-        if kind == "complete":
-            return lease.complete([(o.lease, o.payload) for o in group])
-        if kind == "fail":
-            failures: list[tuple[Lease, Failure]] = [(o.lease, o.payload) for o in group]
-            return lease.fail(failures)
-        if kind == "cancel":
-            return lease.cancel_ack([(o.lease, str(o.payload)) for o in group])
-        if kind == "release":
-            return lease.release([o.lease for o in group], self._jobs_channel)
-        raise ValueError(f"unknown outcome kind {kind!r}")
+        if not batch:
+            return
+        rows = list(batch.values())
+        results = await self.conn.run(lease.finish(rows, self._jobs_channel))
+        self.written += len(results)
+        batch.clear()
+        for row, result in zip(rows, results, strict=True):
+            self._on_written(row, result)

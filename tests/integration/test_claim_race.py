@@ -206,7 +206,9 @@ def test_late_completion_racing_the_reaper_has_one_outcome(
 
     def complete_or_reap(c: Conn, index: int) -> list[int]:
         if index == 0:
-            [outcome] = broker.run(lease.complete([(held["lease"], "done")]), conn=c)
+            [outcome] = broker.run(
+                lease.finish([lease.completed(held["lease"], "done")], "broker_jobs"), conn=c
+            )
             return [outcome.job_id] if outcome.applied else []
         return [r.job_id for r in broker.run(lease.reap(), conn=c)]
 

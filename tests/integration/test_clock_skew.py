@@ -162,10 +162,15 @@ def test_worker_statements_carry_durations_never_timestamps() -> None:
     statements: list[Statement[Any]] = [
         lease.claim(["default", "emails"], 10, "w:1", 15.0),
         lease.heartbeat([held, other], 15.0),
-        lease.complete([(held, {"done": True}), (other, None)]),
-        lease.fail([(held, Failure("boom")), (other, Failure("bad", False, 2.5))]),
-        lease.cancel_ack([(held, "cancelled")]),
-        lease.release([held, other], "broker_jobs"),
+        lease.finish(
+            [lease.completed(held, {"done": True}), lease.completed(other)], "broker_jobs"
+        ),
+        lease.finish(
+            [lease.failed(held, Failure("boom")), lease.failed(other, Failure("bad", False, 2.5))],
+            "broker_jobs",
+        ),
+        lease.finish([lease.cancel_acked(held, "cancelled")], "broker_jobs"),
+        lease.finish([lease.released(held), lease.released(other)], "broker_jobs"),
         lease.append_logs([(held, "line")]),
         lease.reap(),
     ]

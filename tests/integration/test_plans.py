@@ -47,10 +47,20 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
     "finish": (
         {"jobs_pkey"},
         [
-            lambda held: lease.complete([(h, {"ok": True}) for h in held]),
-            lambda held: lease.fail([(h, Failure("boom")) for h in held]),
-            lambda held: lease.cancel_ack([(h, "cancelled") for h in held]),
-            lambda held: lease.release(held, CHANNEL),
+            lambda held: lease.finish([lease.completed(h, {"ok": True}) for h in held], CHANNEL),
+            # Every outcome in one statement, as the worker's writer sends them.
+            lambda held: lease.finish(
+                [
+                    [
+                        lease.completed(h),
+                        lease.failed(h, Failure("boom")),
+                        lease.cancel_acked(h, "cancelled"),
+                        lease.released(h),
+                    ][i % 4]
+                    for i, h in enumerate(held)
+                ],
+                CHANNEL,
+            ),
         ],
     ),
     "reap": ({"jobs_lease_idx", "jobs_pkey"}, [lambda held: lease.reap()]),
@@ -203,6 +213,8 @@ def test_the_check_catches_a_state_predicate_index(
             "CREATE INDEX jobs_running_idx ON broker.jobs (id) WHERE state = 'running'"
         )
         client_conn.execute("ANALYZE broker.jobs")
-        plan = _plan(client_conn, lease.complete([(h, None) for h in held]), MODES[0])
+        plan = _plan(
+            client_conn, lease.finish([lease.completed(h) for h in held], CHANNEL), MODES[0]
+        )
         violations = access_path_violations(plan, {"jobs_pkey"})
     assert any("jobs_running_idx" in v for v in violations), json.dumps(plan, indent=1)

@@ -30,7 +30,10 @@ def test_cancel_racing_a_retrying_fail_is_not_lost(broker: Broker, db_url: str) 
     [held] = broker.claim(["default"], 1, "w:1")
     result: list[object] = []
     with psycopg.connect(db_url) as failing:
-        broker.run(lease.fail([(held, lease.Failure("boom", True, 0.0))]), conn=failing)
+        broker.run(
+            lease.finish([lease.failed(held, lease.Failure("boom", True, 0.0))], "broker_jobs"),
+            conn=failing,
+        )
         canceller = threading.Thread(target=lambda: result.append(broker.cancel(job.id)))
         canceller.start()
         canceller.join(0.5)

@@ -23,7 +23,16 @@ from broker.schema import build_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-FUNCTIONS = ("enqueue", "enqueue_many", "cancel_job", "retry_job", "retry_backoff")
+FUNCTIONS = (
+    "enqueue",
+    "enqueue_many",
+    "cancel_job",
+    "retry_job",
+    "retry_backoff",
+    "fold_job_counts",
+    "recount_jobs",
+    "finish_state",
+)
 SUBPROCESS_TIMEOUT = 120
 
 

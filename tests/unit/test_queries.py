@@ -92,7 +92,7 @@ def _statement_names_in_lease_source() -> set[str]:
 def test_lease_source_names_are_found() -> None:
     # Guards the AST walk above: if it found nothing, the next test would prove nothing.
     names = _statement_names_in_lease_source()
-    assert {"job_claim", "job_complete_many", "job_reap", "job_enqueue_many"} <= names
+    assert {"job_claim", "job_finish_many", "job_reap", "job_enqueue_many"} <= names
 
 
 def test_every_statement_name_in_lease_exists() -> None:
@@ -118,10 +118,10 @@ def _one_of_each_statement() -> list[lease.Statement[Any]]:
         lease.enqueue_many([lease.JobSpec("k")]),
         lease.claim(["default"], 1, "w:1", 5.0),
         lease.heartbeat([held], 5.0),
-        lease.complete([(held, None)]),
-        lease.fail([(held, lease.Failure("boom"))]),
-        lease.cancel_ack([(held, "cancelled")]),
-        lease.release([held], "broker_jobs"),
+        lease.finish([lease.completed(held)], "broker_jobs"),
+        lease.finish([lease.failed(held, lease.Failure("boom"))], "broker_jobs"),
+        lease.finish([lease.cancel_acked(held, "cancelled")], "broker_jobs"),
+        lease.finish([lease.released(held)], "broker_jobs"),
         lease.append_logs([(held, "line")]),
         lease.reap(),
         lease.cancel(1),
@@ -160,8 +160,8 @@ def test_schema_is_rendered_as_quoted_identifier() -> None:
 
 def test_escaped_braces_survive_rendering() -> None:
     # jobs.sql writes a literal '{}' as '{{}}' because the bodies go through format().
-    assert "'{{}}'::jsonb" in raw_queries()["job_fail_many"]
-    assert "'{}'::jsonb" in queries("broker")["job_fail_many"]
+    assert "'{{}}'::jsonb" in raw_queries()["job_finish_many"]
+    assert "'{}'::jsonb" in queries("broker")["job_finish_many"]
 
 
 @pytest.mark.parametrize(
