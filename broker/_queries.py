@@ -11,6 +11,9 @@ from psycopg import sql
 
 from broker.config import validate_schema
 
+# The schema's functions, views and triggers (DDL, not named queries): broker.migrate.
+SCHEMA_FILE = "schema.sql"
+
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
@@ -42,7 +45,7 @@ def raw_queries() -> dict[str, str]:
     """Every named query of the package, before the schema is filled in."""
     found: dict[str, str] = {}
     for entry in sorted(resources.files("broker.sql").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
+        if not entry.name.endswith(".sql") or entry.name == SCHEMA_FILE:
             continue
         for name, body in parse(entry.read_text(encoding="utf-8"), entry.name).items():
             if name in found:

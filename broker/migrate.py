@@ -71,3 +71,14 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
     assert head is not None
     return head
+
+
+def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
+    """broker/sql/schema.sql for `schema`: the current functions, views and triggers."""
+    from importlib import resources
+
+    from broker._queries import SCHEMA_FILE
+
+    text = resources.files("broker.sql").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    s = validate_schema(schema)
+    return text.format(s=s, jobs_channel=f"{s}_jobs", cancel_channel=f"{s}_cancel")
