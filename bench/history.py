@@ -5,6 +5,7 @@
     python -m bench.history --retained 0,10000000            # outside CI: ~4 GB of disk
     python -m bench.history --queued 1000000                 # also: 1M queued behind the drain
     python -m bench.history --pruner                         # also: the pruner deleting meanwhile
+    python -m bench.history --churned                        # also: history with its dead rows
 
 Each scenario gets its own scratch database, built once: `--retained` succeeded jobs (with
 their enqueued/claimed/succeeded events, finished over the last day), VACUUM ANALYZE as
@@ -15,7 +16,10 @@ database time. The ratio column is each rate over the fresh table's (0 retained)
 
 Scenarios beyond plain retention: `--queued N` adds a database holding N queued jobs
 (the drain measures the first --jobs of them); `--pruner` drains the largest history with
-the workers' pruner on and a 12 h retention, so it deletes half the history meanwhile.
+the workers' pruner on and a 12 h retention, so it deletes half the history meanwhile;
+`--churned` builds the largest history through queued -> running -> succeeded updates
+and skips the VACUUM, so the drain starts with all their dead row versions and index
+entries (autovacuum may run meanwhile, as it would).
 Uses --dsn (default BROKER_BENCH_DSN, else the local server); the user needs CREATEDB.
 """
 
@@ -54,6 +58,7 @@ class Scenario:
     retained: int
     queued: int = 0
     pruner: bool = False
+    churned: bool = False
 
 
 def build_history(url: str, scenario: Scenario) -> None:
@@ -76,6 +81,22 @@ def build_history(url: str, scenario: Scenario) -> None:
                 "                    ('succeeded', 1, 'old:1')) e(event, epoch, worker)"
                 " ORDER BY j.id"
             )
+        if scenario.churned:
+            # The history went through the queue as real jobs do: every row was queued,
+            # then running, then succeeded, each a new row version and new index entries.
+            # No VACUUM afterwards: the drain starts with every dead entry still there,
+            # as when autovacuum has not caught up.
+            conn.execute(
+                "UPDATE broker.jobs SET state = 'queued', finished_at = NULL, started_at = NULL"
+            )
+            conn.execute(
+                "UPDATE broker.jobs SET state = 'running', lease_expires_at = now(),"
+                " started_at = created_at"
+            )
+            conn.execute(
+                "UPDATE broker.jobs SET state = 'succeeded', lease_expires_at = NULL,"
+                " finished_at = created_at"
+            )
         if scenario.queued:
             # Behind the measured jobs: same queue and priority, later run_at.
             conn.execute(
@@ -84,7 +105,7 @@ def build_history(url: str, scenario: Scenario) -> None:
                 " FROM generate_series(1, %s)",
                 [scenario.queued],
             )
-        conn.execute("VACUUM ANALYZE broker.jobs")
+        conn.execute("ANALYZE broker.jobs" if scenario.churned else "VACUUM ANALYZE broker.jobs")
         conn.execute("VACUUM ANALYZE broker.job_events")
         conn.execute("CHECKPOINT")
 
@@ -206,6 +227,9 @@ def main() -> None:
     parser.add_argument("--retained", default="0,1000000,5000000")
     parser.add_argument("--queued", type=int, default=0, help="add a scenario with N queued")
     parser.add_argument("--pruner", action="store_true", help="add a scenario with pruning")
+    parser.add_argument(
+        "--churned", action="store_true", help="add the largest history, churned and unvacuumed"
+    )
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=100)
@@ -219,6 +243,8 @@ def main() -> None:
         scenarios.append(Scenario(f"q{args.queued}", 0, queued=args.queued))
     if args.pruner:
         scenarios.append(Scenario(f"p{max(retained)}", max(retained), pruner=True))
+    if args.churned:
+        scenarios.append(Scenario(f"c{max(retained)}", max(retained), churned=True))
     rates: dict[str, list[float]] = {s.name: [] for s in scenarios}
     with databases(args.dsn, scenarios) as urls:
         before = {s.name: index_sizes(urls[s.name]) for s in scenarios}
