@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import psycopg
 from litestar import Litestar
 from litestar.datastructures import State
@@ -31,14 +30,16 @@ from api.operations import (
     WorkersController,
 )
 from api.problems import exception_handlers
+from api.strict import TYPE_DECODERS
 from broker import AsyncBroker, __version__
+from broker import spec as contract
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.migrate import head_revision
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    set_json_loads(msgspec.json.decode, conn)
+    set_json_loads(contract.load_json, conn)
 
 
 def open_pool(url: str, max_size: int, wait: float) -> AsyncConnectionPool[Any]:
@@ -109,6 +110,7 @@ def create_app(
             "client": Provide(deps.client, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
+        type_decoders=TYPE_DECODERS,
         request_max_body_size=api_settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="pg-broker",

@@ -18,6 +18,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
 from api.config import SCOPES, ApiSettings
+from broker.spec import SCOPE_SEPARATOR
 
 _PRINCIPAL = "broker_principal"
 
@@ -31,8 +32,8 @@ class Principal:
 
     @property
     def key_prefix(self) -> str:
-        """Prefix that scopes idempotency keys to this token."""
-        return self.token_id + ":"
+        """How this token's idempotency keys begin when stored (its scope and ':')."""
+        return self.token_id + SCOPE_SEPARATOR
 
 
 ANONYMOUS = Principal(hashlib.sha256(b"").hexdigest()[:16], SCOPES)

@@ -7,18 +7,21 @@ statement, one commit, one NOTIFY per queue, one read of the created rows. No re
 waits on a timer; with one client the path is the same as calling the broker directly.
 Each caller still gets its answer only after its job is committed.
 
-A flush that fails because of one bad job (invalid, idempotency conflict) is replayed
-one job at a time, so every caller gets the answer its own request deserves.
+A group's enqueue is one statement, so when it fails nothing of it was committed, and it
+is replayed one job at a time (whatever the error: a bad job, an idempotency conflict, an
+error nobody foresaw), so every caller gets the answer its own request deserves and a bad
+request never fails a good neighbour. Only an unreachable database fails the whole group.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import errors as pg_errors
 
-from broker import AsyncBroker, BrokerError, JobSpec, lease
+from broker import AsyncBroker, JobSpec, lease
 from broker.errors import DatabaseUnavailable
 from broker.lease import Enqueued, Job
 
@@ -35,11 +38,22 @@ class Created:
     created: bool
 
 
-async def enqueue_many(client: AsyncBroker, specs: list[JobSpec]) -> list[Enqueued]:
-    """Enqueue `specs` in one statement, repeating on a lost idempotency race."""
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    client: AsyncBroker
+    spec: JobSpec
+    scope: str | None
+    future: asyncio.Future[Created]
+
+
+async def enqueue_many(
+    client: AsyncBroker, specs: Sequence[JobSpec], scope: str | None = None
+) -> list[Enqueued]:
+    """Enqueue `specs` in one statement (keys within `scope`), repeating on a lost
+    idempotency race."""
     for attempt in range(ATTEMPTS):
         try:
-            return await client.enqueue_many(specs)
+            return await client.enqueue_many(specs, idempotency_scope=scope)
         except pg_errors.SerializationFailure:
             if attempt == ATTEMPTS - 1:
                 raise
@@ -51,13 +65,14 @@ class EnqueueBatcher:
 
     def __init__(self, max_group: int = MAX_GROUP) -> None:
         self.max_group = max_group
-        self._pending: list[tuple[AsyncBroker, JobSpec, asyncio.Future[Created]]] = []
+        self._pending: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
 
-    async def enqueue(self, client: AsyncBroker, spec: JobSpec) -> Created:
-        """Enqueue one job and read it back. Raises what the broker raises for it alone."""
+    async def enqueue(self, client: AsyncBroker, spec: JobSpec, scope: str | None) -> Created:
+        """Enqueue one job (its idempotency key within `scope`) and read it back.
+        Raises what the broker raises for it alone."""
         future: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
-        self._pending.append((client, spec, future))
+        self._pending.append(_Pending(client, spec, scope, future))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
         # shield: a client that disconnects must not cancel the flush others wait on.
@@ -65,44 +80,54 @@ class EnqueueBatcher:
 
     async def _drain(self) -> None:
         while self._pending:
-            group, self._pending = (
-                self._pending[: self.max_group],
-                self._pending[self.max_group :],
-            )
-            client = group[0][0]
+            group = self._next_group()
             try:
-                results = await self._flush(client, [spec for _, spec, _ in group])
-            except (BrokerError, pg_errors.SerializationFailure) as exc:
+                enqueued = await enqueue_many(
+                    group[0].client, [p.spec for p in group], group[0].scope
+                )
+            except Exception as exc:  # nothing of the group was committed
                 if len(group) == 1 or isinstance(exc, DatabaseUnavailable):
-                    for _, _, future in group:
-                        _settle(future, exc=exc)
-                    continue
-                await self._one_by_one(client, group)
+                    for pending in group:
+                        _settle(pending.future, exc=exc)
+                else:
+                    await self._one_by_one(group)
                 continue
-            except Exception as exc:  # reported to every waiting caller, never lost
-                for _, _, future in group:
-                    _settle(future, exc=exc)
-                continue
-            for (_, _, future), result in zip(group, results, strict=True):
-                _settle(future, result=result)
+            await self._answer(group, enqueued)
 
-    async def _one_by_one(
-        self,
-        client: AsyncBroker,
-        group: list[tuple[AsyncBroker, JobSpec, asyncio.Future[Created]]],
-    ) -> None:
-        for _, spec, future in group:
+    def _next_group(self) -> list[_Pending]:
+        """Up to max_group pending requests that can share a statement (same client and
+        idempotency scope), oldest first; the rest wait for the next flush."""
+        first = self._pending[0]
+        group: list[_Pending] = []
+        rest: list[_Pending] = []
+        for pending in self._pending:
+            same = pending.client is first.client and pending.scope == first.scope
+            (group if same and len(group) < self.max_group else rest).append(pending)
+        self._pending = rest
+        return group
+
+    async def _one_by_one(self, group: list[_Pending]) -> None:
+        for pending in group:
             try:
-                (result,) = await self._flush(client, [spec])
+                enqueued = await enqueue_many(pending.client, [pending.spec], pending.scope)
             except Exception as exc:
-                _settle(future, exc=exc)
+                _settle(pending.future, exc=exc)
             else:
-                _settle(future, result=result)
+                await self._answer([pending], enqueued)
 
-    async def _flush(self, client: AsyncBroker, specs: list[JobSpec]) -> list[Created]:
-        enqueued = await enqueue_many(client, specs)
-        jobs = {j.id: j for j in await client.run(lease.get_jobs([e.id for e in enqueued]))}
-        return [Created(jobs[e.id], e.created) for e in enqueued]
+    @staticmethod
+    async def _answer(group: list[_Pending], enqueued: list[Enqueued]) -> None:
+        """Read the committed jobs back for their callers. The jobs exist whatever happens
+        here, so a failure is reported, never answered by enqueueing again."""
+        try:
+            found = await group[0].client.run(lease.get_jobs([e.id for e in enqueued]))
+        except Exception as exc:
+            for pending in group:
+                _settle(pending.future, exc=exc)
+            return
+        jobs = {j.id: j for j in found}
+        for pending, result in zip(group, enqueued, strict=True):
+            _settle(pending.future, result=Created(jobs[result.id], result.created))
 
 
 def _settle(

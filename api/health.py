@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -13,6 +14,10 @@ from api.problems import responses
 from api.schemas import Health, Readiness
 from broker import BrokerError
 from broker.inspect import schema_revision
+
+# Probes answer within this even while the database is down: a request waiting for a
+# pooled connection would otherwise wait the pool's full timeout (BROKER_API_DB_WAIT).
+READY_TIMEOUT = 1.5
 
 
 class HealthController(Controller):
@@ -32,7 +37,9 @@ class HealthController(Controller):
     async def readyz(self, request: Request[Any, Any, Any], client: BrokerClient) -> Readiness:
         runtime = runtime_of(request)
         try:
-            current = await client.run(schema_revision())
+            current = await asyncio.wait_for(client.run(schema_revision()), READY_TIMEOUT)
+        except TimeoutError:
+            raise _not_ready(f"the database did not answer within {READY_TIMEOUT:g} s") from None
         except (BrokerError, psycopg.Error) as exc:
             if isinstance(exc, psycopg.errors.UndefinedTable):
                 raise _not_ready("the database has not been migrated") from None

@@ -14,13 +14,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
-from litestar.params import (
-    FromQuery,
-    HeaderParameter,
-    JSONBody,
-    Parameter,
-    QueryParameter,
-)
+from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.auth import principal, require
@@ -30,7 +24,6 @@ from api.leases import held_lease
 from api.problems import responses
 from api.schemas import (
     MAX_BIGINT,
-    NAME_PATTERN,
     BatchIn,
     BatchOut,
     EnqueuedOut,
@@ -46,30 +39,23 @@ from api.schemas import (
     LogsStored,
     StateOut,
 )
-from broker import JobSpec, LeaseLost
+from api.strict import JobId, StrictJSON, job_id_is_a_number
+from broker import LeaseLost
 from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.schema import TERMINAL_STATES
+from broker.spec import (
+    KEY_MAX_LENGTH,
+    KEY_PATTERN,
+    KIND_MAX_LENGTH,
+    NAME_PATTERN,
+    QUEUE_MAX_LENGTH,
+    TAG_MAX_LENGTH,
+    TAG_PATTERN,
+)
 
 MAX_ID = MAX_BIGINT
-JobId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Job id.")]
 FOLLOW_POLL_SECONDS = 0.25
 REPLAY_HEADER = "Idempotent-Replayed"
-
-
-def _spec(job: JobIn, key: str | None) -> JobSpec:
-    return JobSpec(
-        kind=job.kind,
-        args=job.args,
-        queue=job.queue,
-        priority=job.priority,
-        run_at=job.run_at,
-        delay=job.delay,
-        max_attempts=job.max_attempts,
-        timeout=job.timeout,
-        idempotency_key=key,
-        subject_key=job.subject_key,
-        tags=job.tags,
-    )
 
 
 def encode_cursor(last_id: int) -> str:
@@ -109,12 +95,15 @@ class JobsController(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
     security = [{"bearer": []}]
+    before_request = staticmethod(job_id_is_a_number)
 
     @post(
         "/",
         guards=[require("submit")],
         status_code=201,
-        responses=responses(400, 401, 403, 413, 422, 503),
+        dto=StrictJSON[JobIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 413, 415, 422, 503),
         summary="Enqueue a job",
         description=(
             "Creates a job. With an idempotency key (Idempotency-Key header or body field), "
@@ -133,8 +122,8 @@ class JobsController(Controller):
             HeaderParameter(
                 name="Idempotency-Key",
                 min_length=1,
-                max_length=200,
-                pattern=r"^[\x21-\x7e]+$",
+                max_length=KEY_MAX_LENGTH,
+                pattern=KEY_PATTERN,
                 required=False,
             ),
         ] = None,
@@ -144,11 +133,14 @@ class JobsController(Controller):
                 status_code=422,
                 detail="the Idempotency-Key header and the body's idempotency_key differ",
             )
-        prefix = principal(request).key_prefix
-        key = idempotency_key or data.idempotency_key
+        if idempotency_key and not data.idempotency_key:
+            data = msgspec.structs.replace(data, idempotency_key=idempotency_key)
+        # Refused here, a request the contract rejects never joins a group commit.
+        data.validate()
+        caller = principal(request)
+        prefix = caller.key_prefix
         runtime = runtime_of(request)
-        spec = _spec(data, prefix + key if key else None)
-        stored = await runtime.batcher.enqueue(client, spec)
+        stored = await runtime.batcher.enqueue(client, data, caller.token_id)
         job = stored.job
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if stored.created:
@@ -161,7 +153,9 @@ class JobsController(Controller):
         "/batch",
         guards=[require("submit")],
         status_code=201,
-        responses=responses(400, 401, 403, 413, 422, 503),
+        dto=StrictJSON[BatchIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 413, 415, 422, 503),
         summary="Enqueue many jobs at once",
         description="One transaction: all jobs are created or none is. Results keep input order.",
     )
@@ -176,12 +170,7 @@ class JobsController(Controller):
                 status_code=422,
                 detail="a batch takes an idempotency_key per job, not an Idempotency-Key header",
             )
-        prefix = principal(request).key_prefix
-        specs = [
-            _spec(job, prefix + job.idempotency_key if job.idempotency_key else None)
-            for job in data.jobs
-        ]
-        enqueued = await enqueue_many(client, specs)
+        enqueued = await enqueue_many(client, data.jobs, principal(request).token_id)
         runtime = runtime_of(request)
         for job, result in zip(data.jobs, enqueued, strict=True):
             if result.created:
@@ -189,7 +178,7 @@ class JobsController(Controller):
         return BatchOut([EnqueuedOut(e.id, e.created) for e in enqueued])
 
     @get(
-        "/{job_id:int}",
+        "/{job_id:str}",
         guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         summary="Get a job",
@@ -212,13 +201,18 @@ class JobsController(Controller):
         request: Request[Any, Any, Any],
         client: BrokerClient,
         queue: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=128, pattern=NAME_PATTERN)
+            str | None,
+            QueryParameter(min_length=1, max_length=QUEUE_MAX_LENGTH, pattern=NAME_PATTERN),
         ] = None,
         job_state: Annotated[JobState | None, QueryParameter(name="state")] = None,
         kind: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=200, pattern=NAME_PATTERN)
+            str | None,
+            QueryParameter(min_length=1, max_length=KIND_MAX_LENGTH, pattern=NAME_PATTERN),
         ] = None,
-        tag: Annotated[str | None, QueryParameter(min_length=1, max_length=64)] = None,
+        tag: Annotated[
+            str | None,
+            QueryParameter(min_length=1, max_length=TAG_MAX_LENGTH, pattern=TAG_PATTERN),
+        ] = None,
         created_after: FromQuery[datetime | None] = None,
         created_before: FromQuery[datetime | None] = None,
         cursor: Annotated[str | None, QueryParameter(min_length=1, max_length=100)] = None,
@@ -235,7 +229,7 @@ class JobsController(Controller):
         return JobPage([JobOut.of(j, prefix) for j in jobs], next_cursor)
 
     @get(
-        "/{job_id:int}/events",
+        "/{job_id:str}/events",
         guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         summary="A job's history",
@@ -252,7 +246,7 @@ class JobsController(Controller):
         return EventList([EventOut.of(e) for e in found])
 
     @get(
-        "/{job_id:int}/logs",
+        "/{job_id:str}/logs",
         guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         operation_class=_StreamingOperation,
@@ -282,7 +276,7 @@ class JobsController(Controller):
         )
 
     @post(
-        "/{job_id:int}/cancel",
+        "/{job_id:str}/cancel",
         guards=[require("submit")],
         status_code=200,
         responses=responses(400, 401, 403, 404, 409, 503),
@@ -299,7 +293,7 @@ class JobsController(Controller):
         return Response(StateOut(job_id, state), status_code=status)  # type: ignore[arg-type]
 
     @post(
-        "/{job_id:int}/retry",
+        "/{job_id:str}/retry",
         guards=[require("submit")],
         status_code=200,
         responses=responses(400, 401, 403, 404, 409, 503),
@@ -309,11 +303,13 @@ class JobsController(Controller):
         return StateOut(job_id, await client.retry(job_id))  # type: ignore[arg-type]
 
     @post(
-        "/{job_id:int}/logs",
+        "/{job_id:str}/logs",
         status_code=200,
         guards=[require("work")],
         tags=["worker protocol"],
-        responses=responses(400, 401, 403, 404, 409, 413, 503),
+        dto=StrictJSON[LogsIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
         summary="Append log lines for a running job",
         description="Readers see them at GET /v1/jobs/{job_id}/logs (and its follow stream).",
     )

@@ -7,16 +7,15 @@ fenced in the database exactly like the Python worker's; a lost lease answers 40
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Request, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody
 
 from api.auth import require
 from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import (
-    MAX_BIGINT,
     CompleteIn,
     FailIn,
     HeartbeatIn,
@@ -26,9 +25,8 @@ from api.schemas import (
     LeaseRequest,
     WriteOut,
 )
+from api.strict import JobId, StrictJSON, job_id_is_a_number
 from broker import Failure, Lease, LeaseLost
-
-JobId = Annotated[int, Parameter(ge=1, le=MAX_BIGINT, description="Job id.")]
 
 
 def held_lease(job_id: int, epoch: int, worker_id: str) -> Lease:
@@ -43,12 +41,15 @@ class LeasesController(Controller):
     path = "/v1"
     tags = ["worker protocol"]
     security = [{"bearer": []}]
+    before_request = staticmethod(job_id_is_a_number)
     guards = [require("work")]
 
     @post(
         "/leases",
         status_code=200,
-        responses=responses(400, 401, 403, 413, 503),
+        dto=StrictJSON[LeaseRequest],
+        return_dto=None,
+        responses=responses(400, 401, 403, 413, 415, 503),
         summary="Claim jobs",
         description="Leases up to `limit` runnable jobs (priority, then run_at, then id).",
     )
@@ -80,9 +81,11 @@ class LeasesController(Controller):
         )
 
     @post(
-        "/jobs/{job_id:int}/heartbeat",
+        "/jobs/{job_id:str}/heartbeat",
         status_code=200,
-        responses=responses(400, 401, 403, 404, 409, 413, 503),
+        dto=StrictJSON[HeartbeatIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 404, 409, 413, 415, 503),
         summary="Extend a lease",
     )
     async def heartbeat(
@@ -103,9 +106,11 @@ class LeasesController(Controller):
         return HeartbeatOut(job_id, data.lease_epoch, bool(outcome.cancel_requested))
 
     @post(
-        "/jobs/{job_id:int}/complete",
+        "/jobs/{job_id:str}/complete",
         status_code=200,
-        responses=responses(400, 401, 403, 404, 409, 413, 422, 503),
+        dto=StrictJSON[CompleteIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
         summary="Report success",
     )
     async def complete(
@@ -125,9 +130,11 @@ class LeasesController(Controller):
         return WriteOut(job_id, data.lease_epoch, "succeeded")
 
     @post(
-        "/jobs/{job_id:int}/fail",
+        "/jobs/{job_id:str}/fail",
         status_code=200,
-        responses=responses(400, 401, 403, 404, 409, 413, 503),
+        dto=StrictJSON[FailIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
         summary="Report a failed attempt",
         description=(
             "The job is queued again after backoff (or `delay` seconds) while attempts remain "

@@ -96,9 +96,17 @@ def _database_error(request: Request[Any, Any, Any], exc: psycopg.Error) -> Resp
             request, 503, "the database is not migrated: run `broker migrate`", "not-migrated"
         )
     # OperationalError covers lost connections and the pool's PoolTimeout.
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError) and not _retryable(exc):
         return problem(request, 503, "the database is unavailable", "database-unavailable")
+    if _retryable(exc):
+        # Serialization failures, deadlocks and statement timeouts: nothing is wrong with
+        # the request, and repeating it may well succeed.
+        return problem(request, 503, "the database asked for a retry; try again", "retry")
     return problem(request, 500, "internal error")
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    return exc.sqlstate is not None and (exc.sqlstate.startswith("40") or exc.sqlstate == "57014")
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -10,53 +10,24 @@ from msgspec import Meta
 
 from broker.inspect import MAX_PAGE_SIZE
 from broker.lease import Job, JobEvent, LogLine
+from broker.spec import JobSpec, QueueName
 
-# The same shapes the enqueue SQL function enforces, checked here first so a client
-# gets a message that names the field.
-NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-QueueName = Annotated[str, Meta(min_length=1, max_length=128, pattern=NAME_PATTERN)]
-KindName = Annotated[str, Meta(min_length=1, max_length=200, pattern=NAME_PATTERN)]
-Tag = Annotated[str, Meta(min_length=1, max_length=64)]
-Key = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+# Everything a submitter sends is the job spec of broker.spec (its fields, bounds and
+# rules, the same at every door); what follows is the worker protocol and the answers.
 WorkerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
-Priority = Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
-MaxAttempts = Annotated[int, Meta(ge=1, le=1000)]
 Seconds = Annotated[float, Meta(ge=0, le=366 * 86400)]
-PositiveSeconds = Annotated[float, Meta(gt=0, le=366 * 86400)]
 LeaseTtl = Annotated[float, Meta(ge=1, le=3600)]
 # Ids and epochs are bigints, but the schema caps them at 2**53: JSON Schema bounds are
 # floats, and 2**63 - 1 would be published as 2**63, a value the API then refuses.
 MAX_BIGINT = 2**53
 Epoch = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
-AwareDatetime = Annotated[datetime, Meta(tz=True)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_BATCH = 5000
 MAX_ERROR_LENGTH = 10_000
 
 
-class JobIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A job to enqueue. Give run_at or delay (seconds), not both."""
-
-    kind: KindName
-    args: dict[str, Any] = {}
-    queue: QueueName = "default"
-    priority: Priority = 0
-    run_at: AwareDatetime | None = None
-    delay: Seconds | None = None
-    max_attempts: MaxAttempts | None = None
-    timeout: PositiveSeconds | None = None
-    idempotency_key: Key | None = None
-    subject_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
-    tags: Annotated[list[Tag], Meta(max_length=32)] = []
-
-    def __post_init__(self) -> None:
-        if self.run_at is not None:
-            # PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows; UTC is
-            # the same instant without that limit.
-            try:
-                self.run_at = self.run_at.astimezone(UTC)
-            except OverflowError:
-                raise ValueError("run_at is out of range") from None
+class JobIn(JobSpec, frozen=True):
+    """A job to enqueue (broker.spec.JobSpec). Give run_at or delay (seconds), not both."""
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -20,12 +20,12 @@ from broker.lease import (
     HeartbeatOutcome,
     Job,
     JobEvent,
-    JobSpec,
     Lease,
     LogLine,
     Reaped,
     WriteOutcome,
 )
+from broker.spec import JobSpec
 from broker.task import Fail, JobContext, Retry, task
 
 __all__ = [

@@ -4,64 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 
-from broker.lease import JobSpec
-
-# The shapes the enqueue SQL function enforces, checked here first so that an error names
-# the line and the field instead of a whole batch.
-_NAME = r"^[A-Za-z0-9_.:-]+$"
-_KEY = r"^[\x21-\x7e]+$"
-_MAX_SECONDS = 366 * 86400
+from broker.errors import InvalidJobError
+from broker.spec import KEY_PATTERN, NAME_PATTERN, TAG_PATTERN, JobSpec
 
 DEFAULT_BATCH_SIZE = 5000
-
-
-class JobLine(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One line of a jobs file: the fields of JobSpec; give run_at or delay, not both."""
-
-    kind: Annotated[str, Meta(min_length=1, max_length=200, pattern=_NAME)]
-    args: dict[str, Any] = {}
-    queue: Annotated[str, Meta(min_length=1, max_length=128, pattern=_NAME)] = "default"
-    priority: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)] = 0
-    run_at: Annotated[datetime, Meta(tz=True)] | None = None
-    delay: Annotated[float, Meta(ge=0, le=_MAX_SECONDS)] | None = None
-    max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
-    timeout: Annotated[float, Meta(gt=0, le=_MAX_SECONDS)] | None = None
-    idempotency_key: Annotated[str, Meta(min_length=1, max_length=200, pattern=_KEY)] | None = None
-    subject_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
-    tags: Annotated[
-        list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=32)
-    ] = []
-
-    def __post_init__(self) -> None:
-        if self.run_at is not None and self.delay is not None:
-            raise ValueError("give run_at or delay, not both")
-        if self.run_at is not None:
-            # PostgreSQL refuses offsets beyond +-15:59, which ISO 8601 allows.
-            try:
-                self.run_at = self.run_at.astimezone(UTC)
-            except OverflowError:
-                raise ValueError("run_at is out of range") from None
-
-    def spec(self) -> JobSpec:
-        return JobSpec(
-            self.kind,
-            self.args,
-            queue=self.queue,
-            priority=self.priority,
-            run_at=self.run_at,
-            delay=self.delay,
-            max_attempts=self.max_attempts,
-            timeout=self.timeout,
-            idempotency_key=self.idempotency_key,
-            subject_key=self.subject_key,
-            tags=self.tags,
-        )
 
 
 class JobFileError(ValueError):
@@ -74,7 +24,7 @@ class JobFileError(ValueError):
         self.why = why
 
 
-_decoder = msgspec.json.Decoder(JobLine)
+_decoder = msgspec.json.Decoder(JobSpec)
 _AT = re.compile(r"^(?P<why>.*) - at `\$\.?(?P<path>[^`]*)`$", re.DOTALL)
 
 
@@ -83,8 +33,13 @@ def _why(exc: msgspec.ValidationError) -> tuple[str | None, str]:
     found = _AT.match(str(exc))
     if found is None or not found["path"]:
         return None, str(exc)
-    why = found["why"].replace(f"`str` matching regex {_NAME!r}", "letters, digits, _ . : - only")
-    why = why.replace(f"`str` matching regex {_KEY!r}", "printable ASCII without spaces")
+    why = found["why"]
+    for pattern, words in (
+        (NAME_PATTERN, "letters, digits, _ . : - only"),
+        (KEY_PATTERN, "printable ASCII without spaces"),
+        (TAG_PATTERN, "text without control characters"),
+    ):
+        why = why.replace(f"`str` matching regex {pattern!r}", words)
     return found["path"], why
 
 
@@ -99,21 +54,30 @@ class FieldError(ValueError):
 
 def spec_from(fields: dict[str, Any]) -> JobSpec:
     """A job spec from already-parsed fields (as on the command line), checked like a line.
-    Raises FieldError saying which field is wrong."""
+    Raises FieldError saying which field is wrong (by its bounds), or InvalidJobError (the
+    rules JobSpec.validate() adds)."""
     try:
-        return msgspec.convert(fields, JobLine).spec()
+        spec = msgspec.convert(fields, JobSpec)
     except msgspec.ValidationError as exc:
         raise FieldError(*_why(exc)) from None
+    spec.validate()
+    return spec
 
 
 def parse_line(text: str | bytes, source: str, number: int) -> JobSpec:
-    """The job spec on line `number`. Raises JobFileError saying why it is not one."""
+    """The job spec on line `number`, validated. Raises JobFileError saying why it is not one."""
     try:
-        return _decoder.decode(text).spec()
+        spec = _decoder.decode(text)
+        spec.validate()
     except msgspec.ValidationError as exc:
         raise JobFileError(source, number, str(FieldError(*_why(exc)))) from None
     except msgspec.DecodeError as exc:
         raise JobFileError(source, number, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise JobFileError(source, number, "the JSON nests too deeply to decode") from None
+    except InvalidJobError as exc:
+        raise JobFileError(source, number, str(exc)) from None
+    return spec
 
 
 def batches(

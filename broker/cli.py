@@ -330,6 +330,8 @@ def _parse_args_json(text: str | None) -> dict[str, Any]:
         value = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise InputError(f"--args is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("--args nests too deeply to decode") from None
     if not isinstance(value, dict):
         raise InputError(f"--args must be a JSON object, got {type(value).__name__}")
     return value
@@ -352,14 +354,11 @@ def _parse_run_at(text: str | None) -> datetime | None:
 @click.option("--args", "args_json", metavar="JSON", help="Arguments: a JSON object.")
 @click.option("--queue", default="default", show_default=True)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
-@click.option(
-    "--delay", type=click.FloatRange(min=0), metavar="SECONDS", help="Run after this long."
-)
+# Bounds are the job spec's (broker.spec), checked when the options become a JobSpec.
+@click.option("--delay", type=float, metavar="SECONDS", help="Run after this long.")
 @click.option("--run-at", metavar="ISO8601", help="Run at this time (with a UTC offset).")
-@click.option("--max-attempts", type=click.IntRange(min=1), help="Default: the broker's.")
-@click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Per run."
-)
+@click.option("--max-attempts", type=int, help="Default: the broker's.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Per run.")
 @click.option("--idempotency-key", help="At most one job per key.")
 @click.option("--subject-key", help="Supersede queued jobs of this kind with this key.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")

@@ -8,13 +8,13 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Self, TypeVar
 
-import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import lease
+from broker import spec as contract
 from broker._queries import queries
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
 from broker.errors import DatabaseUnavailable, JobNotFound, translate
@@ -24,13 +24,13 @@ from broker.lease import (
     HeartbeatOutcome,
     Job,
     JobEvent,
-    JobSpec,
     Lease,
     LogLine,
     Reaped,
     Statement,
     WriteOutcome,
 )
+from broker.spec import JobSpec
 
 T = TypeVar("T")
 
@@ -50,23 +50,31 @@ def _unreachable(url: str, timeout: float) -> str:
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    set_json_loads(msgspec.json.decode, conn)
+    set_json_loads(contract.load_json, conn)
 
 
 async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
-    set_json_loads(msgspec.json.decode, conn)
+    set_json_loads(contract.load_json, conn)
 
 
-def _translated(exc: psycopg.Error) -> Exception:
+def _translated(exc: psycopg.Error | UnicodeEncodeError) -> Exception:
     return translate(exc) or exc
 
 
 def _spec(
     kind: str,
     args: dict[str, Any] | None,
+    delay: float | timedelta | None,
+    timeout: float | timedelta | None,
     **options: Any,
 ) -> JobSpec:
-    return JobSpec(kind, args if args is not None else {}, **options)
+    return JobSpec(
+        kind,
+        args if args is not None else {},
+        delay=contract.seconds(delay, "delay"),
+        timeout=contract.seconds(timeout, "timeout"),
+        **options,
+    )
 
 
 class _Base:
@@ -137,7 +145,7 @@ class Broker(_Base):
             else:
                 with self.pool.connection() as pooled:
                     rows = pooled.execute(query, stmt.params, prepare=stmt.prepare).fetchall()
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             raise _translated(exc) from exc
         return stmt.decode(rows)
 
@@ -176,13 +184,18 @@ class Broker(_Base):
         return self.run(lease.enqueue_many([spec]), conn)[0]
 
     def enqueue_many(
-        self, specs: Iterable[JobSpec], conn: psycopg.Connection[Any] | None = None
+        self,
+        specs: Iterable[JobSpec],
+        conn: psycopg.Connection[Any] | None = None,
+        *,
+        idempotency_scope: str | None = None,
     ) -> list[Enqueued]:
         """Enqueue many jobs atomically (all or none); results in input order.
+        `idempotency_scope` namespaces the specs' idempotency keys (letters, digits, _ . -).
         Raises InvalidJobError or IdempotencyConflict."""
         batch = list(specs)
         if not lease.copy_eligible(batch):
-            return self.run(lease.enqueue_many(batch), conn)
+            return self.run(lease.enqueue_many(batch, idempotency_scope), conn)
         if conn is not None:
             return self._copy_enqueue(batch, conn)
         with self.pool.connection() as pooled:
@@ -212,7 +225,7 @@ class Broker(_Base):
                     conn.execute(
                         q["job_notify_queues"], {"channel": channel, "queues": plan.notify_queues}
                     )
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             raise _translated(exc) from exc
         return [Enqueued(i, True) for i in ids]
 
@@ -221,8 +234,13 @@ class Broker(_Base):
     def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float | None = None
     ) -> list[Lease]:
-        """Lease up to `limit` runnable jobs from `queues` (SKIP LOCKED)."""
-        return self.run(lease.claim(queues, limit, worker_id, lease_ttl or self.lease_ttl))
+        """Lease up to `limit` runnable jobs from `queues` (SKIP LOCKED). A claimed job whose
+        args cannot be decoded here is failed (final, saying why) instead of returned."""
+        claimed = self.run(lease.claim(queues, limit, worker_id, lease_ttl or self.lease_ttl))
+        runnable, unreadable = lease.split_unreadable(claimed)
+        if unreadable:
+            self.fail_many(unreadable)
+        return runnable
 
     def heartbeat(
         self, leases: Sequence[Lease], lease_ttl: float | None = None
@@ -365,7 +383,7 @@ class AsyncBroker(_Base):
                     rows = await (
                         await pooled.execute(query, stmt.params, prepare=stmt.prepare)
                     ).fetchall()
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             raise _translated(exc) from exc
         return stmt.decode(rows)
 
@@ -402,12 +420,16 @@ class AsyncBroker(_Base):
         return (await self.run(lease.enqueue_many([spec]), conn))[0]
 
     async def enqueue_many(
-        self, specs: Iterable[JobSpec], conn: psycopg.AsyncConnection[Any] | None = None
+        self,
+        specs: Iterable[JobSpec],
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        *,
+        idempotency_scope: str | None = None,
     ) -> list[Enqueued]:
         """Enqueue many jobs atomically (all or none); results in input order."""
         batch = list(specs)
         if not lease.copy_eligible(batch):
-            return await self.run(lease.enqueue_many(batch), conn)
+            return await self.run(lease.enqueue_many(batch, idempotency_scope), conn)
         if conn is not None:
             return await self._copy_enqueue(batch, conn)
         async with self.pool.connection() as pooled:
@@ -440,14 +462,18 @@ class AsyncBroker(_Base):
                     await conn.execute(
                         q["job_notify_queues"], {"channel": channel, "queues": plan.notify_queues}
                     )
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             raise _translated(exc) from exc
         return [Enqueued(i, True) for i in ids]
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float | None = None
     ) -> list[Lease]:
-        return await self.run(lease.claim(queues, limit, worker_id, lease_ttl or self.lease_ttl))
+        claimed = await self.run(lease.claim(queues, limit, worker_id, lease_ttl or self.lease_ttl))
+        runnable, unreadable = lease.split_unreadable(claimed)
+        if unreadable:
+            await self.fail_many(unreadable)
+        return runnable
 
     async def heartbeat(
         self, leases: Sequence[Lease], lease_ttl: float | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import psycopg
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class BrokerError(Exception):
@@ -14,7 +17,9 @@ class ConfigError(BrokerError):
 
 
 class InvalidJobError(BrokerError, ValueError):
-    """An enqueue request is malformed (bad name, size or range)."""
+    """A request is outside the job contract (broker.spec): a bad name, size or range in an
+    enqueue, or text or JSON the database cannot store (NUL, lone surrogates, nesting past
+    the depth limit) in an enqueue, a result, an error or a log line."""
 
 
 class LeaseLost(BrokerError):
@@ -71,19 +76,18 @@ SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
 
 
-# What each CHECK constraint on broker.jobs means, in the words a caller needs.
-CONSTRAINT_MESSAGES = {
-    "jobs_kind_check": "kind must be 1-200 characters of letters, digits, _ . : -",
-    "jobs_queue_check": "queue must be 1-128 characters of letters, digits, _ . : -",
-    "jobs_args_check": "args must be a JSON object",
-    "jobs_max_attempts_check": "max_attempts must be at least 1",
-    "jobs_timeout_check": "timeout must be positive",
-    "jobs_state_check": "state must be queued, running, succeeded, failed or cancelled",
-}
+def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
+    """Map a database error raised by broker SQL to the broker's own exception, if it is one.
 
+    Every data error (SQLSTATE class 22, and psycopg's own refusal to send text PostgreSQL
+    cannot store) is the caller's bad input: InvalidJobError, never a server error."""
+    import psycopg
 
-def translate(exc: psycopg.Error) -> BrokerError | None:
-    """Map a database error raised by broker SQL to the broker's own exception, if it is one."""
+    from broker.spec import CONSTRAINT_MESSAGES
+
+    if isinstance(exc, UnicodeEncodeError):
+        # psycopg encodes parameters as UTF-8; a lone surrogate has no encoding.
+        return InvalidJobError("text must be valid Unicode (no lone surrogates)")
     state = exc.sqlstate
     diag = exc.diag
     if state == SQLSTATE_IDEMPOTENCY_CONFLICT:
@@ -109,8 +113,12 @@ def translate(exc: psycopg.Error) -> BrokerError | None:
     if state == "23514" and diag.constraint_name in CONSTRAINT_MESSAGES:
         # The row itself (in the error's detail) is deliberately not repeated.
         return InvalidJobError(CONSTRAINT_MESSAGES[diag.constraint_name])
-    if state == SQLSTATE_INVALID_JOB or state in ("22P02", "22007", "22008", "22009", "22023"):
+    if state == SQLSTATE_INVALID_JOB or (state is not None and state.startswith("22")):
         return InvalidJobError(diag.message_primary or str(exc))
+    if state is None and isinstance(exc, psycopg.DataError):
+        # Raised by psycopg before sending, e.g. "PostgreSQL text fields cannot contain
+        # NUL (0x00) bytes".
+        return InvalidJobError(str(exc).strip().splitlines()[0] if str(exc) else "invalid data")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(
             str(exc).strip().splitlines()[0] if str(exc) else "database error"

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from broker.errors import InvalidJobError, LeaseLost
-from broker.schema import DEFAULT_MAX_ATTEMPTS
+from broker import spec as contract
+from broker.errors import LeaseLost
+from broker.spec import DEFAULT_MAX_ATTEMPTS, MAX_DURATION_SECONDS, UnreadableJSON
+from broker.spec import JobSpec as JobSpec  # its home is broker.spec; imported from here too
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -47,70 +49,6 @@ class Statement(Generic[T]):
 
 
 # --- values ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """What to enqueue. Durations are seconds (or timedelta); run_at must be timezone-aware."""
-
-    kind: str
-    args: Mapping[str, Any] = field(default_factory=dict)
-    queue: str = "default"
-    priority: int = 0
-    run_at: datetime | None = None
-    delay: float | timedelta | None = None
-    max_attempts: int | None = None
-    timeout: float | timedelta | None = None
-    idempotency_key: str | None = None
-    subject_key: str | None = None
-    tags: Sequence[str] = ()
-
-    def validate(self) -> None:
-        """Raise InvalidJobError for what Python can tell is wrong before the database
-        sees it (types, ranges); names and args are checked by the table's constraints."""
-        if not isinstance(self.args, Mapping):
-            raise InvalidJobError(f"args must be a mapping, got {type(self.args).__name__}")
-        if self.run_at is not None:
-            if self.run_at.tzinfo is None:
-                raise InvalidJobError("run_at must be timezone-aware")
-            try:
-                self.run_at.astimezone(UTC)  # sent in UTC; this may not exist (year 1 or 9999)
-            except OverflowError:
-                raise InvalidJobError("run_at is out of range") from None
-        if isinstance(self.tags, str):
-            raise InvalidJobError("tags must be a list of strings, not a string")
-        if self.tags and not all(isinstance(t, str) for t in self.tags):
-            raise InvalidJobError("tags must be a list of strings")
-        if self.run_at is not None and self.delay is not None:
-            raise InvalidJobError("give run_at or delay, not both")
-        if self.delay is not None and (_seconds(self.delay, "delay") or 0) < 0:
-            raise InvalidJobError("delay must not be negative")
-        _int4(self.priority, "priority")
-        if self.max_attempts is not None:
-            _int4(self.max_attempts, "max_attempts")
-        _seconds(self.timeout, "timeout")
-
-    def to_json(self) -> dict[str, Any]:
-        """The spec as the enqueue_many() SQL function reads it (None fields left out)."""
-        self.validate()
-        spec: dict[str, Any] = {
-            "kind": self.kind,
-            "args": self.args,
-            "queue": self.queue,
-            "priority": self.priority,
-            "tags": list(self.tags),
-        }
-        optional = {
-            # UTC: PostgreSQL refuses offsets beyond +-15:59, which Python allows.
-            "run_at": self.run_at.astimezone(UTC) if self.run_at is not None else None,
-            "delay": _seconds(self.delay, "delay"),
-            "max_attempts": self.max_attempts,
-            "timeout": _seconds(self.timeout, "timeout"),
-            "idempotency_key": self.idempotency_key,
-            "subject_key": self.subject_key,
-        }
-        spec.update({k: v for k, v in optional.items() if v is not None})
-        return spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,43 +154,28 @@ class LogLine:
     line: str
 
 
-# Longest delay or timeout accepted (100 years), as in the enqueue_many() SQL function.
-MAX_DURATION_SECONDS = 3_155_760_000
-INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
-
-
-def _seconds(value: float | timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
-        raise InvalidJobError(f"{name} must be a number of seconds")
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION_SECONDS:
-        raise InvalidJobError(f"{name} must be a finite number of seconds, at most 100 years")
-    return seconds
-
-
-def _int4(value: object, name: str) -> None:
-    """Reject what PostgreSQL's integer column cannot hold (binary COPY would wrap it)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJobError(f"{name} must be an integer")
-    if not INT4_MIN <= value <= INT4_MAX:
-        raise InvalidJobError(f"{name} must be between {INT4_MIN} and {INT4_MAX}")
-
-
-def _json(value: Any) -> str:
-    try:
-        return msgspec.json.encode(value).decode()
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidJobError(f"not JSON-serializable: {exc}") from None
-
-
 # --- enqueue --------------------------------------------------------------------------
 
 
-def enqueue_many(specs: Iterable[JobSpec]) -> Statement[list[Enqueued]]:
-    """Insert jobs (one statement), append `enqueued` events and NOTIFY once per queue."""
-    payload = _json([s.to_json() for s in specs])
+def enqueue_many(
+    specs: Iterable[JobSpec], idempotency_scope: str | None = None
+) -> Statement[list[Enqueued]]:
+    """Insert jobs (one statement), append `enqueued` events and NOTIFY once per queue.
+
+    `idempotency_scope` namespaces the specs' idempotency keys (the REST API uses one per
+    token): a key is unique within its scope and checked against the key bounds on its own.
+    Raises InvalidJobError for a spec outside the contract."""
+    if idempotency_scope is not None:
+        contract.check_scope(idempotency_scope)
+    fields: list[dict[str, Any]] = []
+    for spec in specs:
+        args = contract.check(spec)
+        wire = contract.wire(spec)
+        wire["args"] = msgspec.Raw(args)  # encoded once, by the check
+        if idempotency_scope is not None and spec.idempotency_key is not None:
+            wire["idempotency_scope"] = idempotency_scope
+        fields.append(wire)
+    payload = msgspec.json.encode(fields).decode()
     return Statement(
         "job_enqueue_many",
         {"specs": payload},
@@ -302,18 +225,18 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
     job_rows: list[tuple[Any, ...]] = []
     runnable: set[str] = set()
     for spec, job_id in zip(specs, ids, strict=True):
-        spec.validate()  # the same checks as the enqueue_many() path
-        delay = _seconds(spec.delay, "delay")
+        args = contract.check(spec)  # the same checks as the enqueue_many() path
+        delay = contract.seconds(spec.delay, "delay")
         run_at = spec.run_at or (db_now + timedelta(seconds=delay) if delay else db_now)
         if run_at <= db_now:
             runnable.add(spec.queue)
-        timeout = _seconds(spec.timeout, "timeout")
+        timeout = contract.seconds(spec.timeout, "timeout")
         job_rows.append(
             (
                 job_id,
                 spec.queue,
                 spec.kind,
-                Jsonb(spec.args, dumps=_json),
+                Jsonb(args, dumps=_encoded),
                 spec.priority,
                 run_at,
                 spec.max_attempts if spec.max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
@@ -322,6 +245,11 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
             )
         )
     return CopyPlan(job_rows, [(i, "enqueued") for i in ids], sorted(runnable))
+
+
+def _encoded(data: bytes) -> bytes:
+    """A Jsonb dumps() for args check() already encoded."""
+    return data
 
 
 # --- claim ----------------------------------------------------------------------------
@@ -346,6 +274,20 @@ def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Stat
         {"queues": unique, "limit": limit, "worker_id": worker_id, "ttl": ttl},
         decode,
     )
+
+
+def split_unreadable(leases: Sequence[Lease]) -> tuple[list[Lease], list[tuple[Lease, Failure]]]:
+    """Claimed leases a handler can run, and failures (final) for those whose args this
+    process could not decode, so one such row fails only its own job."""
+    runnable: list[Lease] = []
+    unreadable: list[tuple[Lease, Failure]] = []
+    for held in leases:
+        if isinstance(held.args, UnreadableJSON):
+            why = f"args cannot be decoded: {held.args['unreadable']}; not retried"
+            unreadable.append((held, Failure(why, retryable=False)))
+        else:
+            runnable.append(held)
+    return runnable, unreadable
 
 
 # --- fenced writes by the lease holder --------------------------------------------------
@@ -470,10 +412,12 @@ def _finish_row(row: Finish) -> tuple[str, str, str | None, bool | None, float |
     """(outcome, result JSON, error, retryable, delay) of one row, as the statement reads it."""
     match row:
         case Completed(result=result):
-            return "complete", _json(result), None, None, None
+            return "complete", contract.encode_json(result, "result").decode(), None, None, None
         case Failed(failure=f):
+            contract.check_text(f.error, "error")
             return "fail", "null", f.error, f.retryable, _retry_delay(f.delay)
         case CancelAcked(reason=reason):
+            contract.check_text(reason, "reason")
             return "cancel", "null", reason, None, None
         case Released():
             return "release", "null", None, None, None
@@ -503,6 +447,8 @@ def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]
 
 def append_logs(lines: Sequence[tuple[Lease, str]]) -> Statement[int]:
     """Store handler log lines; lines from a lost lease are dropped. Returns lines stored."""
+    for _, line in lines:
+        contract.check_text(line, "log line")
     return Statement(
         "log_append_many",
         {

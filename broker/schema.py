@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 
 from broker.config import DEFAULT_SCHEMA, validate_schema
+from broker.spec import DEFAULT_MAX_ATTEMPTS
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -41,7 +42,6 @@ EVENT_KINDS = (
     "stale_write_rejected",
     "released",
 )
-DEFAULT_MAX_ATTEMPTS = 20
 
 
 def _tstz() -> TIMESTAMP:

@@ -32,6 +32,7 @@ STATUS_MEANING = {
     "409": "the job's state does not allow this (cancel, retry), or the lease was lost "
     "(worker protocol: the write carried a stale `lease_epoch`)",
     "413": "request body over BROKER_API_MAX_BODY_BYTES",
+    "415": "the request body is not `application/json`",
     "422": "a valid request the broker refuses: invalid job, idempotency key reused for a "
     "different request",
     "503": "the database is unreachable, or no connection was free in time",
@@ -184,9 +185,10 @@ def render_schema(name: str, schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required", []))
     out += ["| field | type | required | constraints |", "|---|---|---|---|"]
     for field, prop in props.items():
+        notes = "; ".join(filter(None, [constraints(prop), prop.get("description")]))
         out.append(
             f"| `{field}` | {cell(type_of(prop))} | {'yes' if field in required else 'no'} | "
-            f"{cell(constraints(prop))} |"
+            f"{cell(notes)} |"
         )
     out.append("")
     return out

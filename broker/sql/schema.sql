@@ -24,9 +24,16 @@ BEGIN
 END
 $$;
 
--- Parse a JSON array of job specs, applying defaults. Column rules (kind and queue names,
--- args an object, max_attempts, timeout) are CHECK constraints on the jobs table, so every
--- path in (this function, COPY, a plain INSERT) obeys the same rules.
+-- Parse a JSON array of job specs, applying defaults, and hold each to the job contract
+-- (broker/spec.py: the same bounds at every door; docs/decisions/008-job-contract.md).
+-- Rules that are CHECK constraints on the jobs table (kind and queue names, args an
+-- object, max_attempts >= 1, timeout > 0) are left to them, so every path in (this
+-- function, COPY, a plain INSERT) obeys those. A spec's idempotency_scope namespaces its
+-- key: stored as scope:key, bounded as the key alone. Each spec's first broken rule is its
+-- `problem`, computed once per spec (OFFSET 0 keeps the subquery from being folded into
+-- every column that reads it) and raised by the `ord` column; columns that could fail on
+-- a bad value themselves (casts, intervals) are computed only when there is none. The
+-- jsonpath finds a container at nesting level 64, i.e. 65 deep counting args (level 0).
 -- The fingerprint is the sha256 of the canonical jsonb text of the normalized request
 -- (jsonb orders object keys), so key order and whitespace in the request never matter.
 CREATE FUNCTION {s}._parse_specs(specs jsonb)
@@ -34,41 +41,77 @@ RETURNS TABLE (ord bigint, queue text, kind text, args jsonb, priority integer,
                run_at timestamptz, max_attempts integer, timeout interval,
                idempotency_key text, fingerprint text, subject_key text, tags text[])
 LANGUAGE sql VOLATILE AS $$
-  SELECT r.ord,
-         coalesce(r.queue, 'default'),
-         r.kind,
-         coalesce(r.args, '{{}}'::jsonb),
-         coalesce(r.priority, 0),
-         CASE WHEN r.run_at IS NOT NULL AND r.delay IS NOT NULL
-                THEN {s}._reject(format('job %s: give run_at or delay, not both', r.ord))::timestamptz
-              WHEN r.delay < 0 THEN {s}._reject(format('job %s: delay must not be negative', r.ord))::timestamptz
-              WHEN NOT (r.delay <= 3155760000)
-                THEN {s}._reject(format('job %s: delay must be at most 3155760000 seconds (100 years)', r.ord))::timestamptz
-              WHEN NOT isfinite(r.run_at) OR r.run_at NOT BETWEEN '0001-01-01' AND '9999-12-31'
-                THEN {s}._reject(format('job %s: run_at must be a date between years 1 and 9999', r.ord))::timestamptz
-              WHEN r.delay IS NOT NULL THEN now() + make_interval(secs => r.delay)
-              ELSE coalesce(r.run_at, now()) END,
-         coalesce(r.max_attempts, 20),
-         CASE WHEN r.timeout IS NULL OR r.timeout <= 3155760000 THEN make_interval(secs => r.timeout)
-              ELSE {s}._reject(format('job %s: timeout must be at most 3155760000 seconds', r.ord))::interval END,
-         r.idempotency_key,
-         CASE WHEN r.idempotency_key IS NOT NULL THEN
+  SELECT CASE WHEN v.problem IS NOT NULL
+                THEN {s}._reject(format('job %s: %s', v.ord, v.problem))::bigint
+              ELSE v.ord END,
+         coalesce(v.queue, 'default'),
+         v.kind,
+         coalesce(v.args, '{{}}'::jsonb),
+         CASE WHEN v.problem IS NULL THEN coalesce(v.priority, 0)::integer END,
+         CASE WHEN v.problem IS NOT NULL THEN NULL
+              WHEN v.delay IS NOT NULL THEN now() + make_interval(secs => v.delay)
+              ELSE coalesce(v.run_at, now()) END,
+         CASE WHEN v.problem IS NULL
+              THEN coalesce(v.max_attempts, 20)::integer END,
+         CASE WHEN v.problem IS NULL THEN make_interval(secs => v.timeout) END,
+         CASE WHEN v.idempotency_scope IS NOT NULL
+                THEN v.idempotency_scope || ':' || v.idempotency_key
+              ELSE v.idempotency_key END,
+         CASE WHEN v.problem IS NULL AND v.idempotency_key IS NOT NULL THEN
            encode(sha256(convert_to(jsonb_build_object(
-             'kind', r.kind, 'args', coalesce(r.args, '{{}}'), 'queue', coalesce(r.queue, 'default'),
-             'priority', coalesce(r.priority, 0),
-             'run_at', extract(epoch FROM r.run_at), 'delay', r.delay,
-             'max_attempts', coalesce(r.max_attempts, 20),
-             'timeout', r.timeout, 'subject_key', r.subject_key,
-             'tags', to_jsonb(coalesce(r.tags, '{{}}'::text[])))::text, 'UTF8')), 'hex')
+             'kind', v.kind, 'args', coalesce(v.args, '{{}}'), 'queue', coalesce(v.queue, 'default'),
+             'priority', coalesce(v.priority, 0)::integer,
+             'run_at', extract(epoch FROM v.run_at), 'delay', v.delay,
+             'max_attempts', coalesce(v.max_attempts, 20)::integer,
+             'timeout', v.timeout, 'subject_key', v.subject_key,
+             'tags', to_jsonb(coalesce(v.tags, '{{}}'::text[])))::text, 'UTF8')), 'hex')
          END,
-         r.subject_key,
-         coalesce(r.tags, '{{}}'::text[])
-  FROM ROWS FROM (jsonb_to_recordset(specs) AS (
-         queue text, kind text, args jsonb, priority integer, run_at timestamptz,
-         delay double precision, max_attempts integer, timeout double precision,
-         idempotency_key text, subject_key text, tags text[]))
-       WITH ORDINALITY AS r(queue, kind, args, priority, run_at, delay, max_attempts, timeout,
-                            idempotency_key, subject_key, tags, ord)
+         v.subject_key,
+         coalesce(v.tags, '{{}}'::text[])
+  FROM (
+    SELECT r.*, CASE
+        WHEN r.run_at IS NOT NULL AND r.delay IS NOT NULL THEN 'give run_at or delay, not both'
+        WHEN r.delay < 0 THEN 'delay must not be negative'
+        WHEN NOT (r.delay <= 3155760000)
+          THEN 'delay must be at most 3155760000 seconds (100 years)'
+        WHEN NOT isfinite(r.run_at) OR r.run_at < '0001-01-02T00:00:00+00:00' OR r.run_at > '9999-12-30T23:59:59.999999+00:00'
+          THEN 'run_at must be between 0001-01-02T00:00:00+00:00 and 9999-12-30T23:59:59.999999+00:00'
+        WHEN NOT (r.timeout <= 3155760000)
+          THEN 'timeout must be at most 3155760000 seconds (100 years)'
+        WHEN r.priority <> trunc(r.priority) THEN 'priority must be an integer'
+        WHEN r.priority NOT BETWEEN -2147483648 AND 2147483647
+          THEN 'priority must be between -2147483648 and 2147483647'
+        WHEN r.max_attempts <> trunc(r.max_attempts) THEN 'max_attempts must be an integer'
+        -- Below 1 (down to the integer range) is the jobs_max_attempts_check constraint's.
+        WHEN r.max_attempts NOT BETWEEN -2147483648 AND 1000
+          THEN 'max_attempts must be between 1 and 1000'
+        WHEN length(r.idempotency_key) NOT BETWEEN 1 AND 200
+             OR r.idempotency_key ~ '[^\x21-\x7e]'
+          THEN 'idempotency_key must be 1-200 printable ASCII characters without spaces'
+        WHEN r.idempotency_scope IS NOT NULL
+             AND (length(r.idempotency_scope) NOT BETWEEN 1 AND 64
+                  OR r.idempotency_scope ~ '[^A-Za-z0-9_.-]')
+          THEN 'idempotency_scope must be 1-64 letters, digits, _ . -'
+        WHEN length(r.subject_key) NOT BETWEEN 1 AND 200 OR r.subject_key ~ '[^\x21-\x7e]'
+          THEN 'subject_key must be 1-200 printable ASCII characters without spaces'
+        WHEN cardinality(r.tags) > 32 THEN 'tags must be at most 32'
+        WHEN cardinality(r.tags) > 0 AND EXISTS (
+               SELECT 1 FROM unnest(r.tags) t
+               WHERE t IS NULL OR length(t) NOT BETWEEN 1 AND 64 OR t ~ '[\x01-\x1f\x7f]')
+          THEN 'each tag must be 1-64 characters without control characters'
+        WHEN jsonb_path_exists(r.args,
+               'strict $.**{{64}} ? (@.type() == "object" || @.type() == "array")')
+          THEN 'args must nest at most 64 deep'
+      END AS problem
+    FROM ROWS FROM (jsonb_to_recordset(specs) AS (
+           queue text, kind text, args jsonb, priority numeric, run_at timestamptz,
+           delay double precision, max_attempts numeric, timeout double precision,
+           idempotency_key text, idempotency_scope text, subject_key text, tags text[]))
+         WITH ORDINALITY AS r(queue, kind, args, priority, run_at, delay, max_attempts,
+                              timeout, idempotency_key, idempotency_scope, subject_key,
+                              tags, ord)
+    OFFSET 0
+  ) v
 $$;
 
 -- Enqueue a JSON array of job specs in one statement. Returns one row per spec, in order:

@@ -12,10 +12,10 @@ import logging
 import random
 from typing import Any, TypeVar
 
-import msgspec
 import psycopg
 from psycopg.types.json import set_json_loads
 
+from broker import spec as contract
 from broker._queries import queries
 from broker.errors import DatabaseUnavailable, translate
 from broker.lease import Statement
@@ -35,7 +35,8 @@ KEEPALIVE_OPTIONS: dict[str, Any] = {
 
 
 async def connect(url: str, application_name: str = "broker") -> psycopg.AsyncConnection[Any]:
-    """Open an autocommit connection with keepalives and msgspec JSON decoding.
+    """Open an autocommit connection with keepalives and the broker's JSON decoding (one
+    value too deep to decode reads as UnreadableJSON instead of failing the result).
 
     `application_name` shows up in pg_stat_activity, so operators can tell a worker's
     connections (and their roles) apart.
@@ -47,7 +48,7 @@ async def connect(url: str, application_name: str = "broker") -> psycopg.AsyncCo
         application_name=application_name[:63],
         **KEEPALIVE_OPTIONS,
     )
-    set_json_loads(msgspec.json.decode, conn)
+    set_json_loads(contract.load_json, conn)
     return conn
 
 
@@ -104,7 +105,7 @@ class Connection:
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             await self.discard()
             raise DatabaseUnavailable(f"{self.name}: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:
             raise (translate(exc) or exc) from exc
         except asyncio.CancelledError:
             # The statement may still be running on the server: this connection's

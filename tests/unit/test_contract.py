@@ -1,0 +1,240 @@
+"""broker.spec, the one enqueue contract: its annotations (what decoders check) and
+JobSpec.validate() (what Python-built specs get) agree at every bound, the SQL migration
+holds the same numbers, and text or JSON the database cannot store is refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from broker import InvalidJobError, JobSpec
+from broker import spec as contract
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bounds() -> list[tuple[str, Any, Any]]:
+    """(field, lowest, highest) for every numeric field, read from JobSpec's annotations."""
+    found = []
+    for field in msgspec.inspect.type_info(JobSpec).fields:  # type: ignore[attr-defined]
+        info = field.type
+        if isinstance(info, msgspec.inspect.UnionType):
+            info = next(t for t in info.types if not isinstance(t, msgspec.inspect.NoneType))
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        if isinstance(info, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+            lowest = info.ge if info.ge is not None else info.gt
+            found.append((field.name, lowest, info.le))
+    return found
+
+
+def _decodes(fields: dict[str, Any]) -> bool:
+    try:
+        msgspec.convert({"kind": "k", **fields}, JobSpec)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _validates(fields: dict[str, Any]) -> bool:
+    try:
+        JobSpec("k", **fields).validate()
+    except InvalidJobError:
+        return False
+    return True
+
+
+def test_every_numeric_bound_is_read_from_the_annotations() -> None:
+    assert {name for name, _, _ in _bounds()} == {"priority", "delay", "max_attempts", "timeout"}
+
+
+@pytest.mark.parametrize(("field", "lowest", "highest"), _bounds())
+def test_decoders_and_validate_agree_at_every_numeric_bound(
+    field: str, lowest: Any, highest: Any
+) -> None:
+    step = 1 if isinstance(highest, int) and field in ("priority", "max_attempts") else 0.5
+    for value in (lowest, highest, lowest - step, highest + step):
+        if field == "timeout" and value <= 0:
+            # Zero or less is the jobs_timeout_check constraint's, on every path alike.
+            continue
+        assert _decodes({field: value}) == _validates({field: value}), (field, value)
+
+
+@pytest.mark.parametrize(
+    ("field", "longest", "value"),
+    [
+        ("kind", contract.KIND_MAX_LENGTH, "k"),
+        ("queue", contract.QUEUE_MAX_LENGTH, "q"),
+        ("idempotency_key", contract.KEY_MAX_LENGTH, "i"),
+        ("subject_key", contract.KEY_MAX_LENGTH, "s"),
+    ],
+)
+def test_decoders_and_validate_agree_on_strings(field: str, longest: int, value: str) -> None:
+    def fields(text: str) -> dict[str, Any]:
+        return {"kind": text} if field == "kind" else {field: text}
+
+    for text, ok in (
+        (value * longest, True),
+        (value * (longest + 1), False),
+        ("", False),
+        ("two words", False),
+        ("nul\x00", False),
+        ("é", False),
+    ):
+        spec = {"kind": "k", **fields(text)}
+        try:
+            msgspec.convert(spec, JobSpec)
+            decoded = True
+        except msgspec.ValidationError:
+            decoded = False
+        try:
+            JobSpec(**spec).validate()
+            validated = True
+        except InvalidJobError:
+            validated = False
+        assert decoded == validated == ok, (field, text)
+
+
+def test_tags_bounds_agree() -> None:
+    cases: list[tuple[list[str], bool]] = [
+        (["t"] * contract.MAX_TAGS, True),
+        (["t"] * (contract.MAX_TAGS + 1), False),
+        (["x" * contract.TAG_MAX_LENGTH], True),
+        (["x" * (contract.TAG_MAX_LENGTH + 1)], False),
+        ([""], False),
+        (["a\x00"], False),
+        (["tab\there"], False),
+        (["naïve café"], True),
+    ]
+    for tags, ok in cases:
+        assert _decodes({"tags": tags}) == _validates({"tags": tags}) == ok, tags
+
+
+def test_the_migration_holds_the_same_bounds() -> None:
+    path = ROOT / "alembic" / "versions" / "0006_contract.py"
+    module_spec = importlib.util.spec_from_file_location("migration_0006", path)
+    assert module_spec is not None and module_spec.loader is not None
+    migration = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(migration)
+    for name in (
+        "DEFAULT_MAX_ATTEMPTS",
+        "MAX_ATTEMPTS_LIMIT",
+        "MAX_DURATION_SECONDS",
+        "KEY_MAX_LENGTH",
+        "SCOPE_MAX_LENGTH",
+        "TAG_MAX_LENGTH",
+        "MAX_TAGS",
+        "MAX_JSON_DEPTH",
+    ):
+        assert getattr(migration, name) == getattr(contract, name), name
+    assert datetime.fromisoformat(migration.RUN_AT_MIN) == contract.RUN_AT_MIN
+    assert datetime.fromisoformat(migration.RUN_AT_MAX) == contract.RUN_AT_MAX
+
+
+# --- run_at --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("run_at", "ok"),
+    [
+        (contract.RUN_AT_MIN, True),
+        (contract.RUN_AT_MAX, True),
+        (contract.RUN_AT_MIN - timedelta(microseconds=1), False),
+        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), False),
+        (datetime(9999, 12, 30, 20, tzinfo=timezone(timedelta(hours=-5))), False),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), False),
+        (datetime(2030, 1, 1), False),
+    ],
+)
+def test_run_at_range(run_at: datetime, ok: bool) -> None:
+    assert _validates({"run_at": run_at}) == ok
+
+
+def test_run_at_travels_in_utc() -> None:
+    when = datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=-5)))
+    assert JobSpec("k", run_at=when).to_json()["run_at"] == datetime(2030, 1, 1, 17, tzinfo=UTC)
+
+
+# --- JSON the database can store -------------------------------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object `depth` deep, counting itself."""
+    value: Any = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return dict(value)
+
+
+def test_depth_limit_counts_the_value_itself() -> None:
+    assert contract.encode_json(nested(contract.MAX_JSON_DEPTH), "args")
+    with pytest.raises(InvalidJobError, match="args must nest at most 64 deep"):
+        contract.encode_json(nested(contract.MAX_JSON_DEPTH + 1), "args")
+    with pytest.raises(InvalidJobError, match="result must nest at most 64 deep"):
+        contract.encode_json([nested(contract.MAX_JSON_DEPTH)], "result")
+
+
+def test_deeper_than_the_encoder_can_go_is_the_same_refusal() -> None:
+    value: Any = []
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(InvalidJobError, match="must nest at most 64 deep"):
+        JobSpec("k", {"deep": value}).validate()
+
+
+def test_many_brackets_that_do_not_nest_are_fine() -> None:
+    wide = {"items": [{"n": n, "tags": [n]} for n in range(1000)]}
+    assert json.loads(contract.encode_json(wide, "args")) == wide
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"a": "\x00"}, {"a\x00": 1}, {"a": ["x", {"b": "c\x00d"}]}],
+    ids=["value", "key", "nested"],
+)
+def test_nul_anywhere_in_args_is_refused(args: dict[str, Any]) -> None:
+    with pytest.raises(InvalidJobError, match=r"args must not contain NUL \(\\u0000\)"):
+        JobSpec("k", args).validate()
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    for text in ("\\u0000", "\\\\u0000", "a\\u0000b"):
+        assert json.loads(contract.encode_json({"t": text}, "args")) == {"t": text}
+    with pytest.raises(InvalidJobError, match="NUL"):
+        contract.encode_json({"t": "\\\x00"}, "args")
+
+
+@pytest.mark.parametrize("args", [{"a": "\ud800"}, {"\udfff": 1}], ids=["value", "key"])
+def test_lone_surrogates_are_refused(args: dict[str, Any]) -> None:
+    with pytest.raises(InvalidJobError, match="lone surrogates"):
+        JobSpec("k", args).validate()
+
+
+def test_text_checks() -> None:
+    contract.check_text("plain, and ünïcode", "error")
+    for bad, why in (("a\x00b", "NUL"), ("\ud83d", "surrogates")):
+        with pytest.raises(InvalidJobError, match=why):
+            contract.check_text(bad, "error")
+    assert contract.storable_text("a\x00b\ud800c") == "a\\x00b\\ud800c"
+    assert contract.storable_text("fine é") == "fine é"
+
+
+def test_load_json_reads_what_it_can_and_marks_the_rest() -> None:
+    assert contract.load_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    unreadable = contract.load_json(b"[" * 5000 + b"]" * 5000)
+    assert isinstance(unreadable, contract.UnreadableJSON)
+    assert "too deeply" in unreadable["unreadable"]
+    assert msgspec.json.decode(msgspec.json.encode(unreadable)) == dict(unreadable)
+
+
+def test_scope() -> None:
+    contract.check_scope("0123abcd.token_1-x")
+    for bad in ("", "a:b", "x" * (contract.SCOPE_MAX_LENGTH + 1), "with space"):
+        with pytest.raises(InvalidJobError, match="idempotency_scope"):
+            contract.check_scope(bad)
