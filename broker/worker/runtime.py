@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import psycopg
 
 from broker import lease
+from broker import spec as contract
 from broker.config import DEFAULT_LEASE_TTL, Settings
-from broker.errors import BrokerError, DatabaseUnavailable
+from broker.errors import BrokerError, DatabaseUnavailable, InvalidJobError
 from broker.lease import Failure, Finish, Lease, WriteOutcome
 from broker.pruner import PrunerConfig, run_pruner
 from broker.task import Fail, JobContext, Retry, Task, get_task, registered
@@ -319,13 +319,28 @@ class Worker:
                 continue
             backoff.reset()
             self.claimed += len(leases)
-            for held in leases:
-                self._start(held)
+            self._accept(leases)
             if not leases:
                 # The queues are drained for now: sleep until a notification or the poll.
                 # A short batch is not proof of that (other workers' claims hold rows
                 # that SKIP LOCKED passes over), so only an empty one sends us to sleep.
                 await self._wait(self._wake, self.config.poll_interval)
+
+    def _accept(self, leases: list[Lease]) -> None:
+        """Start a handler for every claimed lease. The claim has committed, so no lease is
+        ever dropped here: a job whose args this process cannot decode is failed, saying
+        why, and one that cannot be started is handed back."""
+        runnable, unreadable = lease.split_unreadable(leases)
+        for held_lease, failure in unreadable:
+            log.warning("job %s: %s", held_lease.job_id, failure.error)
+            self.writer.submit(lease.failed(held_lease, failure))
+        for held_lease in runnable:
+            try:
+                self._start(held_lease)
+            except Exception:
+                log.exception("job %s: its handler did not start; released", held_lease.job_id)
+                self._held.pop(held_lease.job_id, None)
+                self.writer.submit(lease.released(held_lease))
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -370,7 +385,7 @@ class Worker:
     def _log_line(self, held_lease: Lease, line: str) -> None:
         held = self._held.get(held_lease.job_id)
         if held is not None and held.lease.epoch == held_lease.epoch and not held.finished:
-            self.writer.add_log(held_lease, line)
+            self.writer.add_log(held_lease, contract.storable_text(line))
 
     async def _run_job(self, held: _Held) -> None:
         outcome: Finish | None
@@ -426,20 +441,22 @@ class Worker:
         except Retry as exc:
             # A task's own max_attempts caps retries it asks for, as it caps failures.
             capped = task.max_attempts is not None and job.attempt >= task.max_attempts
-            return lease.failed(job, Failure(exc.reason, not capped, exc.delay))
+            reason = contract.storable_text(exc.reason)
+            return lease.failed(job, Failure(reason, not capped, exc.delay))
         except Fail as exc:
-            return lease.failed(job, Failure(str(exc) or "Fail", retryable=False))
+            reason = contract.storable_text(str(exc) or "Fail")
+            return lease.failed(job, Failure(reason, retryable=False))
         except Exception as exc:
             return self._failure(held, _describe(exc), retryable=True)
         finally:
             if timer is not None:
                 timer.cancel()
         try:
-            msgspec.json.encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
-            return lease.failed(
-                job, Failure(f"result is not JSON-serializable: {exc}", retryable=False)
-            )
+            contract.encode_json(result, "result")
+        except InvalidJobError as exc:
+            # The same check the complete write makes, here so that one result the
+            # database cannot store fails its own job, not the batch it would be written in.
+            return lease.failed(job, Failure(str(exc), retryable=False))
         return lease.completed(job, result)
 
     def _failure(self, held: _Held, error: str, *, retryable: bool) -> Finish:
@@ -451,7 +468,8 @@ class Worker:
             if task.max_attempts is not None and job.attempt >= task.max_attempts:
                 retryable = False
             delay = task.retry_delay(job.attempt)
-        return lease.failed(job, Failure(error[:MAX_ERROR_CHARS], retryable, delay))
+        error = contract.storable_text(error)[:MAX_ERROR_CHARS]
+        return lease.failed(job, Failure(error, retryable, delay))
 
     # --- outcomes and lost leases --------------------------------------------------------
 

@@ -6,7 +6,10 @@ everything pending as one finish statement (broker.lease.finish), flushed after
 they are fenced like any write and would be dropped once the job's outcome has ended its
 lease. When the database is unavailable the batch is kept and retried with backoff: a
 retried write that had in fact applied is rejected as stale (the job already left
-`running`), never applied twice.
+`running`), never applied twice. A batch the database refuses for any other reason is
+written again one outcome at a time, so a write that fails on its own is the only one
+dropped (its lease then expires and the reaper moves the job on); its neighbours are
+written.
 """
 
 from __future__ import annotations
@@ -114,11 +117,38 @@ class OutcomeWriter:
                     for job_id in list(batch):
                         if job_id in self._pending:
                             del batch[job_id]
-                except (BrokerError, psycopg.Error, ValueError):
-                    log.exception("writer: dropping a batch of %d outcomes", len(batch))
+                except (BrokerError, psycopg.Error, ValueError) as exc:
+                    log.warning("writer: a batch failed (%s); writing it one at a time", exc)
+                    await self._one_by_one(logs, batch)
                     break
             if not self._pending and not self._logs:
                 self._idle.set()
+
+    async def _one_by_one(self, logs: list[tuple[Lease, str]], batch: dict[int, Finish]) -> None:
+        """Write each log line and outcome on its own; drop only those that fail alone.
+        If the database goes away meanwhile, the rest wait for the next flush."""
+        singles: list[tuple[str, list[tuple[Lease, str]], dict[int, Finish]]] = [
+            (f"a log line of job {held.job_id}", [(held, line)], {}) for held, line in logs
+        ]
+        singles += [
+            (f"the {type(row).__name__} row of job {job_id}", [], {job_id: row})
+            for job_id, row in batch.items()
+        ]
+        logs.clear()
+        batch.clear()
+        for done, (what, lines, rows) in enumerate(singles):
+            try:
+                await self._write(lines, rows)
+            except DatabaseUnavailable:
+                for _, rest_lines, rest_rows in singles[done:]:
+                    self._logs.extend(rest_lines)
+                    for job_id, row in rest_rows.items():
+                        # An outcome submitted meanwhile for the same job (a newer epoch) wins.
+                        self._pending.setdefault(job_id, row)
+                self._ready.set()
+                return
+            except (BrokerError, psycopg.Error, ValueError):
+                log.exception("writer: dropping %s", what)
 
     async def _write(self, logs: list[tuple[Lease, str]], batch: dict[int, Finish]) -> None:
         """Write `logs`, then `batch` in one finish statement; what was written is removed

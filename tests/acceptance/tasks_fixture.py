@@ -145,3 +145,16 @@ def capped() -> None:
 def retry_capped() -> None:
     """Always asks for a retry: the task's own max_attempts (2) still ends it."""
     raise Retry(delay=0.1, reason="asked to retry")
+
+
+@task("unstorable_result")
+def unstorable_result() -> dict[str, str]:
+    """Returns text PostgreSQL cannot store (NUL)."""
+    return {"text": "a\x00b"}
+
+
+@task("unstorable_error", retry=False)
+def unstorable_error(ctx: JobContext) -> None:
+    """Logs and fails with text PostgreSQL cannot store (NUL, a lone surrogate)."""
+    ctx.log("log \x00 line \udc80")
+    raise RuntimeError("bad \x00 text \ud800")
