@@ -180,33 +180,36 @@ _NUL_ESCAPE = b"\\u0000"
 
 def check(spec: JobSpec) -> bytes:
     """Validate `spec` and return its args encoded as JSON (ready for COPY).
-    Raises InvalidJobError naming the field at fault."""
+    Raises InvalidJobError naming the field at fault.
+
+    It runs for every spec of every batch (10,000 per COPY call), so the common case takes
+    the short way: exact types first, the general checks only when those fail."""
     _name(spec.kind, KIND_MAX_LENGTH, KIND_RULE)
     if spec.queue != DEFAULT_QUEUE:
         _name(spec.queue, QUEUE_MAX_LENGTH, QUEUE_RULE)
-    if not isinstance(spec.args, Mapping):
+    if type(spec.args) is not dict and not isinstance(spec.args, Mapping):
         raise InvalidJobError(f"args must be a mapping, got {type(spec.args).__name__}")
     args = encode_json(spec.args, "args")
-    _integer(spec.priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
+    if not (type(spec.priority) is int and PRIORITY_MIN <= spec.priority <= PRIORITY_MAX):
+        _integer(spec.priority, "priority", PRIORITY_MIN, PRIORITY_MAX)
     if spec.run_at is not None:
         utc(spec.run_at)
         if spec.delay is not None:
             raise InvalidJobError("give run_at or delay, not both")
-    delay = seconds(spec.delay, "delay")
-    if delay is not None and delay < 0:
+    if spec.delay is not None and seconds(spec.delay, "delay") < 0:  # type: ignore[operator]
         raise InvalidJobError("delay must not be negative")
     if spec.max_attempts is not None:
         if isinstance(spec.max_attempts, int) and spec.max_attempts < 1:
             raise InvalidJobError(CONSTRAINT_MESSAGES["jobs_max_attempts_check"])
         _integer(spec.max_attempts, "max_attempts", 1, MAX_ATTEMPTS_LIMIT)
-    # A timeout of zero or less is refused by the jobs_timeout_check constraint, which
-    # every path in meets (COPY too); here only what the interval column cannot hold.
-    seconds(spec.timeout, "timeout")
-    for name, key in (("idempotency_key", spec.idempotency_key), ("subject_key", spec.subject_key)):
-        if key is not None and not (
-            isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and _KEY.fullmatch(key)
-        ):
-            raise InvalidJobError(_key_rule(name))
+    if spec.timeout is not None:
+        # A timeout of zero or less is refused by the jobs_timeout_check constraint, which
+        # every path in meets (COPY too); here only what the interval column cannot hold.
+        seconds(spec.timeout, "timeout")
+    if spec.idempotency_key is not None:
+        _key(spec.idempotency_key, "idempotency_key")
+    if spec.subject_key is not None:
+        _key(spec.subject_key, "subject_key")
     if spec.tags:
         _tags(spec.tags)
     return args
@@ -223,6 +226,11 @@ def check_scope(scope: str) -> None:
 def _name(value: object, longest: int, rule: str) -> None:
     if not (isinstance(value, str) and len(value) <= longest and _NAME.fullmatch(value)):
         raise InvalidJobError(rule)
+
+
+def _key(value: object, name: str) -> None:
+    if not (isinstance(value, str) and len(value) <= KEY_MAX_LENGTH and _KEY.fullmatch(value)):
+        raise InvalidJobError(_key_rule(name))
 
 
 def _integer(value: object, name: str, lowest: int, highest: int) -> None:
@@ -340,9 +348,13 @@ def encode_json(value: Any, what: str) -> bytes:
         raise InvalidJobError(f"{what} is not JSON-serializable: {exc}") from None
     if _NUL_ESCAPE in data and _has_nul(data):
         raise InvalidJobError(f"{what} must not contain NUL (\\u0000)")
-    # Nesting N deep takes at least N brackets; most values have far fewer, and only those
-    # with more are walked.
-    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and _nesting(data) > MAX_JSON_DEPTH:
+    # Nesting N deep takes N pairs of brackets; most values are too short or have too few
+    # to be measured at all.
+    if (
+        len(data) > 2 * MAX_JSON_DEPTH
+        and data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH
+        and _nesting(data) > MAX_JSON_DEPTH
+    ):
         raise InvalidJobError(_too_deep(what))
     return data
 
@@ -365,25 +377,27 @@ def _has_nul(data: bytes) -> bool:
     return False
 
 
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def _nesting(data: bytes) -> int:
-    """How deep the JSON text `data` nests (stops counting past MAX_JSON_DEPTH)."""
-    try:
-        value = msgspec.json.decode(data)
-    except RecursionError:
-        return MAX_JSON_DEPTH + 1
-    if not isinstance(value, dict | list):
-        return 0
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_JSON_DEPTH:
-                break
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return deepest
+    """How deep the JSON text `data` nests (stops counting past MAX_JSON_DEPTH).
+
+    Strings are cut out (exactly: a string holding brackets must count for nothing) and
+    everything but brackets dropped; then each pass removes the innermost pairs, so there
+    are as many passes as levels. All of it is bytes operations in C: no decoding, no
+    recursion, about 7 us for 1 KB of small objects."""
+    # Without escaped backslashes, every \" left is an escaped quote; without those, the
+    # quotes delimit strings, and every other piece of the split lies outside one.
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    depth = 0
+    while skeleton and depth <= MAX_JSON_DEPTH:
+        # Innermost pairs become a mark first, so a pair they enclose is not removed in
+        # the same pass.
+        skeleton = skeleton.replace(b"[]", b"x").replace(b"{}", b"x").replace(b"x", b"")
+        depth += 1
+    return depth
 
 
 class UnreadableJSON(dict[str, str]):

@@ -238,3 +238,29 @@ def test_scope() -> None:
     for bad in ("", "a:b", "x" * (contract.SCOPE_MAX_LENGTH + 1), "with space"):
         with pytest.raises(InvalidJobError, match="idempotency_scope"):
             contract.check_scope(bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [
+        ({}, 1),
+        ({"a": [1, [2]]}, 3),
+        ("[[[", 0),
+        ({"a": 'x"[['}, 1),
+        ({"a": "\\", "b": ["]]"]}, 2),
+        ({"a": '\\"[[[[', "b": []}, 2),
+        ([[[[]]]], 4),
+        ([{}, [[]], {"a": [{}]}], 4),
+        (["][", [["]"], "["]], 3),
+        ([["]"] * 40], 2),
+    ],
+)
+def test_nesting_is_measured_outside_strings(value: Any, depth: int) -> None:
+    assert contract._nesting(msgspec.json.encode(value)) == depth
+
+
+def test_brackets_in_strings_cannot_hide_depth() -> None:
+    # Strings of lone brackets between the levels: counted, they would pair up with the
+    # real ones and make 80 levels look like 1.
+    text = b'["]",' * 80 + b"1" + b"]" * 80
+    assert contract._nesting(text) == contract.MAX_JSON_DEPTH + 1
