@@ -108,6 +108,12 @@ def test_schemathesis_finds_no_server_errors(live_api: str, tmp_path: Path) -> N
     # Deterministic generation keeps CI stable; one worker, because schemathesis' own
     # generation is not thread-safe here. Reading logs is left out: with follow=true it
     # streams until the job ends, which a fuzzer's queued job never does (tested above).
+    # The hooks put NUL, lone surrogates and deep nesting into bodies and queries.
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.api.schemathesis_hooks",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
         [
             str(st),
@@ -120,8 +126,10 @@ def test_schemathesis_finds_no_server_errors(live_api: str, tmp_path: Path) -> N
             "content_type_conformance,status_code_conformance",
             "--phases",
             "coverage,fuzzing",
+            "--generation-allow-x00",
+            "true",
             "--max-examples",
-            "10",
+            "25",
             "--workers",
             "1",
             "--generation-deterministic",
@@ -134,6 +142,7 @@ def test_schemathesis_finds_no_server_errors(live_api: str, tmp_path: Path) -> N
         text=True,
         timeout=400,
         cwd=tmp_path,  # schemathesis writes its own state into the working directory
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert "passed" in done.stdout
