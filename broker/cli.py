@@ -15,6 +15,7 @@ import click
 
 from broker.config import Settings
 from broker.errors import BrokerError
+from broker.spec import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from broker.client import Broker
@@ -352,7 +353,7 @@ def _parse_run_at(text: str | None) -> datetime | None:
 @main.command(cls=_OneLineCommand)
 @click.argument("kind", required=False)
 @click.option("--args", "args_json", metavar="JSON", help="Arguments: a JSON object.")
-@click.option("--queue", default="default", show_default=True)
+@click.option("--queue", default=DEFAULT_QUEUE, show_default=True)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 # Bounds are the job spec's (broker.spec), checked when the options become a JobSpec.
 @click.option("--delay", type=float, metavar="SECONDS", help="Run after this long.")
@@ -417,7 +418,7 @@ def enqueue(
         }
         extra = [name for name, value in given.items() if value is not None]
         extra += ["--tag"] if tags else []
-        extra += ["--queue"] if queue != "default" else []
+        extra += ["--queue"] if queue != DEFAULT_QUEUE else []
         extra += ["--priority"] if priority != 0 else []
         if extra:
             raise InputError(f"--file takes each job's fields from the file, not {extra[0]}")

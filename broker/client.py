@@ -30,7 +30,7 @@ from broker.lease import (
     Statement,
     WriteOutcome,
 )
-from broker.spec import JobSpec
+from broker.spec import DEFAULT_QUEUE, JobSpec
 
 T = TypeVar("T")
 
@@ -156,7 +156,7 @@ class Broker(_Base):
         kind: str,
         args: dict[str, Any] | None = None,
         *,
-        queue: str = "default",
+        queue: str = DEFAULT_QUEUE,
         priority: int = 0,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
@@ -392,7 +392,7 @@ class AsyncBroker(_Base):
         kind: str,
         args: dict[str, Any] | None = None,
         *,
-        queue: str = "default",
+        queue: str = DEFAULT_QUEUE,
         priority: int = 0,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,

@@ -262,3 +262,21 @@ def test_broker_migrate_bad_schema_is_one_line_error(empty_db_url: str) -> None:
     )
     assert done.returncode != 0
     assert "BROKER_SCHEMA" in done.stderr
+
+
+def _parse_specs_source(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_get_functiondef('broker._parse_specs(jsonb)'::regprocedure)"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_contract_migration_downgrade_restores_the_old_function(empty_db_url: str) -> None:
+    upgrade(empty_db_url, revision="0005")
+    before = _parse_specs_source(empty_db_url)
+    upgrade(empty_db_url)
+    assert _parse_specs_source(empty_db_url) != before
+    downgrade(empty_db_url, revision="0005")
+    assert _parse_specs_source(empty_db_url) == before
