@@ -23,7 +23,7 @@ from psycopg import errors as pg_errors
 
 from broker import AsyncBroker, JobSpec, lease
 from broker.errors import DatabaseUnavailable
-from broker.lease import Enqueued, Job
+from broker.types import Enqueued, Job
 
 MAX_GROUP = 500
 # A lost idempotency race asks for a retry with serialization_failure; it is safe to repeat.

@@ -13,7 +13,7 @@ from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import Health, Readiness
 from broker import BrokerError
-from broker.inspect import schema_revision
+from broker.inspection import schema_revision
 
 # Probes answer within this even while the database is down: a request waiting for a
 # pooled connection would otherwise wait the pool's full timeout (BROKER_API_DB_WAIT).

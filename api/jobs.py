@@ -20,7 +20,6 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from api.auth import principal, require
 from api.batcher import enqueue_many
 from api.deps import BrokerClient, runtime_of
-from api.leases import held_lease
 from api.problems import responses
 from api.schemas import (
     MAX_BIGINT,
@@ -41,8 +40,7 @@ from api.schemas import (
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
 from broker import LeaseLost
-from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
-from broker.schema import TERMINAL_STATES
+from broker.inspection import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.spec import (
     KEY_MAX_LENGTH,
     KEY_PATTERN,
@@ -52,6 +50,7 @@ from broker.spec import (
     TAG_MAX_LENGTH,
     TAG_PATTERN,
 )
+from broker.types import TERMINAL_STATES, Fence
 
 MAX_ID = MAX_BIGINT
 FOLLOW_POLL_SECONDS = 0.25
@@ -320,7 +319,7 @@ class JobsController(Controller):
         data: JSONBody[LogsIn],
         client: BrokerClient,
     ) -> LogsStored:
-        held = held_lease(job_id, data.lease_epoch, data.worker_id)
+        held = Fence(job_id, data.lease_epoch, data.worker_id)
         stored = await client.append_logs([(held, line) for line in data.lines])
         if stored < len(data.lines):
             # Lines are kept only under the live lease; none were stored for a lost one.

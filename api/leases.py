@@ -26,13 +26,8 @@ from api.schemas import (
     WriteOut,
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
-from broker import Failure, Lease, LeaseLost
-
-
-def held_lease(job_id: int, epoch: int, worker_id: str) -> Lease:
-    # Fenced writes use only (job id, epoch, worker id); the rest of the lease is what the
-    # claim told the worker, which the HTTP worker keeps on its side.
-    return Lease(job_id, epoch, "", "", {}, 0, 0, 0, None, worker_id)
+from broker import Failure, LeaseLost
+from broker.types import Fence
 
 
 class LeasesController(Controller):
@@ -97,9 +92,7 @@ class LeasesController(Controller):
     ) -> HeartbeatOut:
         runtime = runtime_of(request)
         ttl = data.lease_ttl or runtime.settings.lease_ttl
-        outcome = await client.heartbeat(
-            [held_lease(job_id, data.lease_epoch, data.worker_id)], ttl
-        )
+        outcome = await client.heartbeat([Fence(job_id, data.lease_epoch, data.worker_id)], ttl)
         if outcome.lost:
             runtime.metrics.lease_lost.inc("heartbeat")
             raise LeaseLost(job_id, data.lease_epoch, "heartbeat")
@@ -121,7 +114,7 @@ class LeasesController(Controller):
         client: BrokerClient,
     ) -> WriteOut:
         runtime = runtime_of(request)
-        held = held_lease(job_id, data.lease_epoch, data.worker_id)
+        held = Fence(job_id, data.lease_epoch, data.worker_id)
         outcome = (await client.complete_many([(held, data.result)]))[0]
         if not outcome.applied:
             runtime.metrics.lease_lost.inc("complete")
@@ -150,7 +143,7 @@ class LeasesController(Controller):
         client: BrokerClient,
     ) -> WriteOut:
         runtime = runtime_of(request)
-        held = held_lease(job_id, data.lease_epoch, data.worker_id)
+        held = Fence(job_id, data.lease_epoch, data.worker_id)
         failure = Failure(data.error, data.retryable, data.delay)
         outcome = (await client.fail_many([(held, failure)]))[0]
         if not outcome.applied:
@@ -158,4 +151,4 @@ class LeasesController(Controller):
             raise LeaseLost(job_id, data.lease_epoch, "fail")
         state = outcome.state or "queued"
         runtime.metrics.completed.inc(state)
-        return WriteOut(job_id, data.lease_epoch, state)  # type: ignore[arg-type]
+        return WriteOut(job_id, data.lease_epoch, state)

@@ -17,7 +17,7 @@ from api.schemas import (
     WorkerList,
     WorkerOut,
 )
-from broker import inspect as views
+from broker import inspection as views
 
 PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

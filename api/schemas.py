@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from broker.inspect import MAX_PAGE_SIZE
-from broker.lease import Job, JobEvent, LogLine
+from broker.inspection import MAX_PAGE_SIZE
 from broker.spec import JobSpec, QueueName
+from broker.types import Job, JobEvent, LogLine
 
 # Everything a submitter sends is the job spec of broker.spec (its fields, bounds and
 # rules, the same at every door); what follows is the worker protocol and the answers.
@@ -74,7 +74,7 @@ class JobOut(msgspec.Struct, kw_only=True):
             kind=job.kind,
             args=job.args,
             priority=job.priority,
-            state=job.state,  # type: ignore[arg-type]
+            state=job.state,
             run_at=job.run_at,
             attempts=job.attempts,
             max_attempts=job.max_attempts,

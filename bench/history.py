@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 
 from bench._scratch import scratch_database
-from broker import Broker, inspect
+from broker import Broker, inspection
 from broker._queries import queries
 from broker.lease import Statement
 from broker.pruner import prune_batch
@@ -184,7 +184,7 @@ def read_statements() -> dict[str, Statement[Any]]:
     page = 50
 
     def listing(**filters: Any) -> Statement[Any]:
-        return inspect.list_jobs(inspect.JobFilter(**filters), page)
+        return inspection.list_jobs(inspection.JobFilter(**filters), page)
 
     return {
         "jobs_list": listing(),
@@ -193,10 +193,10 @@ def read_statements() -> dict[str, Statement[Any]]:
         "jobs_list state=failed": listing(state="failed"),
         "jobs_list queue=bench": listing(queue="bench"),
         "jobs_list tag=rare": listing(tag="rare"),
-        "queues_list": inspect.queues(),
-        "stats_overview": inspect.overview(),
-        "metrics_job_counts": inspect.job_counts(),
-        "workers_list": inspect.workers(),
+        "queues_list": inspection.queues(),
+        "stats_overview": inspection.overview(),
+        "metrics_job_counts": inspection.job_counts(),
+        "workers_list": inspection.workers(),
         "prune_batch (nothing due)": prune_batch("succeeded", 30 * 86400, 1000),
     }
 

@@ -14,9 +14,11 @@ from broker.errors import (
     JobNotFound,
     LeaseLost,
 )
-from broker.lease import (
+from broker.lease import Failure
+from broker.spec import JobSpec
+from broker.task import Fail, JobContext, Retry, task
+from broker.types import (
     Enqueued,
-    Failure,
     HeartbeatOutcome,
     Job,
     JobEvent,
@@ -25,8 +27,6 @@ from broker.lease import (
     Reaped,
     WriteOutcome,
 )
-from broker.spec import JobSpec
-from broker.task import Fail, JobContext, Retry, task
 
 __all__ = [
     "AsyncBroker",

@@ -1,5 +1,5 @@
 """Read-only statements only the operator CLI needs (queries in sql/cli.sql); queues and
-workers come from broker.inspect, shared with the API."""
+workers come from broker.inspection, shared with the API."""
 
 from __future__ import annotations
 

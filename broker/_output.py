@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from broker.inspect import QueueStats, WorkerInfo
-from broker.lease import Job, JobEvent, LogLine
+from broker.inspection import QueueStats, WorkerInfo
+from broker.types import Job, JobEvent, LogLine
 
 _GAP = "  "
 

@@ -19,7 +19,7 @@ from broker.spec import DEFAULT_QUEUE
 
 if TYPE_CHECKING:
     from broker.client import Broker
-    from broker.lease import Job
+    from broker.types import Job
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -552,7 +552,7 @@ def jobs_ls(
     as_json: bool,
 ) -> None:
     """Jobs newest first. When more match, the next page is `--before` the last id shown."""
-    from broker import inspect
+    from broker import inspection as inspect
     from broker._output import clip, job_json, table, when
 
     filters = inspect.JobFilter(queue=queue, state=state, kind=kind, tag=tag)
@@ -613,7 +613,7 @@ def jobs_show(job_id: int, with_logs: bool, as_json: bool) -> None:
         to_json,
         when,
     )
-    from broker.lease import JobEvent, LogLine
+    from broker.types import JobEvent, LogLine
 
     with _client() as client:
         job = client.get_job(job_id)
@@ -719,7 +719,7 @@ def stats(as_json: bool) -> None:
     """Jobs per queue and state, how long the oldest runnable job has waited, which queues
     are paused, and how many workers are alive."""
     from broker import _cli_views as views
-    from broker import inspect
+    from broker import inspection as inspect
     from broker._output import duration, queue_json, table, when
 
     with _client() as client:
@@ -769,7 +769,7 @@ def workers_command(alive_only: bool, as_json: bool) -> None:
     gives it (alive: a heartbeat within the last 30 s, by the database clock; stopped:
     shut down cleanly; gone: no heartbeat since), when it was last seen, and its clock
     skew against the database (`!` past BROKER_CLOCK_SKEW_TOLERANCE)."""
-    from broker import inspect
+    from broker import inspection as inspect
     from broker._output import duration, table, worker_json
 
     tolerance = Settings.from_env().clock_skew_tolerance

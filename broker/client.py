@@ -18,19 +18,20 @@ from broker import spec as contract
 from broker._queries import queries
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
 from broker.errors import DatabaseUnavailable, JobNotFound, translate
-from broker.lease import (
+from broker.lease import Failure, Statement
+from broker.spec import DEFAULT_QUEUE, JobSpec
+from broker.types import (
     Enqueued,
-    Failure,
+    H,
     HeartbeatOutcome,
+    Held,
     Job,
     JobEvent,
     Lease,
     LogLine,
     Reaped,
-    Statement,
     WriteOutcome,
 )
-from broker.spec import DEFAULT_QUEUE, JobSpec
 
 T = TypeVar("T")
 
@@ -242,15 +243,13 @@ class Broker(_Base):
             self.fail_many(unreadable)
         return runnable
 
-    def heartbeat(
-        self, leases: Sequence[Lease], lease_ttl: float | None = None
-    ) -> HeartbeatOutcome:
+    def heartbeat(self, leases: Sequence[H], lease_ttl: float | None = None) -> HeartbeatOutcome[H]:
         """Extend all `leases` in one statement; lost ones are reported, not raised."""
         if not leases:
             return HeartbeatOutcome([], [], [])
         return self.run(lease.heartbeat(leases, lease_ttl or self.lease_ttl))
 
-    def complete(self, held: Lease, result: Any = None) -> None:
+    def complete(self, held: Held, result: Any = None) -> None:
         """Mark the job succeeded. Raises LeaseLost if `held` is no longer the live lease."""
         lease.raise_if_lost(self.complete_many([(held, result)]), "complete")
 
@@ -259,12 +258,12 @@ class Broker(_Base):
         statement; an outcome with applied=False means that lease was lost."""
         return self.run(lease.finish(rows, self.settings.jobs_channel)) if rows else []
 
-    def complete_many(self, done: Sequence[tuple[Lease, Any]]) -> list[WriteOutcome]:
+    def complete_many(self, done: Sequence[tuple[Held, Any]]) -> list[WriteOutcome]:
         return self.finish_many([lease.completed(h, r) for h, r in done])
 
     def fail(
         self,
-        held: Lease,
+        held: Held,
         error: str,
         *,
         retryable: bool = True,
@@ -276,16 +275,16 @@ class Broker(_Base):
         lease.raise_if_lost(outcomes, "fail")
         return outcomes[0].state or ""
 
-    def fail_many(self, failed: Sequence[tuple[Lease, Failure]]) -> list[WriteOutcome]:
+    def fail_many(self, failed: Sequence[tuple[Held, Failure]]) -> list[WriteOutcome]:
         return self.finish_many([lease.failed(h, f) for h, f in failed])
 
-    def cancel_ack_many(self, cancelled: Sequence[tuple[Lease, str]]) -> list[WriteOutcome]:
+    def cancel_ack_many(self, cancelled: Sequence[tuple[Held, str]]) -> list[WriteOutcome]:
         return self.finish_many([lease.cancel_acked(h, r) for h, r in cancelled])
 
-    def release_many(self, leases: Sequence[Lease]) -> list[WriteOutcome]:
+    def release_many(self, leases: Sequence[Held]) -> list[WriteOutcome]:
         return self.finish_many([lease.released(h) for h in leases])
 
-    def append_logs(self, lines: Sequence[tuple[Lease, str]]) -> int:
+    def append_logs(self, lines: Sequence[tuple[Held, str]]) -> int:
         return self.run(lease.append_logs(lines)) if lines else 0
 
     # operators and submitters
@@ -476,24 +475,24 @@ class AsyncBroker(_Base):
         return runnable
 
     async def heartbeat(
-        self, leases: Sequence[Lease], lease_ttl: float | None = None
-    ) -> HeartbeatOutcome:
+        self, leases: Sequence[H], lease_ttl: float | None = None
+    ) -> HeartbeatOutcome[H]:
         if not leases:
             return HeartbeatOutcome([], [], [])
         return await self.run(lease.heartbeat(leases, lease_ttl or self.lease_ttl))
 
-    async def complete(self, held: Lease, result: Any = None) -> None:
+    async def complete(self, held: Held, result: Any = None) -> None:
         lease.raise_if_lost(await self.complete_many([(held, result)]), "complete")
 
     async def finish_many(self, rows: Sequence[lease.Finish]) -> list[WriteOutcome]:
         return await self.run(lease.finish(rows, self.settings.jobs_channel)) if rows else []
 
-    async def complete_many(self, done: Sequence[tuple[Lease, Any]]) -> list[WriteOutcome]:
+    async def complete_many(self, done: Sequence[tuple[Held, Any]]) -> list[WriteOutcome]:
         return await self.finish_many([lease.completed(h, r) for h, r in done])
 
     async def fail(
         self,
-        held: Lease,
+        held: Held,
         error: str,
         *,
         retryable: bool = True,
@@ -503,16 +502,16 @@ class AsyncBroker(_Base):
         lease.raise_if_lost(outcomes, "fail")
         return outcomes[0].state or ""
 
-    async def fail_many(self, failed: Sequence[tuple[Lease, Failure]]) -> list[WriteOutcome]:
+    async def fail_many(self, failed: Sequence[tuple[Held, Failure]]) -> list[WriteOutcome]:
         return await self.finish_many([lease.failed(h, f) for h, f in failed])
 
-    async def cancel_ack_many(self, cancelled: Sequence[tuple[Lease, str]]) -> list[WriteOutcome]:
+    async def cancel_ack_many(self, cancelled: Sequence[tuple[Held, str]]) -> list[WriteOutcome]:
         return await self.finish_many([lease.cancel_acked(h, r) for h, r in cancelled])
 
-    async def release_many(self, leases: Sequence[Lease]) -> list[WriteOutcome]:
+    async def release_many(self, leases: Sequence[Held]) -> list[WriteOutcome]:
         return await self.finish_many([lease.released(h) for h in leases])
 
-    async def append_logs(self, lines: Sequence[tuple[Lease, str]]) -> int:
+    async def append_logs(self, lines: Sequence[tuple[Held, str]]) -> int:
         return await self.run(lease.append_logs(lines)) if lines else 0
 
     async def reap(self, limit: int = lease.DEFAULT_REAP_LIMIT) -> list[Reaped]:

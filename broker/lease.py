@@ -28,6 +28,19 @@ from broker import spec as contract
 from broker.errors import LeaseLost
 from broker.spec import DEFAULT_MAX_ATTEMPTS, MAX_DURATION_SECONDS, UnreadableJSON
 from broker.spec import JobSpec as JobSpec  # its home is broker.spec; imported from here too
+from broker.types import (
+    Enqueued,
+    H,
+    HeartbeatOutcome,
+    Held,
+    Job,
+    JobEvent,
+    JobState,
+    Lease,
+    LogLine,
+    Reaped,
+    WriteOutcome,
+)
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -46,112 +59,6 @@ class Statement(Generic[T]):
     # generic planning, tests/integration/test_plans.py). False: planned with its values
     # on every run, for optional filters only a custom plan can serve from an index.
     prepare: bool | None = None
-
-
-# --- values ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Enqueued:
-    """Result of an enqueue: the job id, and False in `created` for an idempotent replay."""
-
-    id: int
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A claimed job and the epoch (fencing token) every later write must present."""
-
-    job_id: int
-    epoch: int
-    queue: str
-    kind: str
-    args: dict[str, Any]
-    priority: int
-    attempt: int
-    max_attempts: int
-    timeout: float | None
-    worker_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOutcome:
-    """Whether one fenced write applied; `state` is the job's new state when known."""
-
-    job_id: int
-    epoch: int
-    applied: bool
-    state: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatOutcome:
-    """Leases extended, leases lost, and held jobs whose cancellation was requested."""
-
-    extended: list[Lease]
-    lost: list[Lease]
-    cancel_requested: list[Lease]
-
-
-@dataclass(frozen=True, slots=True)
-class Reaped:
-    """A job whose lease expired, and where the reaper sent it (queued/failed/cancelled)."""
-
-    job_id: int
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A row of broker.jobs."""
-
-    id: int
-    queue: str
-    kind: str
-    args: dict[str, Any]
-    priority: int
-    state: str
-    run_at: datetime
-    attempts: int
-    max_attempts: int
-    lease_epoch: int
-    lease_expires_at: datetime | None
-    worker_id: str | None
-    idempotency_key: str | None
-    subject_key: str | None
-    result: Any
-    last_error: str | None
-    tags: list[str]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    cancel_requested_at: datetime | None
-    timeout: timedelta | None
-
-
-@dataclass(frozen=True, slots=True)
-class JobEvent:
-    """A row of broker.job_events."""
-
-    id: int
-    job_id: int
-    event: str
-    epoch: int | None
-    worker_id: str | None
-    at: datetime
-    detail: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """A row of broker.job_logs."""
-
-    id: int
-    job_id: int
-    epoch: int
-    at: datetime
-    line: str
 
 
 # --- enqueue --------------------------------------------------------------------------
@@ -293,11 +200,11 @@ def split_unreadable(leases: Sequence[Lease]) -> tuple[list[Lease], list[tuple[L
 # --- fenced writes by the lease holder --------------------------------------------------
 
 
-def _outcomes(leases: Sequence[Lease]) -> Callable[[list[Row]], list[WriteOutcome]]:
+def _outcomes(leases: Sequence[Held]) -> Callable[[list[Row]], list[WriteOutcome]]:
     """Decode (id, new state) rows of the writes that applied; every other lease was lost."""
 
     def decode(rows: list[Row]) -> list[WriteOutcome]:
-        applied: dict[int, str] = {r[0]: r[1] for r in rows}
+        applied: dict[int, JobState] = {r[0]: r[1] for r in rows}
         return [
             WriteOutcome(
                 lease.job_id, lease.epoch, lease.job_id in applied, applied.get(lease.job_id)
@@ -308,7 +215,7 @@ def _outcomes(leases: Sequence[Lease]) -> Callable[[list[Row]], list[WriteOutcom
     return decode
 
 
-def _fence(leases: Sequence[Lease]) -> dict[str, Any]:
+def _fence(leases: Sequence[Held]) -> dict[str, Any]:
     if len({lease.job_id for lease in leases}) != len(leases):
         raise ValueError("one write per job per batch")
     return {
@@ -318,11 +225,11 @@ def _fence(leases: Sequence[Lease]) -> dict[str, Any]:
     }
 
 
-def heartbeat(leases: Sequence[Lease], ttl: float) -> Statement[HeartbeatOutcome]:
+def heartbeat(leases: Sequence[H], ttl: float) -> Statement[HeartbeatOutcome[H]]:
     """Extend every lease still held to now()+ttl; report lost ones and requested cancels."""
     by_id = {lease.job_id: lease for lease in leases}
 
-    def decode(rows: list[Row]) -> HeartbeatOutcome:
+    def decode(rows: list[Row]) -> HeartbeatOutcome[H]:
         applied = {r[0] for r in rows}
         extended = [lease for lease in leases if lease.job_id in applied]
         lost = [lease for lease in leases if lease.job_id not in applied]
@@ -349,7 +256,7 @@ class Failure:
 class Completed:
     """The handler returned `result` (JSON): the job succeeds."""
 
-    lease: Lease
+    lease: Held
     result: Any = None
 
 
@@ -357,7 +264,7 @@ class Completed:
 class Failed:
     """The attempt failed: retried after backoff while attempts remain, else `failed`."""
 
-    lease: Lease
+    lease: Held
     failure: Failure
 
 
@@ -365,7 +272,7 @@ class Failed:
 class CancelAcked:
     """The worker stopped the handler of a job whose cancel was requested: `cancelled`."""
 
-    lease: Lease
+    lease: Held
     reason: str
 
 
@@ -374,28 +281,28 @@ class Released:
     """The worker hands the lease back unfinished (shutdown): queued again at once, the
     attempt not counted, other workers woken."""
 
-    lease: Lease
+    lease: Held
 
 
 Finish = Completed | Failed | CancelAcked | Released
 
 
-def completed(held: Lease, result: Any = None) -> Completed:
+def completed(held: Held, result: Any = None) -> Completed:
     """A successful attempt with its result."""
     return Completed(held, result)
 
 
-def failed(held: Lease, failure: Failure) -> Failed:
+def failed(held: Held, failure: Failure) -> Failed:
     """A failed attempt."""
     return Failed(held, failure)
 
 
-def cancel_acked(held: Lease, reason: str) -> CancelAcked:
+def cancel_acked(held: Held, reason: str) -> CancelAcked:
     """A handler stopped because its cancel was requested."""
     return CancelAcked(held, reason)
 
 
-def released(held: Lease) -> Released:
+def released(held: Held) -> Released:
     """A lease handed back unfinished."""
     return Released(held)
 
@@ -445,7 +352,7 @@ def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]
     return Statement("job_finish_many", params, _outcomes(leases))
 
 
-def append_logs(lines: Sequence[tuple[Lease, str]]) -> Statement[int]:
+def append_logs(lines: Sequence[tuple[Held, str]]) -> Statement[int]:
     """Store handler log lines; lines from a lost lease are dropped. Returns lines stored."""
     for _, line in lines:
         contract.check_text(line, "log line")

@@ -25,9 +25,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 
 from broker.config import DEFAULT_SCHEMA, validate_schema
 from broker.spec import DEFAULT_MAX_ATTEMPTS
+from broker.types import JOB_STATES as JOB_STATES  # its home is broker.types
+from broker.types import TERMINAL_STATES as TERMINAL_STATES
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 EVENT_KINDS = (
     "enqueued",
     "claimed",

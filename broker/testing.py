@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.client import Broker
-from broker.inspect import MAX_PAGE_SIZE, JobFilter, list_jobs
-from broker.lease import Job
+from broker.inspection import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.task import JobContext, get_task
+from broker.types import Job
 
 
 def _matching(

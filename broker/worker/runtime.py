@@ -35,9 +35,10 @@ from broker import lease
 from broker import spec as contract
 from broker.config import DEFAULT_LEASE_TTL, Settings
 from broker.errors import BrokerError, DatabaseUnavailable, InvalidJobError
-from broker.lease import Failure, Finish, Lease, WriteOutcome
+from broker.lease import Failure, Finish
 from broker.pruner import PrunerConfig, run_pruner
 from broker.task import Fail, JobContext, Retry, Task, get_task, registered
+from broker.types import Lease, WriteOutcome
 from broker.worker import registry
 from broker.worker._conn import Backoff, Connection
 from broker.worker.listener import Listener, ListenerConfig

@@ -24,7 +24,8 @@ import psycopg
 
 from broker import lease
 from broker.errors import BrokerError, DatabaseUnavailable
-from broker.lease import Finish, Lease, WriteOutcome
+from broker.lease import Finish
+from broker.types import Lease, WriteOutcome
 from broker.worker._conn import Backoff, Connection
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ def test_worker_writes_refuse_what_the_database_cannot_store(broker: Broker, con
 
 
 def test_lookups_with_unstorable_text_are_invalid_input(broker: Broker) -> None:
-    from broker.inspect import JobFilter, list_jobs
+    from broker.inspection import JobFilter, list_jobs
 
     for tag in ("\x00", "\ud800"):
         with pytest.raises(InvalidJobError):

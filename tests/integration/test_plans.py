@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker import inspect, lease
+from broker import inspection, lease
 from broker._queries import queries
 from broker.client import Broker
 from broker.lease import Failure, Lease, Statement
@@ -69,10 +69,10 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
 # Operator reads that must not grow with the history: they may read only the indexes that
 # hold live rows (queued, running), in full; finished counts come from broker.job_counts.
 READS: dict[str, Callable[[], Statement[Any]]] = {
-    "queues_list": inspect.queues,
-    "stats_overview": inspect.overview,
-    "metrics_job_counts": inspect.job_counts,
-    "workers_list": inspect.workers,
+    "queues_list": inspection.queues,
+    "stats_overview": inspection.overview,
+    "metrics_job_counts": inspection.job_counts,
+    "workers_list": inspection.workers,
 }
 LIVE_INDEXES = {"jobs_claim_idx", "jobs_lease_idx"}
 CASES = [

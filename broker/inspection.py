@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from broker.lease import Job, Row, Statement
+from broker.lease import Row, Statement
+from broker.types import Job
 
 MAX_PAGE_SIZE = 500
 
