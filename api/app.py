@@ -6,14 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from api import deps
@@ -32,27 +30,15 @@ from api.operations import (
 from api.problems import exception_handlers
 from api.strict import TYPE_DECODERS
 from broker import AsyncBroker, __version__
-from broker import spec as contract
+from broker import _executor as executor
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.migrate import head_revision
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    set_json_loads(contract.load_json, conn)
-
-
 def open_pool(url: str, max_size: int, wait: float) -> AsyncConnectionPool[Any]:
-    """An unopened pool of autocommit connections, as the API's lifespan uses."""
-    return AsyncConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs={"autocommit": True},
-        configure=_configure,
-        open=False,
-        timeout=wait,
-    )
+    """An unopened pool of configured autocommit connections, as the API's lifespan uses."""
+    return executor.open_async_pool(url, min_size=1, max_size=max_size, timeout=wait)
 
 
 def create_app(

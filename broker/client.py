@@ -10,14 +10,14 @@ from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from broker import _copy as copy
+from broker import _executor as executor
 from broker import lease
 from broker import spec as contract
-from broker._queries import queries
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
-from broker.errors import DatabaseUnavailable, JobNotFound, translate
+from broker.errors import DatabaseUnavailable, JobNotFound
 from broker.lease import Failure, Statement
 from broker.spec import DEFAULT_QUEUE, JobSpec
 from broker.types import (
@@ -50,18 +50,6 @@ def _unreachable(url: str, timeout: float) -> str:
     return f"cannot connect to PostgreSQL at {target}/{info.get('dbname', '')} within {timeout:g} s"
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    set_json_loads(contract.load_json, conn)
-
-
-async def _aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
-    set_json_loads(contract.load_json, conn)
-
-
-def _translated(exc: psycopg.Error | UnicodeEncodeError) -> Exception:
-    return translate(exc) or exc
-
-
 def _spec(
     kind: str,
     args: dict[str, Any] | None,
@@ -83,7 +71,6 @@ class _Base:
         self.schema = validate_schema(schema)
         self.settings = Settings(schema=schema, lease_ttl=lease_ttl)
         self.lease_ttl = lease_ttl
-        self._queries = queries(self.schema)
 
 
 class Broker(_Base):
@@ -113,14 +100,7 @@ class Broker(_Base):
     ) -> Self:
         """Open a pool of autocommit connections to `url`.
         Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
-        pool: ConnectionPool[Any] = ConnectionPool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True},
-            configure=_configure,
-            open=True,
-        )
+        pool = executor.open_pool(url, min_size=min_size, max_size=max_size)
         try:
             pool.wait(timeout=connect_timeout)
         except PoolTimeout:
@@ -139,16 +119,10 @@ class Broker(_Base):
 
     def run(self, stmt: Statement[T], conn: psycopg.Connection[Any] | None = None) -> T:
         """Execute one statement on `conn` (caller's transaction) or a pooled connection."""
-        query = self._queries[stmt.query]
-        try:
-            if conn is not None:
-                rows = conn.execute(query, stmt.params, prepare=stmt.prepare).fetchall()
-            else:
-                with self.pool.connection() as pooled:
-                    rows = pooled.execute(query, stmt.params, prepare=stmt.prepare).fetchall()
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            raise _translated(exc) from exc
-        return stmt.decode(rows)
+        if conn is not None:
+            return executor.run(conn, stmt, self.schema)
+        with self.pool.connection() as pooled:
+            return executor.run(pooled, stmt, self.schema)
 
     # enqueue
 
@@ -195,7 +169,7 @@ class Broker(_Base):
         `idempotency_scope` namespaces the specs' idempotency keys (letters, digits, _ . -).
         Raises InvalidJobError or IdempotencyConflict."""
         batch = list(specs)
-        if not lease.copy_eligible(batch):
+        if not copy.copy_eligible(batch):
             return self.run(lease.enqueue_many(batch, idempotency_scope), conn)
         if conn is not None:
             return self._copy_enqueue(batch, conn)
@@ -203,32 +177,11 @@ class Broker(_Base):
             return self._copy_enqueue(batch, pooled)
 
     def _copy_enqueue(self, batch: list[JobSpec], conn: psycopg.Connection[Any]) -> list[Enqueued]:
-        q = self._queries
         # On the caller's non-autocommit connection the COPY joins their transaction
         # (conn.transaction() there would commit it); otherwise it gets its own.
-        atomic = conn.transaction() if conn.autocommit else nullcontext()
-        try:
-            with atomic:
-                reserved = conn.execute(q["job_copy_reserve"], {"n": len(batch)}).fetchall()
-                ids = [r[1] for r in reserved]
-                plan = lease.copy_plan(batch, ids, reserved[0][0])
-                with conn.cursor() as cur:
-                    with cur.copy(q["job_copy_jobs"]) as copy:
-                        copy.set_types(lease.COPY_JOB_TYPES)
-                        for row in plan.job_rows:
-                            copy.write_row(row)
-                    with cur.copy(q["job_copy_events"]) as copy:
-                        copy.set_types(lease.COPY_EVENT_TYPES)
-                        for event in plan.event_rows:
-                            copy.write_row(event)
-                if plan.notify_queues:
-                    channel = self.settings.jobs_channel
-                    conn.execute(
-                        q["job_notify_queues"], {"channel": channel, "queues": plan.notify_queues}
-                    )
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            raise _translated(exc) from exc
-        return [Enqueued(i, True) for i in ids]
+        steps = copy.copy_enqueue(batch, self.settings.jobs_channel)
+        with conn.transaction() if conn.autocommit else nullcontext():
+            return executor.run_steps(conn, steps, self.schema)
 
     # worker side
 
@@ -344,14 +297,7 @@ class AsyncBroker(_Base):
     ) -> Self:
         """Open a pool of autocommit connections to `url`.
         Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True},
-            configure=_aconfigure,
-            open=False,
-        )
+        pool = executor.open_async_pool(url, min_size=min_size, max_size=max_size)
         await pool.open()
         try:
             await pool.wait(timeout=connect_timeout)
@@ -371,20 +317,10 @@ class AsyncBroker(_Base):
 
     async def run(self, stmt: Statement[T], conn: psycopg.AsyncConnection[Any] | None = None) -> T:
         """Execute one statement on `conn` (caller's transaction) or a pooled connection."""
-        query = self._queries[stmt.query]
-        try:
-            if conn is not None:
-                rows = await (
-                    await conn.execute(query, stmt.params, prepare=stmt.prepare)
-                ).fetchall()
-            else:
-                async with self.pool.connection() as pooled:
-                    rows = await (
-                        await pooled.execute(query, stmt.params, prepare=stmt.prepare)
-                    ).fetchall()
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            raise _translated(exc) from exc
-        return stmt.decode(rows)
+        if conn is not None:
+            return await executor.arun(conn, stmt, self.schema)
+        async with self.pool.connection() as pooled:
+            return await executor.arun(pooled, stmt, self.schema)
 
     async def enqueue(
         self,
@@ -427,7 +363,7 @@ class AsyncBroker(_Base):
     ) -> list[Enqueued]:
         """Enqueue many jobs atomically (all or none); results in input order."""
         batch = list(specs)
-        if not lease.copy_eligible(batch):
+        if not copy.copy_eligible(batch):
             return await self.run(lease.enqueue_many(batch, idempotency_scope), conn)
         if conn is not None:
             return await self._copy_enqueue(batch, conn)
@@ -437,33 +373,11 @@ class AsyncBroker(_Base):
     async def _copy_enqueue(
         self, batch: list[JobSpec], conn: psycopg.AsyncConnection[Any]
     ) -> list[Enqueued]:
-        q = self._queries
-        # On the caller's non-autocommit connection the COPY joins their transaction
-        # (conn.transaction() there would commit it); otherwise it gets its own.
-        atomic = conn.transaction() if conn.autocommit else nullcontext()
-        try:
-            async with atomic:
-                cur = await conn.execute(q["job_copy_reserve"], {"n": len(batch)})
-                reserved = await cur.fetchall()
-                ids = [r[1] for r in reserved]
-                plan = lease.copy_plan(batch, ids, reserved[0][0])
-                async with conn.cursor() as acur:
-                    async with acur.copy(q["job_copy_jobs"]) as copy:
-                        copy.set_types(lease.COPY_JOB_TYPES)
-                        for row in plan.job_rows:
-                            await copy.write_row(row)
-                    async with acur.copy(q["job_copy_events"]) as copy:
-                        copy.set_types(lease.COPY_EVENT_TYPES)
-                        for event in plan.event_rows:
-                            await copy.write_row(event)
-                if plan.notify_queues:
-                    channel = self.settings.jobs_channel
-                    await conn.execute(
-                        q["job_notify_queues"], {"channel": channel, "queues": plan.notify_queues}
-                    )
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            raise _translated(exc) from exc
-        return [Enqueued(i, True) for i in ids]
+        steps = copy.copy_enqueue(batch, self.settings.jobs_channel)
+        if conn.autocommit:
+            async with conn.transaction():
+                return await executor.arun_steps(conn, steps, self.schema)
+        return await executor.arun_steps(conn, steps, self.schema)
 
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float | None = None

@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from broker import spec as contract
 from broker.errors import LeaseLost
-from broker.spec import DEFAULT_MAX_ATTEMPTS, MAX_DURATION_SECONDS, UnreadableJSON
+from broker.spec import MAX_DURATION_SECONDS, UnreadableJSON
 from broker.spec import JobSpec as JobSpec  # its home is broker.spec; imported from here too
 from broker.types import (
     Enqueued,
@@ -88,75 +88,6 @@ def enqueue_many(
         {"specs": payload},
         lambda rows: [Enqueued(int(r[1]), bool(r[2])) for r in rows],
     )
-
-
-# Batches at least this big, with no idempotency or subject keys, are enqueued with binary
-# COPY (jobs, then their `enqueued` events) instead of the enqueue_many() function: about
-# 1.5x the rows per second, at the price of four round trips (see docs/decisions).
-COPY_MIN_BATCH = 500
-COPY_JOB_TYPES = [
-    "int8",
-    "text",
-    "text",
-    "jsonb",
-    "int4",
-    "timestamptz",
-    "int4",
-    "interval",
-    "text[]",
-]
-COPY_EVENT_TYPES = ["int8", "text"]
-
-
-def copy_eligible(specs: Sequence[JobSpec]) -> bool:
-    """Whether the COPY path may enqueue `specs` (it skips idempotency and supersede)."""
-    return len(specs) >= COPY_MIN_BATCH and all(
-        s.idempotency_key is None and s.subject_key is None for s in specs
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CopyPlan:
-    """Rows for the COPY enqueue path, and the queues whose workers to wake."""
-
-    job_rows: list[tuple[Any, ...]]
-    event_rows: list[tuple[int, str]]
-    notify_queues: list[str]
-
-
-def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) -> CopyPlan:
-    """Lay out `specs` as jobs rows with reserved `ids`. Delays are added to the database's
-    now() (`db_now`), never to the host clock."""
-    from psycopg.types.json import Jsonb
-
-    job_rows: list[tuple[Any, ...]] = []
-    runnable: set[str] = set()
-    for spec, job_id in zip(specs, ids, strict=True):
-        args = contract.check(spec)  # the same checks as the enqueue_many() path
-        delay = contract.seconds(spec.delay, "delay")
-        run_at = spec.run_at or (db_now + timedelta(seconds=delay) if delay else db_now)
-        if run_at <= db_now:
-            runnable.add(spec.queue)
-        timeout = contract.seconds(spec.timeout, "timeout")
-        job_rows.append(
-            (
-                job_id,
-                spec.queue,
-                spec.kind,
-                Jsonb(args, dumps=_encoded),
-                spec.priority,
-                run_at,
-                spec.max_attempts if spec.max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
-                timedelta(seconds=timeout) if timeout is not None else None,
-                list(spec.tags),
-            )
-        )
-    return CopyPlan(job_rows, [(i, "enqueued") for i in ids], sorted(runnable))
-
-
-def _encoded(data: bytes) -> bytes:
-    """A Jsonb dumps() for args check() already encoded."""
-    return data
 
 
 # --- claim ----------------------------------------------------------------------------

@@ -13,10 +13,11 @@ import random
 import re
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 import psycopg
 
+from broker._executor import adrive, drive
 from broker.client import Broker
 from broker.errors import BrokerError, ConfigError
 from broker.lease import Statement
@@ -119,24 +120,12 @@ def _plan(config: PrunerConfig) -> PruneRun:
 
 def prune_once(client: Broker, config: PrunerConfig) -> dict[str, int] | None:
     """Prune every state once; None if another process is pruning right now."""
-    plan = _plan(config)
-    try:
-        stmt = next(plan)
-        while True:
-            stmt = plan.send(client.run(stmt))
-    except StopIteration as done:
-        return cast("dict[str, int] | None", done.value)
+    return drive(_plan(config), client.run)
 
 
 async def aprune_once(client: Runner, config: PrunerConfig) -> dict[str, int] | None:
     """`prune_once` for an async runner (AsyncBroker, a worker's connection)."""
-    plan = _plan(config)
-    try:
-        stmt = next(plan)
-        while True:
-            stmt = plan.send(await client.run(stmt))
-    except StopIteration as done:
-        return cast("dict[str, int] | None", done.value)
+    return await adrive(_plan(config), client.run)
 
 
 async def run_pruner(client: Runner, config: PrunerConfig) -> None:

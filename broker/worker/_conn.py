@@ -13,11 +13,9 @@ import random
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.types.json import set_json_loads
 
-from broker import spec as contract
-from broker._queries import queries
-from broker.errors import DatabaseUnavailable, translate
+from broker import _executor as executor
+from broker.errors import DatabaseUnavailable
 from broker.lease import Statement
 
 T = TypeVar("T")
@@ -48,7 +46,7 @@ async def connect(url: str, application_name: str = "broker") -> psycopg.AsyncCo
         application_name=application_name[:63],
         **KEEPALIVE_OPTIONS,
     )
-    set_json_loads(contract.load_json, conn)
+    executor.configure(conn)
     return conn
 
 
@@ -84,7 +82,7 @@ class Connection:
     def __init__(self, url: str, schema: str, name: str) -> None:
         self.url = url
         self.name = name
-        self._queries = queries(schema)
+        self.schema = schema
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.application_name = f"broker {name}"
 
@@ -98,21 +96,19 @@ class Connection:
 
     async def run(self, stmt: Statement[T]) -> T:
         conn = await self._open()
-        query = self._queries[stmt.query]
         try:
-            cur = await conn.execute(query, stmt.params, prepare=stmt.prepare)
-            rows = await cur.fetchall()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            return await executor.arun(conn, stmt, self.schema)
+        except (DatabaseUnavailable, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Translation is the executor's; what is this connection's own is that after a
+            # connection-level failure (or a serialization failure, deadlock or timeout,
+            # which a service retries the same way) it is never reused.
             await self.discard()
             raise DatabaseUnavailable(f"{self.name}: {_first_line(exc)}") from exc
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            raise (translate(exc) or exc) from exc
         except asyncio.CancelledError:
             # The statement may still be running on the server: this connection's
             # protocol state is unknown, so it is never reused.
             await self.discard()
             raise
-        return stmt.decode(rows)
 
     async def discard(self) -> None:
         conn, self._conn = self._conn, None

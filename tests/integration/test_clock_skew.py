@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from broker import Broker, lease
-from broker.lease import COPY_MIN_BATCH, Failure, JobSpec, Lease, Statement
+from broker._copy import COPY_MIN_BATCH
+from broker.lease import Failure, JobSpec, Lease, Statement
 from tests.dbtime import advance_db_time
 
 Conn = psycopg.Connection[tuple[Any, ...]]

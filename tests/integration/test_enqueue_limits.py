@@ -10,10 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker import Broker, InvalidJobError, JobSpec, lease
+from broker import Broker, InvalidJobError, JobSpec
+from broker._copy import COPY_MIN_BATCH
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-BIG = lease.COPY_MIN_BATCH
+BIG = COPY_MIN_BATCH
 
 
 @pytest.mark.parametrize("size", [1, BIG])

@@ -8,10 +8,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker import Broker, InvalidJobError, JobSpec, lease
+from broker import Broker, InvalidJobError, JobSpec
+from broker._copy import COPY_MIN_BATCH
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-COPY_SIZED = lease.COPY_MIN_BATCH
+COPY_SIZED = COPY_MIN_BATCH
 FUNCTION_SIZED = 3
 
 

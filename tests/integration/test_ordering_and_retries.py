@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from broker import Broker
+from broker._copy import COPY_MIN_BATCH
 from broker.errors import JobNotFound
-from broker.lease import COPY_MIN_BATCH, Failure, JobSpec, Lease
+from broker.lease import Failure, JobSpec, Lease
 from tests.dbtime import advance_db_time
 
 Conn = psycopg.Connection[tuple[Any, ...]]
