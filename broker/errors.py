@@ -8,6 +8,13 @@ if TYPE_CHECKING:
     import psycopg
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, stripped, for a one-line report; `default`
+    (else the exception's type name) when the message is empty or only whitespace."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default or type(exc).__name__
+
+
 class BrokerError(Exception):
     """Base class of every error pg-broker raises on purpose."""
 
@@ -118,9 +125,7 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
     if state is None and isinstance(exc, psycopg.DataError):
         # Raised by psycopg before sending, e.g. "PostgreSQL text fields cannot contain
         # NUL (0x00) bytes".
-        return InvalidJobError(str(exc).strip().splitlines()[0] if str(exc) else "invalid data")
+        return InvalidJobError(first_line(exc, "invalid data"))
     if isinstance(exc, psycopg.OperationalError):
-        return DatabaseUnavailable(
-            str(exc).strip().splitlines()[0] if str(exc) else "database error"
-        )
+        return DatabaseUnavailable(first_line(exc, "database error"))
     return None
