@@ -15,16 +15,13 @@ import threading
 import time
 
 import click
-import psycopg
 
+from broker._exits import EXIT_OK, error_line, exit_code
 from broker.config import Settings
-from broker.errors import BrokerError
+from broker.errors import BrokerError, first_line
 
 log = logging.getLogger("broker.worker")
 
-EXIT_CONFIG = 1
-EXIT_ID_IN_USE = 3
-EXIT_CLOCK_SKEW = 4
 THREAD_EXIT_GRACE = 2.0
 
 
@@ -201,7 +198,6 @@ def _run_one(
     from broker.pruner import PrunerConfig
     from broker.task import registered
     from broker.worker.reaper import ReaperConfig
-    from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
     from broker.worker.runtime import Worker, WorkerConfig
 
     if not queues:
@@ -227,8 +223,7 @@ def _run_one(
             supervisor_pid=_supervisor_pid(),
         )
     except BrokerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_CONFIG
+        return _report(exc)
     runtime = Worker(config)
 
     async def main() -> None:
@@ -237,17 +232,21 @@ def _run_one(
 
     try:
         asyncio.run(main())
-    except WorkerIdInUse as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_ID_IN_USE
-    except ClockSkewTooLarge as exc:
-        click.echo(f"error: {exc}", err=True)
-        return EXIT_CLOCK_SKEW
-    except (BrokerError, psycopg.Error) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"error: {message}", err=True)
-        return EXIT_CONFIG
-    return 0
+    except Exception as exc:
+        # Exit codes (a configuration or database error, the worker id in use, too much
+        # clock skew) come from the one table in broker._exits, shared with `broker`.
+        if exit_code(exc) is None:
+            raise
+        return _report(exc)
+    return EXIT_OK
+
+
+def _report(exc: Exception) -> int:
+    """One `error:` line for an error broker._exits has a code for, and that code."""
+    code = exit_code(exc)
+    assert code is not None, exc
+    click.echo(error_line(first_line(exc)), err=True)
+    return code
 
 
 def _supervisor_pid() -> int | None:

@@ -1,0 +1,67 @@
+"""The one exit-code table (broker._exits) and first_line, without a database."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from broker._exits import (
+    EXIT_BAD_INPUT,
+    EXIT_CLOCK_SKEW,
+    EXIT_FAILED,
+    EXIT_ID_IN_USE,
+    error_line,
+    exit_code,
+)
+from broker._jobfile import JobFileError
+from broker.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidJobError,
+    InvalidTransition,
+    JobNotFound,
+    first_line,
+)
+from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (WorkerIdInUse("id in use"), EXIT_ID_IN_USE),
+        (ClockSkewTooLarge("skew"), EXIT_CLOCK_SKEW),
+        (InvalidJobError("bad kind"), EXIT_BAD_INPUT),
+        (JobFileError("stdin", 2, "not valid JSON"), EXIT_BAD_INPUT),
+        (JobNotFound(7), EXIT_FAILED),
+        (InvalidTransition(7, "succeeded", "cancel"), EXIT_FAILED),
+        (IdempotencyConflict("k"), EXIT_FAILED),
+        (DatabaseUnavailable("down"), EXIT_FAILED),
+        (ConfigError("BROKER_LEASE_TTL must be a number"), EXIT_FAILED),
+        (psycopg.OperationalError("connection refused"), EXIT_FAILED),
+        (ValueError("a bug"), None),
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_each_error_has_one_exit_code(exc: BaseException, code: int | None) -> None:
+    assert exit_code(exc) == code
+
+
+def test_worker_codes_keep_their_documented_values() -> None:
+    # docs/worker-guide.md and docs/cli.md
+    assert (EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ID_IN_USE, EXIT_CLOCK_SKEW) == (1, 2, 3, 4)
+    assert error_line("job 7 not found") == "error: job 7 not found"
+
+
+@pytest.mark.parametrize(
+    ("message", "default", "expected"),
+    [
+        ("one line", None, "one line"),
+        ("  first\nsecond\n", None, "first"),
+        ("", None, "RuntimeError"),
+        ("  \n ", None, "RuntimeError"),
+        ("", "database error", "database error"),
+    ],
+)
+def test_first_line(message: str, default: str | None, expected: str) -> None:
+    assert first_line(RuntimeError(message), default) == expected
