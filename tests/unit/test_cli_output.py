@@ -125,7 +125,7 @@ def test_spec_from_names_the_field() -> None:
 
 
 def test_cli_state_names_are_the_schemas() -> None:
-    from broker.cli import STATES
+    from broker.cli._jobs import STATES
     from broker.schema import JOB_STATES
 
     assert STATES == JOB_STATES

@@ -14,6 +14,7 @@ from broker._exits import (
     exit_code,
 )
 from broker._jobfile import JobFileError
+from broker.cli._errors import CommandFailed, InputError, reported
 from broker.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -50,6 +51,17 @@ def test_each_error_has_one_exit_code(exc: BaseException, code: int | None) -> N
 def test_worker_codes_keep_their_documented_values() -> None:
     # docs/worker-guide.md and docs/cli.md
     assert (EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ID_IN_USE, EXIT_CLOCK_SKEW) == (1, 2, 3, 4)
+
+
+def test_reported_errors_are_one_line_with_the_tables_code() -> None:
+    failed = reported(psycopg.OperationalError("connection failed\n\tIs the server running?"))
+    assert isinstance(failed, CommandFailed)
+    assert (failed.exit_code, failed.format_message()) == (1, "connection failed")
+    bad = reported(InvalidJobError("kind must match ..."))
+    assert isinstance(bad, InputError) and bad.exit_code == 2
+    skew = reported(ClockSkewTooLarge("clock off by 9 s"))
+    assert skew is not None and skew.exit_code == EXIT_CLOCK_SKEW
+    assert reported(ValueError("a bug")) is None
     assert error_line("job 7 not found") == "error: job 7 not found"
 
 

@@ -1,0 +1,25 @@
+"""The `broker` command line: one-line errors on stderr and non-zero exit codes.
+
+Commands live by area (_admin, _enqueue, _jobs, _views); how every one of them fails is
+decided once, in _errors (with the codes of broker._exits)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from broker.cli import _admin, _enqueue, _jobs, _views
+from broker.cli._errors import EXIT_CODES_HELP, BrokerGroup
+
+
+@click.group(cls=BrokerGroup, epilog=EXIT_CODES_HELP)
+@click.version_option(package_name="pg-broker")
+def main() -> None:
+    """pg-broker: a job broker that lives entirely in PostgreSQL."""
+    # The pool logs every failed connection attempt; the CLI reports one line instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+
+
+for command in (*_admin.COMMANDS, *_enqueue.COMMANDS, *_jobs.COMMANDS, *_views.COMMANDS):
+    main.add_command(command)
