@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from broker import errors
 from broker._exits import (
     EXIT_BAD_INPUT,
     EXIT_CLOCK_SKEW,
@@ -15,15 +16,6 @@ from broker._exits import (
 )
 from broker._jobfile import JobFileError
 from broker.cli._errors import CommandFailed, InputError, reported
-from broker.errors import (
-    ConfigError,
-    DatabaseUnavailable,
-    IdempotencyConflict,
-    InvalidJobError,
-    InvalidTransition,
-    JobNotFound,
-    first_line,
-)
 from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
 
 
@@ -32,13 +24,13 @@ from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
     [
         (WorkerIdInUse("id in use"), EXIT_ID_IN_USE),
         (ClockSkewTooLarge("skew"), EXIT_CLOCK_SKEW),
-        (InvalidJobError("bad kind"), EXIT_BAD_INPUT),
+        (errors.InvalidJobError("bad kind"), EXIT_BAD_INPUT),
         (JobFileError("stdin", 2, "not valid JSON"), EXIT_BAD_INPUT),
-        (JobNotFound(7), EXIT_FAILED),
-        (InvalidTransition(7, "succeeded", "cancel"), EXIT_FAILED),
-        (IdempotencyConflict("k"), EXIT_FAILED),
-        (DatabaseUnavailable("down"), EXIT_FAILED),
-        (ConfigError("BROKER_LEASE_TTL must be a number"), EXIT_FAILED),
+        (errors.JobNotFound(7), EXIT_FAILED),
+        (errors.InvalidTransition(7, "succeeded", "cancel"), EXIT_FAILED),
+        (errors.IdempotencyConflict("k"), EXIT_FAILED),
+        (errors.DatabaseUnavailable("down"), EXIT_FAILED),
+        (errors.ConfigError("BROKER_LEASE_TTL must be a number"), EXIT_FAILED),
         (psycopg.OperationalError("connection refused"), EXIT_FAILED),
         (ValueError("a bug"), None),
         (KeyboardInterrupt(), None),
@@ -57,7 +49,7 @@ def test_reported_errors_are_one_line_with_the_tables_code() -> None:
     failed = reported(psycopg.OperationalError("connection failed\n\tIs the server running?"))
     assert isinstance(failed, CommandFailed)
     assert (failed.exit_code, failed.format_message()) == (1, "connection failed")
-    bad = reported(InvalidJobError("kind must match ..."))
+    bad = reported(errors.InvalidJobError("kind must match ..."))
     assert isinstance(bad, InputError) and bad.exit_code == 2
     skew = reported(ClockSkewTooLarge("clock off by 9 s"))
     assert skew is not None and skew.exit_code == EXIT_CLOCK_SKEW
@@ -76,4 +68,4 @@ def test_reported_errors_are_one_line_with_the_tables_code() -> None:
     ],
 )
 def test_first_line(message: str, default: str | None, expected: str) -> None:
-    assert first_line(RuntimeError(message), default) == expected
+    assert errors.first_line(RuntimeError(message), default) == expected
