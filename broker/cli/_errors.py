@@ -37,7 +37,7 @@ class CommandFailed(click.ClickException):
         super().__init__(message)
         if code is not None:
             # click declares exit_code on the class; the table decides it per error.
-            self.exit_code = code  # type: ignore[misc]
+            self.exit_code = code  # type: ignore[misc, unused-ignore]  # ClassVar in click 8.5+
 
     def show(self, file: Any = None) -> None:
         click.echo(_error_line(self.format_message()), err=True)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from broker import _executor as executor
-from broker.errors import DatabaseUnavailable
+from broker.errors import DatabaseUnavailable, first_line
 from broker.lease import Statement
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class Connection:
             try:
                 self._conn = await connect(self.url, self.application_name)
             except psycopg.OperationalError as exc:
-                raise DatabaseUnavailable(_first_line(exc)) from exc
+                raise DatabaseUnavailable(first_line(exc)) from exc
         return self._conn
 
     async def run(self, stmt: Statement[T]) -> T:
@@ -103,7 +103,7 @@ class Connection:
             # connection-level failure (or a serialization failure, deadlock or timeout,
             # which a service retries the same way) it is never reused.
             await self.discard()
-            raise DatabaseUnavailable(f"{self.name}: {_first_line(exc)}") from exc
+            raise DatabaseUnavailable(f"{self.name}: {first_line(exc)}") from exc
         except asyncio.CancelledError:
             # The statement may still be running on the server: this connection's
             # protocol state is unknown, so it is never reused.
@@ -120,8 +120,3 @@ class Connection:
 
     async def close(self) -> None:
         await self.discard()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
