@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -202,6 +202,3 @@ class JobContext:
             self.cancel_reason = reason
         self._flag.set()
         self.cancelled.set()
-
-
-Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]

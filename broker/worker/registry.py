@@ -179,8 +179,3 @@ def stopped(worker_id: str) -> Statement[bool]:
     return Statement(
         "worker_stopped", {"worker_id": worker_id, "pid": os.getpid()}, lambda rows: bool(rows)
     )
-
-
-def ping() -> Statement[None]:
-    """A round trip that proves a connection is alive."""
-    return Statement("worker_ping", {}, lambda rows: None)

@@ -33,7 +33,7 @@ import psycopg
 
 from broker import lease
 from broker import spec as contract
-from broker.config import DEFAULT_LEASE_TTL, Settings
+from broker.config import Settings
 from broker.errors import BrokerError, DatabaseUnavailable, InvalidJobError
 from broker.lease import Failure, Finish
 from broker.pruner import PrunerConfig, run_pruner
@@ -93,7 +93,7 @@ class WorkerConfig:
 
     @property
     def lease_ttl(self) -> float:
-        return self.settings.lease_ttl if self.settings else DEFAULT_LEASE_TTL
+        return self.settings.lease_ttl
 
     @property
     def heartbeat_every(self) -> float:
@@ -254,7 +254,7 @@ class Worker:
         reading = registry.skew_from(db_time, sent, registry.now())
         self._check_skew(reading.skew, starting=True)
         existing = await self._beats.run(registry.get(self.worker_id, self.config.lease_ttl))
-        if existing is not None and existing.live and existing.hostname != _hostname():
+        if existing is not None and existing.live and existing.hostname != socket.gethostname():
             raise registry.WorkerIdInUse(
                 f"worker id {self.worker_id} is live on host {existing.hostname} "
                 f"(pid {existing.pid}); is this state directory shared?"
@@ -268,7 +268,7 @@ class Worker:
                 self.config.concurrency,
                 self.config.version,
                 self._skew,
-                {"kinds": sorted(_kinds())},
+                {"kinds": sorted(registered())},
             )
         )
 
@@ -572,11 +572,3 @@ class Worker:
 def _describe(exc: BaseException) -> str:
     text = "".join(traceback.format_exception(exc))
     return text if len(text) <= MAX_ERROR_CHARS else text[-MAX_ERROR_CHARS:]
-
-
-def _hostname() -> str:
-    return socket.gethostname()
-
-
-def _kinds() -> list[str]:
-    return list(registered())
