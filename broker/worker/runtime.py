@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import socket
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,13 +33,14 @@ import psycopg
 from broker import lease
 from broker import spec as contract
 from broker.config import Settings
-from broker.errors import BrokerError, DatabaseUnavailable, InvalidJobError
-from broker.lease import Failure, Finish
+from broker.errors import BrokerError, DatabaseUnavailable
+from broker.lease import Finish
 from broker.pruner import PrunerConfig, run_pruner
-from broker.task import Fail, JobContext, Retry, Task, get_task, registered
+from broker.task import JobContext, Task, get_task, registered
 from broker.types import Lease, WriteOutcome
-from broker.worker import registry
+from broker.worker import _executor, registry
 from broker.worker._conn import Backoff, Connection
+from broker.worker._executor import STOP_CANCEL, STOP_LOST, STOP_SHUTDOWN, STOP_TIMEOUT
 from broker.worker.listener import Listener, ListenerConfig
 from broker.worker.reaper import Reaper, ReaperConfig
 from broker.worker.writer import OutcomeWriter, WriterConfig
@@ -52,14 +52,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 # After the grace period, released leases still need their release written.
 DEFAULT_FINAL_WRITE_TIMEOUT = 10.0
-MAX_ERROR_CHARS = 8000
 SERVICE_RESTART_DELAY = 1.0
-
-# Why a handler was stopped before it returned.
-STOP_CANCEL = "cancel requested"
-STOP_LOST = "lease lost"
-STOP_SHUTDOWN = "worker shutdown"
-STOP_TIMEOUT = "timeout"
 
 
 @dataclass(frozen=True)
@@ -393,7 +386,7 @@ class Worker:
         try:
             outcome = await self._invoke(held)
         except asyncio.CancelledError:
-            outcome = self._stopped_outcome(held)
+            outcome = _executor.stopped(held.lease, held.stop_reason)
         finally:
             held.finished = True
             self._active -= 1
@@ -403,25 +396,14 @@ class Worker:
         else:
             self.writer.submit(outcome)
 
-    def _stopped_outcome(self, held: _Held) -> Finish | None:
-        reason = held.stop_reason
-        if reason == STOP_CANCEL:
-            return lease.cancel_acked(held.lease, "cancelled while running")
-        if reason == STOP_SHUTDOWN:
-            return lease.released(held.lease)
-        # Lost lease (or a cancellation we did not ask for): someone else owns the job now.
-        return None
-
     async def _invoke(self, held: _Held) -> Finish:
         task, job = held.task, held.lease
         if task is None:
-            return lease.failed(
-                job, Failure(f"no task registered for kind {job.kind!r} on worker {self.worker_id}")
-            )
+            return _executor.outcome(task, job, worker_id=self.worker_id)
         kwargs: dict[str, Any] = dict(job.args)
         if task.wants_ctx:
             kwargs["ctx"] = held.ctx
-        timeout = job.timeout if job.timeout is not None else task.timeout
+        timeout = _executor.timeout_for(task, job)
         # A timer rather than asyncio.timeout(): the stop reason must be set before the
         # handler sees its cancellation, so it (and its ctx) can tell a timeout apart.
         timer = (
@@ -436,41 +418,16 @@ class Worker:
                     self._executor, contextvars.copy_context().run, call
                 )
         except asyncio.CancelledError:
-            if held.stop_reason == STOP_TIMEOUT:
-                return self._failure(held, f"timed out after {timeout}s", retryable=True)
+            if held.stop_reason == STOP_TIMEOUT and timeout is not None:
+                raised = _executor.TimedOut(timeout)
+                return _executor.outcome(task, job, raised=raised, worker_id=self.worker_id)
             raise
-        except Retry as exc:
-            # A task's own max_attempts caps retries it asks for, as it caps failures.
-            capped = task.max_attempts is not None and job.attempt >= task.max_attempts
-            reason = contract.storable_text(exc.reason)
-            return lease.failed(job, Failure(reason, not capped, exc.delay))
-        except Fail as exc:
-            reason = contract.storable_text(str(exc) or "Fail")
-            return lease.failed(job, Failure(reason, retryable=False))
         except Exception as exc:
-            return self._failure(held, _describe(exc), retryable=True)
+            return _executor.outcome(task, job, raised=exc, worker_id=self.worker_id)
         finally:
             if timer is not None:
                 timer.cancel()
-        try:
-            contract.encode_json(result, "result")
-        except InvalidJobError as exc:
-            # The same check the complete write makes, here so that one result the
-            # database cannot store fails its own job, not the batch it would be written in.
-            return lease.failed(job, Failure(str(exc), retryable=False))
-        return lease.completed(job, result)
-
-    def _failure(self, held: _Held, error: str, *, retryable: bool) -> Finish:
-        task, job = held.task, held.lease
-        delay: float | None = None
-        if task is not None:
-            if task.retry is False:
-                retryable = False
-            if task.max_attempts is not None and job.attempt >= task.max_attempts:
-                retryable = False
-            delay = task.retry_delay(job.attempt)
-        error = contract.storable_text(error)[:MAX_ERROR_CHARS]
-        return lease.failed(job, Failure(error, retryable, delay))
+        return _executor.outcome(task, job, result, worker_id=self.worker_id)
 
     # --- outcomes and lost leases --------------------------------------------------------
 
@@ -567,8 +524,3 @@ class Worker:
         while self._active:
             self._slot_free.clear()
             await self._slot_free.wait()
-
-
-def _describe(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception(exc))
-    return text if len(text) <= MAX_ERROR_CHARS else text[-MAX_ERROR_CHARS:]
