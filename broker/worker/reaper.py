@@ -11,12 +11,16 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from broker import lease
 from broker.errors import BrokerError
-from broker.worker._conn import Backoff, Connection
+from broker.worker._conn import Backoff
+
+if TYPE_CHECKING:
+    from broker.pruner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class ReaperConfig:
 class Reaper:
     """Runs `lease.reap` every interval on its own connection; never raises on DB errors."""
 
-    def __init__(self, conn: Connection, config: ReaperConfig | None = None) -> None:
+    def __init__(self, conn: Runner, config: ReaperConfig | None = None) -> None:
         self.conn = conn
         self.config = config or ReaperConfig()
         self.reaped = 0

@@ -5,29 +5,44 @@ directory (BROKER_STATE_DIR, default BROKER_HOME/state), so a restarted worker k
 its id. One live process per id: on one host an exclusive file lock proves it (the
 kernel drops the lock when a process dies, even by SIGKILL, so a restart is never
 refused by a crashed predecessor); across hosts (a copied state directory) the
-registry row's last_seen, in database time, does.
+registry row's last_seen, in database time, does. `Registration` is one process's
+life in the registry: identity, registering (with the clock-skew check), last_seen, stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import psycopg
 
+from broker import lease
 from broker.config import Settings
-from broker.errors import BrokerError
+from broker.errors import BrokerError, DatabaseUnavailable
 from broker.lease import Row, Statement
+from broker.task import registered
+from broker.worker._conn import Backoff
+
+if TYPE_CHECKING:
+    from broker.pruner import Runner
+
+log = logging.getLogger(__name__)
 
 STATE_SUBDIR = "state"
 HOST_ID_FILE = "host_id"
+# Marking the row stopped at exit must not hold up the exit when the database is away.
+UNREGISTER_TIMEOUT = 3.0
 
 
 class WorkerIdInUse(BrokerError):
@@ -122,11 +137,6 @@ def skew_from(db_time: datetime, sent: float, received: float) -> ClockReading:
     return ClockReading(db_time.timestamp() - local_mid, received - sent)
 
 
-def now() -> float:
-    """Local wall clock, the one being compared with the database's."""
-    return time.time()
-
-
 # --- statements --------------------------------------------------------------------------
 
 
@@ -179,3 +189,122 @@ def stopped(worker_id: str) -> Statement[bool]:
     return Statement(
         "worker_stopped", {"worker_id": worker_id, "pid": os.getpid()}, lambda rows: bool(rows)
     )
+
+
+# --- one process's registration ---------------------------------------------------------
+
+
+class Registration:
+    """This process's row in broker.workers: its worker id (held by a file lock), its
+    clock's skew against the database's, refreshed last_seen, and the stop mark.
+
+    `runner` is the connection statements go through (the worker's heartbeat one).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        settings: Settings,
+        *,
+        seq: int,
+        queues: Sequence[str],
+        concurrency: int,
+        version: str,
+        lease_ttl: float,
+        max_clock_skew: float | None,
+    ) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.seq = seq
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.version = version
+        self.lease_ttl = lease_ttl
+        self.max_clock_skew = max_clock_skew
+        self.worker_id = ""
+        self.skew: float | None = None
+        self._host_id: uuid.UUID | None = None
+        self._lock: IdentityLock | None = None
+
+    def take_identity(self) -> str:
+        """Load (or create) the host id and lock this seq's worker id; returns it.
+        Raises WorkerIdInUse when a live process on this host holds it."""
+        directory = state_dir(self.settings)
+        self._host_id = load_host_id(directory)
+        self.worker_id = worker_id_for(self._host_id, self.seq)
+        self._lock = IdentityLock(directory, self.seq)
+        self._lock.acquire(self.worker_id)
+        return self.worker_id
+
+    async def register(self, stopping: asyncio.Event) -> None:
+        """Measure the clock skew and upsert the row, retrying while the database is
+        unavailable (unless `stopping` is set). Raises WorkerIdInUse when the id is live on
+        another host, ClockSkewTooLarge beyond max_clock_skew."""
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                await self._register_once()
+                return
+            except DatabaseUnavailable as exc:
+                if stopping.is_set():
+                    raise
+                log.warning("cannot register worker (%s); retrying", exc)
+                await backoff.sleep()
+
+    async def _register_once(self) -> None:
+        assert self._host_id is not None, "take_identity() first"
+        sent = time.time()
+        db_time = await self.runner.run(lease.db_clock())
+        self._check_skew(skew_from(db_time, sent, time.time()).skew, starting=True)
+        existing = await self.runner.run(get(self.worker_id, self.lease_ttl))
+        if existing is not None and existing.live and existing.hostname != socket.gethostname():
+            raise WorkerIdInUse(
+                f"worker id {self.worker_id} is live on host {existing.hostname} "
+                f"(pid {existing.pid}); is this state directory shared?"
+            )
+        await self.runner.run(
+            register(
+                self.worker_id,
+                self._host_id,
+                self.seq,
+                self.queues,
+                self.concurrency,
+                self.version,
+                self.skew,
+                {"kinds": sorted(registered())},
+            )
+        )
+
+    async def seen(self) -> None:
+        """Refresh last_seen and measure the skew again (warning beyond the tolerance)."""
+        sent = time.time()
+        db_time = await self.runner.run(seen(self.worker_id, self.skew))
+        if db_time is not None:
+            self._check_skew(skew_from(db_time, sent, time.time()).skew)
+
+    def _check_skew(self, skew: float, *, starting: bool = False) -> None:
+        self.skew = skew
+        limit = self.max_clock_skew
+        if starting and limit is not None and abs(skew) > limit:
+            raise ClockSkewTooLarge(
+                f"clock differs from the database's by {skew:+.3f}s (limit {limit}s)"
+            )
+        if abs(skew) > self.settings.clock_skew_tolerance:
+            log.warning(
+                "clock differs from the database's by %+.3fs (tolerance %ss); leases use "
+                "the database clock, but timestamps in logs will disagree",
+                skew,
+                self.settings.clock_skew_tolerance,
+            )
+
+    async def unregister(self) -> None:
+        """Mark the row stopped; a failure is logged, never raised (the row then ages)."""
+        try:
+            await asyncio.wait_for(self.runner.run(stopped(self.worker_id)), UNREGISTER_TIMEOUT)
+        except (BrokerError, psycopg.Error, TimeoutError) as exc:
+            log.warning("could not mark the worker stopped: %s", exc)
+
+    def release(self) -> None:
+        """Give up the worker id's lock (the kernel does it too when the process dies)."""
+        if self._lock is not None:
+            self._lock.release()

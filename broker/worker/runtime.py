@@ -1,10 +1,11 @@
 """The worker runtime: claims jobs into free slots, runs their handlers, reports outcomes.
 
 One asyncio loop per process. Services, each on its own connection so a slow one never
-blocks another: the claim loop (here), the outcome writer (writer.py), heartbeats (here:
-one statement for every held lease, plus the registry's last_seen), the reaper
-(reaper.py) and the LISTEN connection (listener.py). Async handlers run on the loop,
-sync handlers in a thread pool sized to the concurrency.
+blocks another: the claim loop (here), the outcome writer (writer.py), heartbeats
+(heartbeat.py), the reaper (reaper.py) and the LISTEN connection (listener.py); identity
+and the registry row are registry.py's, and what a handler's return or exception means
+is _executor.py's. Async handlers run on the loop, sync handlers in a thread pool sized
+to the concurrency.
 
 Local rules that keep the database's fencing honest: a lease reported lost (by a
 heartbeat, or by a rejected write) stops its handler and its outcome is discarded; a
@@ -20,27 +21,26 @@ import contextlib
 import contextvars
 import functools
 import logging
-import os
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
 from broker import lease
 from broker import spec as contract
 from broker.config import Settings
-from broker.errors import BrokerError, DatabaseUnavailable
+from broker.errors import BrokerError
 from broker.lease import Finish
-from broker.pruner import PrunerConfig, run_pruner
-from broker.task import JobContext, Task, get_task, registered
+from broker.pruner import PrunerConfig, Runner, run_pruner
+from broker.task import JobContext, Task, get_task
 from broker.types import Lease, WriteOutcome
 from broker.worker import _executor, registry
 from broker.worker._conn import Backoff, Connection
 from broker.worker._executor import STOP_CANCEL, STOP_LOST, STOP_SHUTDOWN, STOP_TIMEOUT
+from broker.worker.heartbeat import Heartbeat, HeartbeatConfig
 from broker.worker.listener import Listener, ListenerConfig
 from broker.worker.reaper import Reaper, ReaperConfig
 from broker.worker.writer import OutcomeWriter, WriterConfig
@@ -66,7 +66,7 @@ class WorkerConfig:
     settings: Settings = field(default_factory=Settings)
     poll_interval: float = DEFAULT_POLL_INTERVAL
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
-    heartbeat_interval: float | None = None
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     max_clock_skew: float | None = None
     reaper: ReaperConfig = field(default_factory=ReaperConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
@@ -87,11 +87,6 @@ class WorkerConfig:
     @property
     def lease_ttl(self) -> float:
         return self.settings.lease_ttl
-
-    @property
-    def heartbeat_every(self) -> float:
-        """Heartbeats run three times per TTL so one late beat never loses a lease."""
-        return self.heartbeat_interval or self.lease_ttl / 3
 
 
 @dataclass(eq=False)
@@ -114,10 +109,27 @@ class _Held:
             self.handle.cancel()
 
 
-class Worker:
-    """One worker process's runtime. `await worker.run()` until `stop()` (or a signal)."""
+class ServiceConnection(Runner, Protocol):
+    """What each service runs its statements on (`_conn.Connection`, or a test's fake)."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    name: str
+    application_name: str
+
+    async def close(self) -> None: ...
+
+
+# Service name ("claim", "write", "heartbeat", "reaper") -> that service's connection.
+ConnectionFactory = Callable[[str], ServiceConnection]
+
+
+class Worker:
+    """One worker process's runtime. `await worker.run()` until `stop()` (or a signal).
+
+    `connect` opens each service's connection (default: a `_conn.Connection` to
+    config.database_url); a test passes fakes to drive the runtime without PostgreSQL.
+    """
+
+    def __init__(self, config: WorkerConfig, connect: ConnectionFactory | None = None) -> None:
         self.config = config
         self.settings = config.settings
         self.worker_id = ""
@@ -131,19 +143,39 @@ class Worker:
         self._executor = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="broker-task"
         )
-        self._skew: float | None = None
-        self._lock: registry.IdentityLock | None = None
-        url, schema = config.database_url, self.settings.schema
-        self._claims = Connection(url, schema, "claim")
-        self._writes = Connection(url, schema, "write")
-        self._beats = Connection(url, schema, "heartbeat")
-        self._reaps = Connection(url, schema, "reaper")
+        if connect is None:
+            connect = functools.partial(Connection, config.database_url, self.settings.schema)
+        self._claims = connect("claim")
+        self._writes = connect("write")
+        self._beats = connect("heartbeat")
+        self._reaps = connect("reaper")
         self.writer = OutcomeWriter(
             self._writes, self.settings.jobs_channel, self._written, config.writer
         )
         self.reaper = Reaper(self._reaps, config.reaper)
+        self.registration = registry.Registration(
+            self._beats,
+            self.settings,
+            seq=config.seq,
+            queues=config.queues,
+            concurrency=config.concurrency,
+            version=config.version,
+            lease_ttl=config.lease_ttl,
+            max_clock_skew=config.max_clock_skew,
+        )
+        self.heartbeat = Heartbeat(
+            self._beats,
+            self.registration,
+            config.lease_ttl,
+            config.heartbeat,
+            leases=self._unfinished_leases,
+            on_lost=self._lease_lost,
+            on_cancel=self._on_cancel,
+            supervisor_pid=config.supervisor_pid,
+            on_orphaned=self._orphaned,
+        )
         self.listener = Listener(
-            url,
+            config.database_url,
             self.settings,
             on_jobs=self._on_jobs,
             on_cancel=self._on_cancel,
@@ -180,7 +212,7 @@ class Worker:
         services = [
             asyncio.create_task(self._service("listener", self.listener.run)),
             asyncio.create_task(self._service("writer", self.writer.run)),
-            asyncio.create_task(self._service("heartbeat", self._heartbeat_loop)),
+            asyncio.create_task(self._service("heartbeat", self.heartbeat.run)),
             asyncio.create_task(self._service("reaper", self.reaper.run)),
         ]
         if self.config.pruner.enabled:
@@ -201,12 +233,11 @@ class Worker:
             for service in services:
                 service.cancel()
             await asyncio.gather(*services, return_exceptions=True)
-            await self._unregister()
+            await self.registration.unregister()
             for conn in (self._claims, self._writes, self._beats, self._reaps):
                 await conn.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
-            if self._lock is not None:
-                self._lock.release()
+            self.registration.release()
             log.info("worker %s stopped", self.worker_id)
 
     @staticmethod
@@ -222,69 +253,11 @@ class Worker:
                 await asyncio.sleep(SERVICE_RESTART_DELAY)
 
     async def _register(self) -> None:
-        directory = registry.state_dir(self.settings)
-        host_id = registry.load_host_id(directory)
-        self.worker_id = registry.worker_id_for(host_id, self.config.seq)
-        self._lock = registry.IdentityLock(directory, self.config.seq)
-        self._lock.acquire(self.worker_id)
+        self.worker_id = self.registration.take_identity()
         for conn in (self._claims, self._writes, self._beats, self._reaps):
             conn.application_name = f"broker {conn.name} {self.worker_id}"
         self.listener.application_name = f"broker listen {self.worker_id}"
-        backoff = Backoff(base=0.2, cap=5.0)
-        while True:
-            try:
-                await self._register_once(host_id)
-                return
-            except DatabaseUnavailable as exc:
-                if self._stopping.is_set():
-                    raise
-                log.warning("cannot register worker (%s); retrying", exc)
-                await backoff.sleep()
-
-    async def _register_once(self, host_id: Any) -> None:
-        sent = registry.now()
-        db_time = await self._beats.run(lease.db_clock())
-        reading = registry.skew_from(db_time, sent, registry.now())
-        self._check_skew(reading.skew, starting=True)
-        existing = await self._beats.run(registry.get(self.worker_id, self.config.lease_ttl))
-        if existing is not None and existing.live and existing.hostname != socket.gethostname():
-            raise registry.WorkerIdInUse(
-                f"worker id {self.worker_id} is live on host {existing.hostname} "
-                f"(pid {existing.pid}); is this state directory shared?"
-            )
-        await self._beats.run(
-            registry.register(
-                self.worker_id,
-                host_id,
-                self.config.seq,
-                list(self.config.queues),
-                self.config.concurrency,
-                self.config.version,
-                self._skew,
-                {"kinds": sorted(registered())},
-            )
-        )
-
-    def _check_skew(self, skew: float, *, starting: bool = False) -> None:
-        self._skew = skew
-        limit = self.config.max_clock_skew
-        if starting and limit is not None and abs(skew) > limit:
-            raise registry.ClockSkewTooLarge(
-                f"clock differs from the database's by {skew:+.3f}s (limit {limit}s)"
-            )
-        if abs(skew) > self.settings.clock_skew_tolerance:
-            log.warning(
-                "clock differs from the database's by %+.3fs (tolerance %ss); leases use "
-                "the database clock, but timestamps in logs will disagree",
-                skew,
-                self.settings.clock_skew_tolerance,
-            )
-
-    async def _unregister(self) -> None:
-        try:
-            await asyncio.wait_for(self._beats.run(registry.stopped(self.worker_id)), 3.0)
-        except (BrokerError, psycopg.Error, TimeoutError) as exc:
-            log.warning("could not mark the worker stopped: %s", exc)
+        await self.registration.register(self._stopping)
 
     # --- claims -------------------------------------------------------------------------
 
@@ -459,37 +432,19 @@ class Worker:
 
     # --- heartbeats ---------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        interval = self.config.heartbeat_every
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._heartbeat_once()
-                interval = self.config.heartbeat_every
-            except (BrokerError, psycopg.Error) as exc:
-                log.warning("heartbeat failed: %s", exc)
-                # Retry sooner: the leases keep running out meanwhile.
-                interval = min(1.0, self.config.heartbeat_every)
-
-    async def _heartbeat_once(self) -> None:
-        parent = self.config.supervisor_pid
-        if parent is not None and os.getppid() != parent and not self._stopping.is_set():
-            log.warning("supervisor %s is gone; stopping", parent)
-            self.stop()
+    def _unfinished_leases(self) -> list[Lease]:
         # Leases whose outcome is already being written are left out: the write ends them.
-        leases = [h.lease for h in self._held.values() if not h.finished]
-        if leases:
-            beat = await self._beats.run(lease.heartbeat(leases, self.config.lease_ttl))
-            for lost in beat.lost:
-                held = self._held.get(lost.job_id)
-                if held is not None and held.lease.epoch == lost.epoch and not held.finished:
-                    self._lost(held)
-            for wanted in beat.cancel_requested:
-                self._on_cancel(wanted.job_id)
-        sent = registry.now()
-        db_time = await self._beats.run(registry.seen(self.worker_id, self._skew))
-        if db_time is not None:
-            self._check_skew(registry.skew_from(db_time, sent, registry.now()).skew)
+        return [h.lease for h in self._held.values() if not h.finished]
+
+    def _lease_lost(self, lost: Lease) -> None:
+        held = self._held.get(lost.job_id)
+        if held is not None and held.lease.epoch == lost.epoch and not held.finished:
+            self._lost(held)
+
+    def _orphaned(self) -> None:
+        if not self._stopping.is_set():
+            log.warning("supervisor %s is gone; stopping", self.config.supervisor_pid)
+            self.stop()
 
     # --- shutdown -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -26,7 +27,10 @@ from broker import lease
 from broker.errors import BrokerError, DatabaseUnavailable
 from broker.lease import Finish
 from broker.types import Lease, WriteOutcome
-from broker.worker._conn import Backoff, Connection
+from broker.worker._conn import Backoff
+
+if TYPE_CHECKING:
+    from broker.pruner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class OutcomeWriter:
 
     def __init__(
         self,
-        conn: Connection,
+        conn: Runner,
         jobs_channel: str,
         on_written: OnWritten,
         config: WriterConfig | None = None,

@@ -1,0 +1,249 @@
+"""The worker's claim loop driven by fake connections, with no database: claims are sized
+to the free slots, a short batch claims again at once, only an empty claim means the
+queues are drained (sleep until a notification or the poll), and outcomes reach the
+writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from broker.config import Settings
+from broker.lease import Statement
+from broker.pruner import PrunerConfig
+from broker.task import task
+from broker.types import HeartbeatOutcome, Lease, WriteOutcome
+from broker.worker import Worker, WorkerConfig
+
+T = TypeVar("T")
+QUEUE = "unit"
+# Long enough that no test sees a claim the poll interval caused, unless it asks for one.
+NO_POLL = 60.0
+
+gates: dict[int, asyncio.Event] = {}
+
+
+@task("unit.claim_loop.wait")
+async def wait_for_gate(job: int) -> str:
+    await gates[job].wait()
+    return f"done {job}"
+
+
+class FakeDatabase:
+    """Answers every statement a worker sends; claims come from `batches`, then none."""
+
+    def __init__(self, batches: list[int]) -> None:
+        self.batches = list(batches)
+        self.statements: list[tuple[str, Statement[Any]]] = []
+        self.claim_limits: list[int] = []
+        self.finished: list[tuple[int, str]] = []
+        self.next_job = 1
+        self.connections: list[FakeConnection] = []
+        self._changed = asyncio.Event()
+
+    def connect(self, name: str) -> FakeConnection:
+        conn = FakeConnection(self, name)
+        self.connections.append(conn)
+        return conn
+
+    def answer(self, service: str, stmt: Statement[Any]) -> Any:
+        self.statements.append((service, stmt))
+        self._changed.set()
+        params = stmt.params
+        match stmt.query:
+            case "db_clock" | "worker_register":
+                return datetime.now(UTC)
+            case "worker_seen":
+                return datetime.now(UTC)
+            case "worker_get":
+                return None
+            case "worker_stopped":
+                return True
+            case "job_reap":
+                return []
+            case "job_claim":
+                self.claim_limits.append(params["limit"])
+                size = self.batches.pop(0) if self.batches else 0
+                assert size <= params["limit"], "claimed more than the free slots"
+                return [self._lease(params["worker_id"]) for _ in range(size)]
+            case "job_heartbeat_many":
+                return HeartbeatOutcome([], [], [])
+            case "job_finish_many":
+                ids, epochs = params["ids"], params["epochs"]
+                self.finished += list(zip(ids, params["outcomes"], strict=True))
+                return [WriteOutcome(i, e, True, None) for i, e in zip(ids, epochs, strict=True)]
+        raise AssertionError(f"unexpected statement {stmt.query}")
+
+    def _lease(self, worker_id: str) -> Lease:
+        job = self.next_job
+        self.next_job += 1
+        gates[job] = asyncio.Event()
+        return Lease(job, 1, QUEUE, "unit.claim_loop.wait", {"job": job}, 0, 1, 5, None, worker_id)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def quiet(self, seconds: float = 0.2) -> int:
+        """How many claims came during `seconds` of doing nothing."""
+        before = len(self.claim_limits)
+        await asyncio.sleep(seconds)
+        return len(self.claim_limits) - before
+
+
+class FakeConnection:
+    def __init__(self, db: FakeDatabase, name: str) -> None:
+        self.db = db
+        self.name = name
+        self.application_name = f"fake {name}"
+        self.closed = False
+
+    async def run(self, stmt: Statement[T]) -> T:
+        await asyncio.sleep(0)
+        result: T = self.db.answer(self.name, stmt)
+        return result
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class QuietListener:
+    """Stands in for the LISTEN connection; the tests call the worker's _on_jobs."""
+
+    application_name = ""
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+def claim_params(db: FakeDatabase, field: str) -> list[Any]:
+    return [stmt.params[field] for _, stmt in db.statements if stmt.query == "job_claim"]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path)
+
+
+def make_worker(db: FakeDatabase, settings: Settings, concurrency: int, **options: Any) -> Worker:
+    config = WorkerConfig(
+        database_url="postgresql://unused.invalid/none",
+        queues=(QUEUE,),
+        concurrency=concurrency,
+        settings=settings,
+        poll_interval=options.pop("poll_interval", NO_POLL),
+        pruner=PrunerConfig(interval=0),
+        **options,
+    )
+    worker = Worker(config, connect=db.connect)
+    worker.listener = QuietListener()  # type: ignore[assignment]
+    return worker
+
+
+def serve(worker: Worker, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run the worker while `scenario` plays, then stop it (and let every handler end)."""
+
+    async def main() -> None:
+        handle = asyncio.create_task(worker.run())
+        try:
+            await scenario()
+        finally:
+            worker.stop()
+            worker.stop()
+            for gate in gates.values():
+                gate.set()
+            await asyncio.wait_for(handle, 10)
+
+    asyncio.run(main())
+
+
+def release(*jobs: int) -> None:
+    for job in jobs:
+        gates[job].set()
+
+
+def test_claims_are_sized_to_the_free_slots(settings: Settings) -> None:
+    db = FakeDatabase([3])
+    worker = make_worker(db, settings, concurrency=3)
+
+    async def scenario() -> None:
+        await db.until(lambda: db.claim_limits == [3])
+        # Every slot is taken: no claim at all until one frees, however long.
+        assert await db.quiet() == 0
+        release(2)
+        await db.until(lambda: len(db.claim_limits) == 2)
+        assert db.claim_limits == [3, 1]
+        await db.until(lambda: db.finished == [(2, "complete")])
+
+    serve(worker, scenario)
+    assert worker.claimed == 3
+
+
+def test_a_short_batch_claims_again_at_once(settings: Settings) -> None:
+    # Other workers' locked rows make a batch short: that is no proof the queue is empty.
+    db = FakeDatabase([2, 1])
+    worker = make_worker(db, settings, concurrency=4)
+
+    async def scenario() -> None:
+        await db.until(lambda: len(db.claim_limits) == 3)
+        assert db.claim_limits == [4, 2, 1]
+        assert await db.quiet() == 0
+
+    serve(worker, scenario)
+
+
+def test_an_empty_claim_sleeps_until_a_notification_for_its_queues(settings: Settings) -> None:
+    db = FakeDatabase([])
+    worker = make_worker(db, settings, concurrency=2)
+
+    async def scenario() -> None:
+        await db.until(lambda: db.claim_limits == [2])
+        assert await db.quiet() == 0
+        worker._on_jobs("another queue")
+        assert await db.quiet() == 0
+        db.batches = [1]
+        worker._on_jobs(QUEUE)
+        await db.until(lambda: db.claim_limits == [2, 2, 1])
+        assert claim_params(db, "queues") == [[QUEUE]] * 3
+
+    serve(worker, scenario)
+
+
+def test_an_empty_claim_claims_again_after_the_poll_interval(settings: Settings) -> None:
+    db = FakeDatabase([])
+    worker = make_worker(db, settings, concurrency=2, poll_interval=0.05)
+
+    async def scenario() -> None:
+        await db.until(lambda: len(db.claim_limits) >= 4)
+
+    serve(worker, scenario)
+
+
+def test_outcomes_are_written_and_a_stop_hands_back_what_is_running(settings: Settings) -> None:
+    db = FakeDatabase([3])
+    worker = make_worker(db, settings, concurrency=3, shutdown_grace=0.0)
+
+    async def main() -> None:
+        handle = asyncio.create_task(worker.run())
+        await db.until(lambda: db.claim_limits == [3])
+        release(1)
+        await db.until(lambda: db.finished == [(1, "complete")] and len(db.claim_limits) == 2)
+        worker.stop()
+        await asyncio.wait_for(handle, 10)
+
+    asyncio.run(main())
+    assert sorted(db.finished) == [(1, "complete"), (2, "release"), (3, "release")]
+    # No claim after the stop; the registry row was marked stopped last; all closed.
+    assert db.claim_limits == [3, 1]
+    assert db.statements[-1][1].query == "worker_stopped"
+    by_service = {service for service, _ in db.statements}
+    assert {"claim", "write", "heartbeat"} <= by_service
+    assert {stmt.query for service, stmt in db.statements if service == "claim"} == {"job_claim"}
+    assert all(conn.closed for conn in db.connections)
