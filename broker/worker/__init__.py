@@ -8,6 +8,7 @@ reaper.py, registry.py (identity, registration, liveness, clock skew), superviso
 
 from __future__ import annotations
 
-from broker.worker.runtime import Worker, WorkerConfig
+from broker.worker.config import WorkerConfig
+from broker.worker.runtime import Worker
 
 __all__ = ["Worker", "WorkerConfig"]

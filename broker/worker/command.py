@@ -19,10 +19,22 @@ import click
 from broker._exits import EXIT_OK, error_line, exit_code
 from broker.config import Settings
 from broker.errors import BrokerError, first_line
+from broker.worker import reaper
+from broker.worker.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_PROCESSES,
+    DEFAULT_SEQ,
+    DEFAULT_SHUTDOWN_GRACE,
+    WorkerConfig,
+)
 
 log = logging.getLogger("broker.worker")
 
 THREAD_EXIT_GRACE = 2.0
+# Where the worker command keeps its own arguments (click's ctx.meta).
+ARGV = "broker.worker.argv"
 
 
 def _csv(value: str | None) -> list[str]:
@@ -39,7 +51,15 @@ def import_tasks(modules: list[str]) -> None:
         importlib.import_module(name)
 
 
-@click.command("worker")
+class _PassThrough(click.Command):
+    """Keeps the arguments it parsed, so a supervisor hands its children the same ones."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.command("worker", cls=_PassThrough)
 @click.option("--tasks", envvar="BROKER_TASKS", help="Task modules to import, comma-separated.")
 @click.option(
     "--queues",
@@ -50,7 +70,7 @@ def import_tasks(modules: list[str]) -> None:
     "--concurrency",
     envvar="BROKER_CONCURRENCY",
     type=click.IntRange(min=1),
-    default=10,
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
     help="Jobs run at once by each process.",
 )
@@ -58,7 +78,7 @@ def import_tasks(modules: list[str]) -> None:
     "--processes",
     envvar="BROKER_PROCESSES",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULT_PROCESSES,
     show_default=True,
     help="Worker processes to run under a supervisor that restarts dead ones.",
 )
@@ -66,7 +86,7 @@ def import_tasks(modules: list[str]) -> None:
     "--seq",
     envvar="BROKER_WORKER_SEQ",
     type=click.IntRange(min=0),
-    default=1,
+    default=DEFAULT_SEQ,
     show_default=True,
     help="This process's number on the host: worker_id is host_id:seq.",
 )
@@ -74,7 +94,7 @@ def import_tasks(modules: list[str]) -> None:
     "--poll-interval",
     envvar="BROKER_POLL_INTERVAL",
     type=click.FloatRange(min=0.001),
-    default=1.0,
+    default=DEFAULT_POLL_INTERVAL,
     show_default=True,
     help="Seconds between claims when no notification arrives.",
 )
@@ -82,7 +102,7 @@ def import_tasks(modules: list[str]) -> None:
     "--reap-interval",
     envvar="BROKER_REAP_INTERVAL",
     type=click.FloatRange(min=0.01),
-    default=2.0,
+    default=reaper.DEFAULT_INTERVAL,
     show_default=True,
     help="Seconds between runs of the in-process reaper.",
 )
@@ -90,7 +110,7 @@ def import_tasks(modules: list[str]) -> None:
     "--shutdown-grace",
     envvar="BROKER_SHUTDOWN_GRACE",
     type=click.FloatRange(min=0),
-    default=30.0,
+    default=DEFAULT_SHUTDOWN_GRACE,
     show_default=True,
     help="Seconds running jobs get to finish after SIGTERM before they are handed back.",
 )
@@ -104,11 +124,13 @@ def import_tasks(modules: list[str]) -> None:
 @click.option(
     "--log-level",
     envvar="BROKER_LOG_LEVEL",
-    default="INFO",
+    default=DEFAULT_LOG_LEVEL,
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.pass_context
 def worker(
+    ctx: click.Context,
     tasks: str | None,
     queues: str | None,
     concurrency: int,
@@ -135,19 +157,7 @@ def worker(
     if processes > 1:
         from broker.worker.supervisor import Supervisor
 
-        env = {
-            "BROKER_TASKS": ",".join(modules),
-            "BROKER_CONCURRENCY": str(concurrency),
-            "BROKER_POLL_INTERVAL": str(poll_interval),
-            "BROKER_REAP_INTERVAL": str(reap_interval),
-            "BROKER_SHUTDOWN_GRACE": str(shutdown_grace),
-            "BROKER_LOG_LEVEL": log_level,
-        }
-        if queues:
-            env["BROKER_QUEUES"] = queues
-        if max_clock_skew is not None:
-            env["BROKER_MAX_CLOCK_SKEW"] = str(max_clock_skew)
-        sys.exit(Supervisor(processes, env).run())
+        sys.exit(Supervisor(processes, ctx.meta[ARGV]).run())
 
     try:
         import_tasks(modules)
@@ -197,8 +207,7 @@ def _run_one(
     from broker.db import database_url
     from broker.pruner import PrunerConfig
     from broker.task import registered
-    from broker.worker.reaper import ReaperConfig
-    from broker.worker.runtime import Worker, WorkerConfig
+    from broker.worker.runtime import Worker
 
     if not queues:
         queues = sorted({t.queue for t in registered().values()}) or ["default"]
@@ -217,7 +226,7 @@ def _run_one(
             poll_interval=poll_interval,
             shutdown_grace=shutdown_grace,
             max_clock_skew=max_clock_skew,
-            reaper=ReaperConfig(interval=reap_interval),
+            reaper=reaper.ReaperConfig(interval=reap_interval),
             pruner=PrunerConfig.from_env(),
             version=pkg_version,
             supervisor_pid=_supervisor_pid(),

@@ -24,69 +24,32 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 
 from broker import lease
 from broker import spec as contract
-from broker.config import Settings
 from broker.errors import BrokerError
 from broker.lease import Finish
-from broker.pruner import PrunerConfig, Runner, run_pruner
+from broker.pruner import Runner, run_pruner
 from broker.task import JobContext, Task, get_task
 from broker.types import Lease, WriteOutcome
 from broker.worker import _executor, registry
 from broker.worker._conn import Backoff, Connection
 from broker.worker._executor import STOP_CANCEL, STOP_LOST, STOP_SHUTDOWN, STOP_TIMEOUT
-from broker.worker.heartbeat import Heartbeat, HeartbeatConfig
-from broker.worker.listener import Listener, ListenerConfig
-from broker.worker.reaper import Reaper, ReaperConfig
-from broker.worker.writer import OutcomeWriter, WriterConfig
+from broker.worker.config import WorkerConfig
+from broker.worker.heartbeat import Heartbeat
+from broker.worker.listener import Listener
+from broker.worker.reaper import Reaper
+from broker.worker.writer import OutcomeWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 10
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_SHUTDOWN_GRACE = 30.0
 # After the grace period, released leases still need their release written.
 DEFAULT_FINAL_WRITE_TIMEOUT = 10.0
 SERVICE_RESTART_DELAY = 1.0
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything a worker process needs; `settings` supplies schema, TTL, state dir."""
-
-    database_url: str
-    queues: tuple[str, ...]
-    concurrency: int = DEFAULT_CONCURRENCY
-    seq: int = 1
-    settings: Settings = field(default_factory=Settings)
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
-    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
-    max_clock_skew: float | None = None
-    reaper: ReaperConfig = field(default_factory=ReaperConfig)
-    pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    listener: ListenerConfig = field(default_factory=ListenerConfig)
-    writer: WriterConfig = field(default_factory=WriterConfig)
-    version: str = "0"
-    # Set by the supervisor: a worker whose supervisor is gone stops (and drains).
-    supervisor_pid: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if not self.queues:
-            raise ValueError("a worker needs at least one queue")
-        if self.seq < 0:
-            raise ValueError("seq must not be negative")
-
-    @property
-    def lease_ttl(self) -> float:
-        return self.settings.lease_ttl
 
 
 @dataclass(eq=False)

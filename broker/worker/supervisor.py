@@ -1,7 +1,8 @@
 """`broker worker --processes N`: run N worker processes (seq 1..N), restart any that dies.
 
-Python runs one core per process, so N processes use N cores. Children get their
-options through BROKER_* variables; SIGTERM/SIGINT are forwarded (a second one too,
+Python runs one core per process, so N processes use N cores. Children get the
+supervisor's own arguments and environment, with `--processes 1 --seq N` appended (the
+last value of an option wins); SIGTERM/SIGINT are forwarded (a second one too,
 which makes the children hand their jobs back at once). A child that keeps dying soon
 after starting is restarted with a growing delay, so a broken deployment does not spin.
 """
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -40,26 +41,24 @@ class _Child:
 class Supervisor:
     """Starts and watches the worker processes; `run()` returns the exit code."""
 
-    def __init__(self, processes: int, env: Mapping[str, str]) -> None:
+    def __init__(self, processes: int, argv: Sequence[str]) -> None:
+        """`argv`: the worker command's arguments, which every child runs with."""
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self.children = [_Child(seq) for seq in range(1, processes + 1)]
-        self.env = dict(env)
+        self.argv = list(argv)
         self._signals = 0
 
+    def command(self, seq: int) -> list[str]:
+        """The command line of child `seq`: one process, numbered `seq`."""
+        own = ["--processes", "1", "--seq", str(seq)]
+        return [sys.executable, "-m", "broker.worker", *self.argv, *own]
+
     def _spawn(self, child: _Child) -> None:
-        env = {
-            **os.environ,
-            **self.env,
-            "BROKER_WORKER_SEQ": str(child.seq),
-            "BROKER_PROCESSES": "1",
-            "BROKER_SUPERVISOR_PID": str(os.getpid()),
-        }
+        env = {**os.environ, "BROKER_SUPERVISOR_PID": str(os.getpid())}
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor only,
         # which forwards it once (a second copy would mean "hand back at once").
-        child.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.worker"], env=env, process_group=0
-        )
+        child.proc = subprocess.Popen(self.command(child.seq), env=env, process_group=0)
         child.started = time.monotonic()
         log.info("started worker seq %d (pid %d)", child.seq, child.proc.pid)
 
