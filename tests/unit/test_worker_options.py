@@ -8,17 +8,8 @@ import sys
 import click
 import pytest
 
-from broker.worker import reaper
+from broker.worker import config, reaper
 from broker.worker.command import ARGV, worker
-from broker.worker.config import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_LOG_LEVEL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_PROCESSES,
-    DEFAULT_SEQ,
-    DEFAULT_SHUTDOWN_GRACE,
-    WorkerConfig,
-)
 from broker.worker.supervisor import Supervisor
 
 
@@ -32,20 +23,20 @@ def test_the_options_default_to_the_named_constants(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("BROKER_REAP_INTERVAL", raising=False)
     monkeypatch.delenv("BROKER_LOG_LEVEL", raising=False)
     params = parsed([]).params
-    assert params["concurrency"] == DEFAULT_CONCURRENCY
-    assert params["processes"] == DEFAULT_PROCESSES
-    assert params["seq"] == DEFAULT_SEQ
-    assert params["poll_interval"] == DEFAULT_POLL_INTERVAL
+    assert params["concurrency"] == config.DEFAULT_CONCURRENCY
+    assert params["processes"] == config.DEFAULT_PROCESSES
+    assert params["seq"] == config.DEFAULT_SEQ
+    assert params["poll_interval"] == config.DEFAULT_POLL_INTERVAL
     assert params["reap_interval"] == reaper.DEFAULT_INTERVAL
-    assert params["shutdown_grace"] == DEFAULT_SHUTDOWN_GRACE
-    assert params["log_level"] == DEFAULT_LOG_LEVEL
-    config = WorkerConfig(database_url="postgresql://x", queues=("q",))
-    assert (config.concurrency, config.seq) == (DEFAULT_CONCURRENCY, DEFAULT_SEQ)
-    assert (config.poll_interval, config.shutdown_grace) == (
-        DEFAULT_POLL_INTERVAL,
-        DEFAULT_SHUTDOWN_GRACE,
+    assert params["shutdown_grace"] == config.DEFAULT_SHUTDOWN_GRACE
+    assert params["log_level"] == config.DEFAULT_LOG_LEVEL
+    built = config.WorkerConfig(database_url="postgresql://x", queues=("q",))
+    assert (built.concurrency, built.seq) == (config.DEFAULT_CONCURRENCY, config.DEFAULT_SEQ)
+    assert (built.poll_interval, built.shutdown_grace) == (
+        config.DEFAULT_POLL_INTERVAL,
+        config.DEFAULT_SHUTDOWN_GRACE,
     )
-    assert config.reaper.interval == reaper.DEFAULT_INTERVAL
+    assert built.reaper.interval == reaper.DEFAULT_INTERVAL
 
 
 def test_the_command_keeps_the_arguments_it_parsed() -> None:
