@@ -3,7 +3,7 @@
 `Worker` (runtime.py) is the asyncio runtime; the services it runs each live in their
 own module: listener.py (LISTEN wake-ups), writer.py (batched outcomes), heartbeat.py,
 reaper.py, registry.py (identity, registration, liveness, clock skew), supervisor.py
-(`--processes N`); _executor.py decides what a handler's result or exception means.
+(`--processes N`); _outcome.py decides what a handler's result or exception means.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One asyncio loop per process. Services, each on its own connection so a slow one
 blocks another: the claim loop (here), the outcome writer (writer.py), heartbeats
 (heartbeat.py), the reaper (reaper.py) and the LISTEN connection (listener.py); identity
 and the registry row are registry.py's, and what a handler's return or exception means
-is _executor.py's. Async handlers run on the loop, sync handlers in a thread pool sized
+is _outcome.py's. Async handlers run on the loop, sync handlers in a thread pool sized
 to the concurrency.
 
 Local rules that keep the database's fencing honest: a lease reported lost (by a
@@ -35,10 +35,9 @@ from broker.errors import BrokerError
 from broker.lease import Finish
 from broker.pruner import Runner, run_pruner
 from broker.task import JobContext, Task, get_task
-from broker.types import Lease, WriteOutcome
-from broker.worker import _executor, registry
+from broker.types import Lease, StopReason, WriteOutcome
+from broker.worker import _outcome, registry
 from broker.worker._conn import Backoff, Connection
-from broker.worker._executor import STOP_CANCEL, STOP_LOST, STOP_SHUTDOWN, STOP_TIMEOUT
 from broker.worker.config import WorkerConfig
 from broker.worker.heartbeat import Heartbeat
 from broker.worker.listener import Listener
@@ -60,10 +59,10 @@ class _Held:
     task: Task | None
     ctx: JobContext
     handle: asyncio.Task[None] | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     finished: bool = False
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.finished or self.stop_reason is not None:
             return
         self.stop_reason = reason
@@ -103,7 +102,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._executor = ThreadPoolExecutor(
+        self._threads = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="broker-task"
         )
         if connect is None:
@@ -199,7 +198,7 @@ class Worker:
             await self.registration.unregister()
             for conn in (self._claims, self._writes, self._beats, self._reaps):
                 await conn.close()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown(wait=False, cancel_futures=True)
             self.registration.release()
             log.info("worker %s stopped", self.worker_id)
 
@@ -285,7 +284,7 @@ class Worker:
         held = self._held.get(job_id)
         if held is not None:
             log.info("job %s: cancel requested", job_id)
-            held.stop(STOP_CANCEL)
+            held.stop(StopReason.CANCEL)
 
     # --- running handlers ---------------------------------------------------------------
 
@@ -322,7 +321,7 @@ class Worker:
         try:
             outcome = await self._invoke(held)
         except asyncio.CancelledError:
-            outcome = _executor.stopped(held.lease, held.stop_reason)
+            outcome = _outcome.stopped(held.lease, held.stop_reason)
         finally:
             held.finished = True
             self._active -= 1
@@ -335,15 +334,17 @@ class Worker:
     async def _invoke(self, held: _Held) -> Finish:
         task, job = held.task, held.lease
         if task is None:
-            return _executor.outcome(task, job, worker_id=self.worker_id)
+            return _outcome.outcome(task, job, worker_id=self.worker_id)
         kwargs: dict[str, Any] = dict(job.args)
         if task.wants_ctx:
             kwargs["ctx"] = held.ctx
-        timeout = _executor.timeout_for(task, job)
+        timeout = _outcome.timeout_for(task, job)
         # A timer rather than asyncio.timeout(): the stop reason must be set before the
         # handler sees its cancellation, so it (and its ctx) can tell a timeout apart.
         timer = (
-            self._loop.call_later(timeout, held.stop, STOP_TIMEOUT) if timeout is not None else None
+            self._loop.call_later(timeout, held.stop, StopReason.TIMEOUT)
+            if timeout is not None
+            else None
         )
         try:
             if task.is_async:
@@ -351,19 +352,19 @@ class Worker:
             else:
                 call = functools.partial(task.fn, **kwargs)
                 result = await self._loop.run_in_executor(
-                    self._executor, contextvars.copy_context().run, call
+                    self._threads, contextvars.copy_context().run, call
                 )
         except asyncio.CancelledError:
-            if held.stop_reason == STOP_TIMEOUT and timeout is not None:
-                raised = _executor.TimedOut(timeout)
-                return _executor.outcome(task, job, raised=raised, worker_id=self.worker_id)
+            if held.stop_reason == StopReason.TIMEOUT and timeout is not None:
+                raised = _outcome.TimedOut(timeout)
+                return _outcome.outcome(task, job, raised=raised, worker_id=self.worker_id)
             raise
         except Exception as exc:
-            return _executor.outcome(task, job, raised=exc, worker_id=self.worker_id)
+            return _outcome.outcome(task, job, raised=exc, worker_id=self.worker_id)
         finally:
             if timer is not None:
                 timer.cancel()
-        return _executor.outcome(task, job, result, worker_id=self.worker_id)
+        return _outcome.outcome(task, job, result, worker_id=self.worker_id)
 
     # --- outcomes and lost leases --------------------------------------------------------
 
@@ -391,7 +392,7 @@ class Worker:
         )
         self.writer.forget(held.lease.job_id, held.lease.epoch)
         self._drop(held)
-        held.stop(STOP_LOST)
+        held.stop(StopReason.LOST)
 
     # --- heartbeats ---------------------------------------------------------------------
 
@@ -427,7 +428,7 @@ class Worker:
         if unfinished:
             log.info("handing back %d unfinished job(s)", len(unfinished))
             for held in unfinished:
-                held.stop(STOP_SHUTDOWN)
+                held.stop(StopReason.SHUTDOWN)
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=DEFAULT_FINAL_WRITE_TIMEOUT)
         try:

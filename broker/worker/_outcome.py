@@ -1,10 +1,11 @@
-"""What a handler's run means for its job: the pure half of the executor (no I/O, no loop).
+"""What a handler's run means for its job: the worker executor's pure half (no I/O).
 
 The runtime invokes a handler and hands what came back (a result, or the exception it
 raised) to `outcome`, which decides which fenced write ends the attempt: completed,
 failed and retried per the task's policy, or failed for good. `stopped` decides the same
 for a handler the worker stopped before it returned. Every retry rule of a task
-(Retry, Fail, timeouts, its max_attempts and retry policy) has its home here.
+(Retry, Fail, timeouts, its max_attempts and retry policy) has its home here. (Statements
+themselves run in broker/_executor.py, which is a different thing.)
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ from broker import spec as contract
 from broker.errors import InvalidJobError
 from broker.lease import Failure, Finish
 from broker.task import Fail, Retry, Task
-from broker.types import Lease
+from broker.types import Lease, StopReason
 
 # Longest error text stored for one attempt; a traceback keeps its end (the raise site).
 MAX_ERROR_CHARS = 8000
-
-# Why a handler was stopped before it returned.
-STOP_CANCEL = "cancel requested"
-STOP_LOST = "lease lost"
-STOP_SHUTDOWN = "worker shutdown"
-STOP_TIMEOUT = "timeout"
 
 
 class TimedOut(Exception):
@@ -81,12 +76,12 @@ def outcome(
     return lease.completed(held, result)
 
 
-def stopped(held: Lease, reason: str | None) -> Finish | None:
+def stopped(held: Lease, reason: StopReason | None) -> Finish | None:
     """The write for a handler stopped before it returned; None when the job is no longer
     ours (lease lost, or a cancellation the worker did not ask for)."""
-    if reason == STOP_CANCEL:
+    if reason is StopReason.CANCEL:
         return lease.cancel_acked(held, "cancelled while running")
-    if reason == STOP_SHUTDOWN:
+    if reason is StopReason.SHUTDOWN:
         return lease.released(held)
     return None
 

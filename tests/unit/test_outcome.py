@@ -1,5 +1,5 @@
-"""The executor's decisions: what a handler's result or exception means for its job, with
-no database and no event loop (broker.worker._executor)."""
+"""The worker executor's decisions: what a handler's result or exception means for its job, with
+no database and no event loop (broker.worker._outcome)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ import pytest
 from broker import lease
 from broker.lease import Failure
 from broker.task import Fail, Retry, Task
-from broker.types import Lease
-from broker.worker import _executor
-from broker.worker._executor import (
+from broker.types import Lease, StopReason
+from broker.worker import _outcome
+from broker.worker._outcome import (
     MAX_ERROR_CHARS,
-    STOP_CANCEL,
-    STOP_LOST,
-    STOP_SHUTDOWN,
-    STOP_TIMEOUT,
     TimedOut,
     outcome,
     stopped,
@@ -143,14 +139,14 @@ def test_the_jobs_timeout_wins_over_the_tasks() -> None:
 
 def test_a_stopped_handler_acks_a_cancel_releases_at_shutdown_and_drops_a_lost_lease() -> None:
     job = held()
-    assert stopped(job, STOP_CANCEL) == lease.cancel_acked(job, "cancelled while running")
-    assert stopped(job, STOP_SHUTDOWN) == lease.released(job)
-    assert stopped(job, STOP_LOST) is None
+    assert stopped(job, StopReason.CANCEL) == lease.cancel_acked(job, "cancelled while running")
+    assert stopped(job, StopReason.SHUTDOWN) == lease.released(job)
+    assert stopped(job, StopReason.LOST) is None
     # A cancellation the worker did not ask for: someone else owns the job now.
     assert stopped(job, None) is None
-    assert stopped(job, STOP_TIMEOUT) is None
+    assert stopped(job, StopReason.TIMEOUT) is None
 
 
-def test_the_executor_does_no_io() -> None:
+def test_the_decisions_do_no_io() -> None:
     # Its imports are the decision's inputs and outputs only.
-    assert not {"asyncio", "psycopg"} & set(vars(_executor))
+    assert not {"asyncio", "psycopg"} & set(vars(_outcome))
