@@ -246,6 +246,10 @@ def _retry_delay(delay: float | None) -> float | None:
     return min(max(float(delay), 0.0), float(MAX_DURATION_SECONDS))
 
 
+# The statement's per-row arrays, in the order _finish_row returns them.
+_FINISH_COLUMNS = ("outcomes", "results", "errors", "retryable", "delays")
+
+
 def _finish_row(row: Finish) -> tuple[str, str, str | None, bool | None, float | None]:
     """(outcome, result JSON, error, retryable, delay) of one row, as the statement reads it."""
     match row:
@@ -266,20 +270,10 @@ def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]
     """End attempts (completed, failed, cancel_acked, released) in one fenced statement,
     under each caller's epoch only; `channel` wakes workers for jobs runnable at once."""
     leases = [row.lease for row in rows]
-    outcomes, results, errors, retryable, delays = (
-        (list(column) for column in zip(*map(_finish_row, rows), strict=True))
-        if rows
-        else ([], [], [], [], [])
-    )
-    params = {
-        **_fence(leases),
-        "outcomes": outcomes,
-        "results": results,
-        "errors": errors,
-        "retryable": retryable,
-        "delays": delays,
-        "channel": channel,
-    }
+    values = [_finish_row(row) for row in rows]
+    params: dict[str, Any] = {**_fence(leases), "channel": channel}
+    for i, column in enumerate(_FINISH_COLUMNS):
+        params[column] = [v[i] for v in values]
     return Statement("job_finish_many", params, _outcomes(leases))
 
 
