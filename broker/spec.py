@@ -15,8 +15,10 @@ run_at or delay (not both), run_at's range, and that args is JSON the database c
 
 Text PostgreSQL cannot store is refused in every string that reaches it (args keys and
 values, names, tags, keys, results, errors, log lines): NUL (U+0000) and lone surrogates.
-JSON values nest at most MAX_JSON_DEPTH deep, far inside what Python's decoder (bounded by
-the recursion limit, 1,000 frames) reads back, so a worker can always decode what was let in.
+JSON values nest at most MAX_JSON_DEPTH deep, far inside what Python's decoder reads back, so
+a worker can always decode what was let in. A stored value nested deeper than MAX_READ_DEPTH
+(only a hand-written INSERT can store one) reads as UnreadableJSON, on every Python: the
+decoder's own limit moves with the version (3.11 stops near 1,000 levels, 3.13 near 10,000).
 
 This module imports nothing heavy (no SQLAlchemy, no psycopg): the CLI and broker.schema
 import it.
@@ -53,6 +55,7 @@ MAX_DURATION_YEARS = 100
 MAX_DURATION_SECONDS = int(MAX_DURATION_YEARS * 365.25 * 86400)  # 3,155,760,000
 # Deepest nesting of a JSON value (args, result), counting the value itself: args `{}` is 1.
 MAX_JSON_DEPTH = 64
+MAX_READ_DEPTH = 512
 # A day of margin at both ends of the calendar: PostgreSQL returns a timestamp in the
 # session's time zone, and 9999-12-31T23:00Z is already year 10000 east of UTC, which
 # Python cannot read back.
@@ -350,13 +353,19 @@ def encode_json(value: Any, what: str) -> bytes:
         raise InvalidJobError(f"{what} must not contain NUL (\\u0000)")
     # Nesting N deep takes N pairs of brackets; most values are too short or have too few
     # to be measured at all.
-    if (
-        len(data) > 2 * MAX_JSON_DEPTH
-        and data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH
-        and _nesting(data) > MAX_JSON_DEPTH
-    ):
+    if _deeper_than(data, MAX_JSON_DEPTH):
         raise InvalidJobError(_too_deep(what))
     return data
+
+
+def _deeper_than(data: bytes, limit: int) -> bool:
+    """Whether the JSON text `data` nests deeper than `limit`. Nesting N deep takes N pairs
+    of brackets, so most values are too short or have too few to be measured at all."""
+    return (
+        len(data) > 2 * limit
+        and data.count(b"[") + data.count(b"{") > limit
+        and _nesting(data, limit) > limit
+    )
 
 
 def _too_deep(what: str) -> str:
@@ -380,8 +389,8 @@ def _has_nul(data: bytes) -> bool:
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _nesting(data: bytes) -> int:
-    """How deep the JSON text `data` nests (stops counting past MAX_JSON_DEPTH).
+def _nesting(data: bytes, limit: int) -> int:
+    """How deep the JSON text `data` nests (stops counting past `limit`).
 
     Strings are cut out (exactly: a string holding brackets must count for nothing) and
     everything but brackets dropped; then each pass removes the innermost pairs, so there
@@ -392,7 +401,7 @@ def _nesting(data: bytes) -> int:
     unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
     skeleton = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
     depth = 0
-    while skeleton and depth <= MAX_JSON_DEPTH:
+    while skeleton and depth <= limit:
         # Innermost pairs become a mark first, so a pair they enclose is not removed in
         # the same pass.
         skeleton = skeleton.replace(b"[]", b"x").replace(b"{}", b"x").replace(b"x", b"")
@@ -401,18 +410,23 @@ def _nesting(data: bytes) -> int:
 
 
 class UnreadableJSON(dict[str, str]):
-    """A stored JSON value this process cannot decode (nested deeper than Python's decoder
-    allows; only a hand-written INSERT can store one). It reads as a one-key object saying
-    so, so listings still show the job; a worker fails such a job instead of running it."""
+    """A stored JSON value the broker does not decode: nested deeper than MAX_READ_DEPTH
+    (only a hand-written INSERT can store one). It reads as a one-key object saying so, so
+    listings still show the job; a worker fails such a job instead of running it."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(unreadable=f"JSON nested too deeply for Python to decode ({size} bytes)")
+        super().__init__(
+            unreadable=f"JSON nested deeper than {MAX_READ_DEPTH} levels ({size} bytes)"
+        )
 
 
-def load_json(data: str | bytes) -> Any:
-    """Decode JSON read from the database; a value too deep to decode is UnreadableJSON
-    (the loader broker connections register, so one row never fails a whole result)."""
+def load_json(data: bytes) -> Any:
+    """Decode JSON read from the database; a value nested deeper than MAX_READ_DEPTH is
+    UnreadableJSON (the loader broker connections register, so one row never fails a
+    whole result, and the verdict does not depend on the Python version)."""
+    if _deeper_than(data, MAX_READ_DEPTH):
+        return UnreadableJSON(len(data))
     try:
         return msgspec.json.decode(data)
-    except RecursionError:
+    except RecursionError:  # a decoder stopping short of MAX_READ_DEPTH; none known does
         return UnreadableJSON(len(data))
