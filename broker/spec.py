@@ -420,12 +420,13 @@ class UnreadableJSON(dict[str, str]):
         )
 
 
-def load_json(data: bytes) -> Any:
+def load_json(data: str | bytes) -> Any:
     """Decode JSON read from the database; a value nested deeper than MAX_READ_DEPTH is
     UnreadableJSON (the loader broker connections register, so one row never fails a
     whole result, and the verdict does not depend on the Python version)."""
-    if _deeper_than(data, MAX_READ_DEPTH):
-        return UnreadableJSON(len(data))
+    raw = data.encode() if isinstance(data, str) else data  # psycopg passes bytes
+    if _deeper_than(raw, MAX_READ_DEPTH):
+        return UnreadableJSON(len(raw))
     try:
         return msgspec.json.decode(data)
     except RecursionError:  # a decoder stopping short of MAX_READ_DEPTH; none known does
