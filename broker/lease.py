@@ -246,35 +246,46 @@ def _retry_delay(delay: float | None) -> float | None:
     return min(max(float(delay), 0.0), float(MAX_DURATION_SECONDS))
 
 
-# The statement's per-row arrays, in the order _finish_row returns them.
-_FINISH_COLUMNS = ("outcomes", "results", "errors", "retryable", "delays")
+def _result_json(result: Any) -> str:
+    return "null" if result is None else contract.encode_json(result, "result").decode()
 
 
-def _finish_row(row: Finish) -> tuple[str, str, str | None, bool | None, float | None]:
-    """(outcome, result JSON, error, retryable, delay) of one row, as the statement reads it."""
+def _ending(row: Finish) -> tuple[str, str | None, bool | None, float | None]:
+    """(outcome, error, retryable, delay) of a row other than a completion."""
     match row:
-        case Completed(result=result):
-            return "complete", contract.encode_json(result, "result").decode(), None, None, None
         case Failed(failure=f):
             contract.check_text(f.error, "error")
-            return "fail", "null", f.error, f.retryable, _retry_delay(f.delay)
+            return "fail", f.error, f.retryable, _retry_delay(f.delay)
         case CancelAcked(reason=reason):
             contract.check_text(reason, "reason")
-            return "cancel", "null", reason, None, None
+            return "cancel", reason, None, None
         case Released():
-            return "release", "null", None, None, None
+            return "release", None, None, None
     raise TypeError(f"not a finish row: {row!r}")
 
 
 def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]]:
     """End attempts (completed, failed, cancel_acked, released) in one fenced statement,
-    under each caller's epoch only; `channel` wakes workers for jobs runnable at once."""
-    leases = [row.lease for row in rows]
-    values = [_finish_row(row) for row in rows]
-    params: dict[str, Any] = {**_fence(leases), "channel": channel}
-    for i, column in enumerate(_FINISH_COLUMNS):
-        params[column] = [v[i] for v in values]
-    return Statement("job_finish_many", params, _outcomes(leases))
+    under each caller's epoch only; `channel` wakes workers for jobs runnable at once.
+
+    Completions, the common row, send only (id, epoch, result): the other rows go first
+    and the outcome columns cover only them, so unnest() pads them with NULL for the
+    completions after (job_finish_many reads a NULL outcome as complete). Four mostly-NULL
+    arrays of a full batch cost 8% of the statement (decision 010)."""
+    others = [row for row in rows if type(row) is not Completed]
+    completions = [row for row in rows if type(row) is Completed]
+    endings = [_ending(row) for row in others]
+    ordered = [*others, *completions]
+    params: dict[str, Any] = {
+        **_fence([row.lease for row in ordered]),
+        "channel": channel,
+        "results": ["null"] * len(others) + [_result_json(row.result) for row in completions],
+        "outcomes": [e[0] for e in endings],
+        "errors": [e[1] for e in endings],
+        "retryable": [e[2] for e in endings],
+        "delays": [e[3] for e in endings],
+    }
+    return Statement("job_finish_many", params, _outcomes([row.lease for row in rows]))
 
 
 def append_logs(lines: Sequence[tuple[Held, str]]) -> Statement[int]:

@@ -76,42 +76,50 @@ SELECT id, state, cancel_requested FROM applied;
 
 -- name: job_finish_many
 -- Every way a lease holder ends its attempt, in one fenced statement: `outcome` per row is
--- complete, fail, cancel or release (broker.lease.completed/failed/cancel_acked/released).
--- finish_state() decides the next state once for all of them (a requested cancel wins
--- over a retry or a release; a failure retries while attempts remain and it is
--- retryable). Results arrive as JSON texts ('null' for none) so they unnest with the ids.
+-- NULL for a completion, else fail, cancel or release (broker.lease.completed/failed/
+-- cancel_acked/released). finish_state() decides the next state once for the rest (a
+-- requested cancel wins over a retry or a release; a failure retries while attempts
+-- remain and it is retryable). Results arrive as JSON texts ('null' for none) so they
+-- unnest with the ids.
+-- Completions are most rows, so they cost least: broker.lease.finish sends the other rows
+-- first and the outcome columns cover only those; unnest() pads the shorter arrays with
+-- NULL, and each CASE tests for the NULL outcome first (decision 010 has the figures).
 -- The fence has the heartbeat's shape (see there): unnest() directly in UPDATE ... FROM.
 WITH applied AS (
     UPDATE {schema}.jobs j
-    SET state = {schema}.finish_state(d.outcome, d.retryable, j.cancel_requested_at IS NOT NULL,
-                                      j.attempts, j.max_attempts),
-        result = CASE WHEN d.outcome = 'complete' THEN nullif(d.result::jsonb, 'null'::jsonb)
+    SET state = CASE WHEN d.outcome IS NULL THEN 'succeeded'
+                     ELSE {schema}.finish_state(d.outcome, d.retryable,
+                                                j.cancel_requested_at IS NOT NULL,
+                                                j.attempts, j.max_attempts) END,
+        result = CASE WHEN d.outcome IS NULL THEN nullif(d.result::jsonb, 'null'::jsonb)
                       ELSE j.result END,
         last_error = CASE WHEN d.outcome IN ('fail', 'cancel') THEN d.error ELSE j.last_error END,
         attempts = CASE WHEN d.outcome = 'release' THEN greatest(j.attempts - 1, 0)
                         ELSE j.attempts END,
-        run_at = CASE WHEN d.outcome = 'release' THEN now()
+        run_at = CASE WHEN d.outcome IS NULL THEN j.run_at
+                      WHEN d.outcome = 'release' THEN now()
                       WHEN {schema}.finish_state(d.outcome, d.retryable,
                                                  j.cancel_requested_at IS NOT NULL,
                                                  j.attempts, j.max_attempts) <> 'queued'
                         THEN j.run_at
                       ELSE now() + coalesce(make_interval(secs => d.delay),
                                             {schema}.retry_backoff(j.attempts)) END,
-        finished_at = CASE WHEN {schema}.finish_state(d.outcome, d.retryable,
+        finished_at = CASE WHEN d.outcome IS NULL THEN now()
+                           WHEN {schema}.finish_state(d.outcome, d.retryable,
                                                       j.cancel_requested_at IS NOT NULL,
                                                       j.attempts, j.max_attempts) <> 'queued'
                            THEN now() END,
         lease_expires_at = NULL
-    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(outcomes)s::text[],
-                %(results)s::text[], %(errors)s::text[], %(retryable)s::bool[],
+    FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(results)s::text[],
+                %(outcomes)s::text[], %(errors)s::text[], %(retryable)s::bool[],
                 %(delays)s::float8[])
-         AS d(id, epoch, outcome, result, error, retryable, delay)
+         AS d(id, epoch, result, outcome, error, retryable, delay)
     WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
     RETURNING j.id, j.lease_epoch, j.state, j.queue, j.attempts, j.run_at, d.outcome, d.error
 ), ev AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
     SELECT id,
-           CASE WHEN state <> 'queued' THEN state
+           CASE WHEN outcome IS NULL OR state <> 'queued' THEN state
                 WHEN outcome = 'fail' THEN 'attempt_failed' ELSE 'released' END,
            lease_epoch, %(worker_id)s,
            CASE WHEN outcome = 'fail' THEN
@@ -123,7 +131,8 @@ WITH applied AS (
 ), rejected AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
     SELECT d.id, 'stale_write_rejected', d.epoch, %(worker_id)s,
-           jsonb_build_object('write', d.outcome, 'state', j.state, 'lease_epoch', j.lease_epoch)
+           jsonb_build_object('write', coalesce(d.outcome, 'complete'), 'state', j.state,
+                              'lease_epoch', j.lease_epoch)
     FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(outcomes)s::text[])
          AS d(id, epoch, outcome)
     JOIN {schema}.jobs j ON j.id = d.id

@@ -75,7 +75,12 @@ class FakeDatabase:
                 return HeartbeatOutcome([], [], [])
             case "job_finish_many":
                 ids, epochs = params["ids"], params["epochs"]
-                self.finished += list(zip(ids, params["outcomes"], strict=True))
+                # The outcome column covers the rows before the completions (lease.finish).
+                outcomes = [
+                    *params["outcomes"],
+                    *["complete"] * (len(ids) - len(params["outcomes"])),
+                ]
+                self.finished += list(zip(ids, outcomes, strict=True))
                 return [WriteOutcome(i, e, True, None) for i, e in zip(ids, epochs, strict=True)]
         raise AssertionError(f"unexpected statement {stmt.query}")
 
