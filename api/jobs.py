@@ -31,7 +31,6 @@ from api.schemas import (
     JobIn,
     JobOut,
     JobPage,
-    JobState,
     LogLineOut,
     LogPage,
     LogsIn,
@@ -50,7 +49,7 @@ from broker.spec import (
     TAG_MAX_LENGTH,
     TAG_PATTERN,
 )
-from broker.types import TERMINAL_STATES, Fence
+from broker.types import TERMINAL_STATES, Fence, JobState
 
 MAX_ID = MAX_BIGINT
 FOLLOW_POLL_SECONDS = 0.25

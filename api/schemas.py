@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from broker.inspection import MAX_PAGE_SIZE
 from broker.spec import JobSpec, QueueName
-from broker.types import Job, JobEvent, LogLine
+from broker.types import Job, JobEvent, JobState, LogLine
 
 # Everything a submitter sends is the job spec of broker.spec (its fields, bounds and
 # rules, the same at every door); what follows is the worker protocol and the answers.
@@ -21,7 +21,6 @@ LeaseTtl = Annotated[float, Meta(ge=1, le=3600)]
 # floats, and 2**63 - 1 would be published as 2**63, a value the API then refuses.
 MAX_BIGINT = 2**53
 Epoch = Annotated[int, Meta(ge=0, le=MAX_BIGINT)]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_BATCH = 5000
 MAX_ERROR_LENGTH = 10_000
 

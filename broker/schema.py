@@ -41,6 +41,9 @@ EVENT_KINDS = (
     "retried",
     "stale_write_rejected",
     "released",
+    "snoozed",
+    "expired",
+    "dependency_failed",
 )
 
 
@@ -89,9 +92,15 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Column("finished_at", _tstz()),
         Column("cancel_requested_at", _tstz()),
         Column("timeout", Interval),
+        # Scheduling and flow control (migration 0007).
+        Column("group", Text),
+        Column("concurrency_key", Text),
+        Column("deadline", _tstz()),
+        Column("snoozes", Integer, nullable=False, server_default=text("0")),
         _states_check("state", JOB_STATES, "jobs_state_check"),
         CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_check"),
         CheckConstraint("attempts >= 0", name="jobs_attempts_check"),
+        CheckConstraint("snoozes >= 0", name="jobs_snoozes_check"),
         CheckConstraint(
             "length(kind) BETWEEN 1 AND 200 AND kind !~ '[^A-Za-z0-9_.:-]'",
             name="jobs_kind_check",
