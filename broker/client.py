@@ -20,6 +20,7 @@ from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_
 from broker.errors import DatabaseUnavailable, JobNotFound
 from broker.lease import Failure, Statement
 from broker.spec import DEFAULT_QUEUE, JobSpec
+from broker.task import get_task
 from broker.types import (
     Enqueued,
     H,
@@ -53,6 +54,7 @@ def _unreachable(url: str, timeout: float) -> str:
 def _spec(
     kind: str,
     args: dict[str, Any] | None,
+    queue: str | None,
     delay: float | timedelta | None,
     timeout: float | timedelta | None,
     **options: Any,
@@ -60,10 +62,20 @@ def _spec(
     return JobSpec(
         kind,
         args if args is not None else {},
+        queue=declared_queue(kind) if queue is None else queue,
         delay=contract.seconds(delay, "delay"),
         timeout=contract.seconds(timeout, "timeout"),
         **options,
     )
+
+
+def declared_queue(kind: str) -> str:
+    """Where a job of `kind` goes when its enqueuer names no queue: the queue its task
+    declares (`@task(queue=...)`) if this process registered the task, else the default
+    queue. Only this process's registry counts: the REST API and the CLI import no task
+    code, so their jobs go to the queue the request names, or `default`."""
+    declared = get_task(kind)
+    return declared.queue if declared is not None else DEFAULT_QUEUE
 
 
 class _Base:
@@ -131,7 +143,7 @@ class Broker(_Base):
         kind: str,
         args: dict[str, Any] | None = None,
         *,
-        queue: str = DEFAULT_QUEUE,
+        queue: str | None = None,
         priority: int = 0,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
@@ -142,7 +154,9 @@ class Broker(_Base):
         tags: Sequence[str] = (),
         conn: psycopg.Connection[Any] | None = None,
     ) -> Enqueued:
-        """Enqueue one job. Raises InvalidJobError or IdempotencyConflict."""
+        """Enqueue one job. Raises InvalidJobError or IdempotencyConflict. With no `queue`,
+        the job goes to its task's declared queue if this process registered the task
+        (`declared_queue`), else to `default`."""
         spec = _spec(
             kind,
             args,
@@ -327,7 +341,7 @@ class AsyncBroker(_Base):
         kind: str,
         args: dict[str, Any] | None = None,
         *,
-        queue: str = DEFAULT_QUEUE,
+        queue: str | None = None,
         priority: int = 0,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
