@@ -53,6 +53,9 @@ from broker.types import TERMINAL_STATES, Fence, JobState
 
 MAX_ID = MAX_BIGINT
 FOLLOW_POLL_SECONDS = 0.25
+# GET /v1/jobs/{id}?wait= holds a request open at most this long (a proxy's idle timeout
+# is often 60 s); Python callers of Broker.wait may wait longer.
+MAX_API_WAIT_SECONDS = 60.0
 REPLAY_HEADER = "Idempotent-Replayed"
 
 
@@ -180,11 +183,20 @@ class JobsController(Controller):
         guards=[require("submit")],
         responses=responses(400, 401, 403, 404, 503),
         summary="Get a job",
+        description="With `wait=SECONDS` (at most "
+        f"{MAX_API_WAIT_SECONDS:g}) the answer comes when the job is terminal (succeeded, "
+        "failed, cancelled) or when the wait ends, whichever is first; the job is returned "
+        "as it is then. Woken by the database's NOTIFY, not by polling.",
     )
     async def read(
-        self, request: Request[Any, Any, Any], job_id: JobId, client: BrokerClient
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        client: BrokerClient,
+        wait: Annotated[float | None, QueryParameter(ge=0, le=MAX_API_WAIT_SECONDS)] = None,
     ) -> JobOut:
-        return JobOut.of(await client.get_job(job_id), principal(request).key_prefix)
+        job = await (client.wait(job_id, wait) if wait else client.get_job(job_id))
+        return JobOut.of(job, principal(request).key_prefix)
 
     @get(
         "/",

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -14,14 +16,15 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import _copy as copy
 from broker import _executor as executor
-from broker import lease
+from broker import lease, waiting
 from broker import spec as contract
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
-from broker.errors import DatabaseUnavailable, JobNotFound
+from broker.errors import ConfigError, DatabaseUnavailable, JobNotFound
 from broker.lease import Failure, Statement
 from broker.spec import DEFAULT_QUEUE, JobSpec
 from broker.task import get_task
 from broker.types import (
+    TERMINAL_STATES,
     Enqueued,
     H,
     HeartbeatOutcome,
@@ -33,6 +36,7 @@ from broker.types import (
     Reaped,
     WriteOutcome,
 )
+from broker.waiting import MAX_WAIT_SECONDS
 
 T = TypeVar("T")
 
@@ -69,6 +73,19 @@ def _spec(
     )
 
 
+def _url_of(pool: ConnectionPool[Any] | AsyncConnectionPool[Any]) -> str:
+    """The pool's connection string, for a connection of its own (a wait's LISTEN)."""
+    conninfo = pool.conninfo
+    if not isinstance(conninfo, str):
+        raise ConfigError("wait() needs a pool opened with a connection string")
+    return conninfo
+
+
+def _check_wait(timeout: float) -> None:
+    if not (isinstance(timeout, int | float) and 0 <= timeout <= MAX_WAIT_SECONDS):
+        raise ValueError(f"wait timeout must be 0-{MAX_WAIT_SECONDS:g} seconds, got {timeout!r}")
+
+
 def declared_queue(kind: str) -> str:
     """Where a job of `kind` goes when its enqueuer names no queue: the queue its task
     declares (`@task(queue=...)`) if this process registered the task, else the default
@@ -79,6 +96,9 @@ def declared_queue(kind: str) -> str:
 
 
 class _Base:
+    # How often a wait re-reads its job in case a notification was lost (broker.waiting).
+    wait_sweep: float = waiting.DEFAULT_SWEEP_SECONDS
+
     def __init__(self, schema: str, lease_ttl: float) -> None:
         self.schema = validate_schema(schema)
         self.settings = Settings(schema=schema, lease_ttl=lease_ttl)
@@ -268,6 +288,22 @@ class Broker(_Base):
         """Requeue a failed/cancelled job. Raises JobNotFound or InvalidTransition."""
         return self.run(lease.retry(job_id))
 
+    def wait(self, job_id: int, timeout: float) -> Job:
+        """The job once it is terminal (succeeded, failed, cancelled), or as it is after
+        `timeout` seconds. Woken by NOTIFY on a connection of its own (broker.waiting),
+        so the pool is not held while waiting. Raises JobNotFound."""
+        _check_wait(timeout)
+        with psycopg.connect(_url_of(self.pool), autocommit=True) as conn:
+            executor.configure(conn)
+
+            def finished() -> bool:
+                return self.get_job(job_id).state in TERMINAL_STATES
+
+            waiting.wait_for_job(
+                conn, self.settings, job_id, timeout, finished, sweep=self.wait_sweep
+            )
+        return self.get_job(job_id)
+
     def get_job(self, job_id: int) -> Job:
         """The job with this id. Raises JobNotFound."""
         found = self.run(lease.get_jobs([job_id]))
@@ -297,6 +333,7 @@ class AsyncBroker(_Base):
     ) -> None:
         super().__init__(schema, lease_ttl)
         self.pool = pool
+        self._waiters: waiting.Waiters | None = None
 
     @classmethod
     async def connect(
@@ -321,6 +358,8 @@ class AsyncBroker(_Base):
         return cls(pool, schema=schema, lease_ttl=lease_ttl)
 
     async def close(self) -> None:
+        if self._waiters is not None:
+            await self._waiters.close()
         await self.pool.close()
 
     async def __aenter__(self) -> Self:
@@ -450,6 +489,30 @@ class AsyncBroker(_Base):
 
     async def retry(self, job_id: int) -> str:
         return await self.run(lease.retry(job_id))
+
+    async def wait(self, job_id: int, timeout: float) -> Job:
+        """The job once it is terminal, or as it is after `timeout` seconds. Every wait of
+        this client shares one LISTEN connection (broker.waiting.Waiters). Raises
+        JobNotFound."""
+        _check_wait(timeout)
+        if self._waiters is None:
+            self._waiters = waiting.Waiters(
+                self._listen_connection, self.settings, sweep=self.wait_sweep
+            )
+        async with self._waiters.watching(job_id) as done:
+            job = await self.get_job(job_id)
+            if job.state in TERMINAL_STATES:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+        return await self.get_job(job_id)
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(
+            _url_of(self.pool), autocommit=True, application_name="broker waiters"
+        )
+        executor.configure(conn)
+        return conn
 
     async def get_job(self, job_id: int) -> Job:
         found = await self.run(lease.get_jobs([job_id]))

@@ -83,3 +83,9 @@ class Settings:
     def cancel_channel(self) -> str:
         """NOTIFY channel asking workers to cancel a running job; the payload is its id."""
         return f"{self.schema}_cancel"
+
+    @property
+    def done_channel(self) -> str:
+        """NOTIFY channel announcing jobs that reached a terminal state; the payload is
+        their ids, comma-separated (broker.waiting)."""
+        return f"{self.schema}_done"

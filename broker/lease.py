@@ -329,6 +329,11 @@ def get_jobs(ids: Sequence[int]) -> Statement[list[Job]]:
     return Statement("job_get", {"ids": list(ids)}, lambda rows: [Job(*r) for r in rows])
 
 
+def finished_among(ids: Sequence[int]) -> Statement[set[int]]:
+    """Which of `ids` are in a terminal state (the waiters' sweep, broker.waiting)."""
+    return Statement("job_finished_among", {"ids": list(ids)}, lambda rows: {r[0] for r in rows})
+
+
 def events(job_id: int, after: int = 0, limit: int = 1000) -> Statement[list[JobEvent]]:
     """A job's events with id > after, oldest first."""
     return Statement(

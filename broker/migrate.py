@@ -81,4 +81,6 @@ def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
 
     text = resources.files("broker.sql").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     s = validate_schema(schema)
-    return text.format(s=s, jobs_channel=f"{s}_jobs", cancel_channel=f"{s}_cancel")
+    return text.format(
+        s=s, jobs_channel=f"{s}_jobs", cancel_channel=f"{s}_cancel", done_channel=f"{s}_done"
+    )

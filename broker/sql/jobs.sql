@@ -201,3 +201,22 @@ COPY {schema}.job_events (job_id, event) FROM STDIN (FORMAT BINARY);
 
 -- name: job_notify_queues
 SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: job_wait_listen
+-- The waiters' channel (<schema>_done, as Settings names it): every transition into a
+-- terminal state notifies it with the job ids (broker.jobs' statement trigger, migration
+-- 0011). Built on the server for the reason worker_listen gives.
+DO $$
+BEGIN
+    EXECUTE 'LISTEN ' || quote_ident((parse_ident('{schema}'))[1] || '_done');
+END
+$$;
+
+-- name: job_wait_unlisten
+UNLISTEN *;
+
+-- name: job_finished_among
+-- Which of the waited-for jobs have ended (the waiters' sweep, in case a notification
+-- was missed while their connection was down).
+SELECT id FROM {schema}.jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('succeeded', 'failed', 'cancelled');

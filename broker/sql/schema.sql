@@ -6,7 +6,8 @@
 -- asserts the two are the same. Change a definition here and in a new migration together.
 --
 -- Rendered with str.format: `{s}` is the schema (a validated plain identifier),
--- `{jobs_channel}` / `{cancel_channel}` the NOTIFY channels; literal braces are doubled.
+-- `{jobs_channel}` / `{cancel_channel}` / `{done_channel}` the NOTIFY channels; literal braces
+-- are doubled.
 -- This file is not a named-query file: broker._queries skips it.
 
 -- Exponential backoff with 0-25% jitter, capped at one hour: 1 s, 2 s, 4 s, ...
@@ -496,3 +497,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ELSE 'failed'
   END
 $$;
+
+-- Waiters (broker.waiting) are woken by NOTIFY: every statement that ends jobs notifies
+-- `<schema>_done` with their ids, at most 300 per payload (migration 0011).
+CREATE FUNCTION {s}.notify_done() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
+  FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows
+        WHERE state IN ('succeeded', 'failed', 'cancelled')) ended
+  GROUP BY chunk;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_done_notify AFTER UPDATE ON {s}.jobs
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_done();

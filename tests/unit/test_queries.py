@@ -127,6 +127,7 @@ def _one_of_each_statement() -> list[lease.Statement[Any]]:
         lease.cancel(1),
         lease.retry(1),
         lease.get_jobs([1]),
+        lease.finished_among([1]),
         lease.events(1),
         lease.logs(1),
         lease.db_clock(),

@@ -1,0 +1,181 @@
+"""Waiting for a job's outcome, woken by NOTIFY.
+
+Every transition into a terminal state notifies the channel `<schema>_done` with the job
+ids, comma-separated (a statement trigger on broker.jobs, so every writer does: the
+finish statement, the reaper, cancel_job(), a dependency cascade, an operator's SQL).
+
+`Waiters` serves any number of waits in one async process (the API, an AsyncBroker) from
+one LISTEN connection: a wait registers its job id before it reads the job, so a
+notification sent after the read is never missed; the connection's own notifications
+wake the waits of their ids. When nobody waits the connection idles (a ping per
+`sweep` seconds); while somebody waits, each `sweep` seconds one query checks every
+waited id, which bounds the delay a lost notification (the LISTEN connection dropped
+and reconnected) can cause. `wait_for_job` is the same for one synchronous caller, on a
+connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from broker import _executor as executor
+from broker import lease
+from broker._queries import queries
+from broker.config import Settings
+
+log = logging.getLogger("broker.waiting")
+
+# The longest one Broker.wait / AsyncBroker.wait call may wait (the API allows less).
+MAX_WAIT_SECONDS = 86_400.0
+# A waited-for job's end is noticed within this long even if its notification was lost.
+DEFAULT_SWEEP_SECONDS = 2.0
+# How long the LISTEN connection may take to open or answer before it is replaced.
+CONNECT_TIMEOUT = 5.0
+
+
+def parse_ids(payload: str) -> list[int]:
+    """The job ids of one `<schema>_done` notification (anything else is skipped)."""
+    ids: list[int] = []
+    for part in payload.split(","):
+        with contextlib.suppress(ValueError):
+            ids.append(int(part))
+    return ids
+
+
+class Waiters:
+    """Waits for jobs to end, for one async process, on one LISTEN connection.
+
+    `connect` opens an autocommit connection (the caller's pool settings, keepalives);
+    the connection is opened on the first wait and reopened after a failure."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        settings: Settings,
+        sweep: float = DEFAULT_SWEEP_SECONDS,
+    ) -> None:
+        self._connect = connect
+        self._settings = settings
+        self._sweep = sweep
+        self._queries = queries(settings.schema)
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def watching(self, job_id: int) -> AsyncIterator[asyncio.Future[None]]:
+        """Register interest in `job_id`: the future resolves when the job ends. Read the
+        job inside the block: a notification sent after the registration is not missed."""
+        await self._started()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job_id, []).append(done)
+        try:
+            yield done
+        finally:
+            futures = self._waiting.get(job_id, [])
+            if done in futures:
+                futures.remove(done)
+            if not futures:
+                self._waiting.pop(job_id, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many waits are registered (for tests and metrics)."""
+        return sum(len(f) for f in self._waiting.values())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for futures in self._waiting.values():
+            for done in futures:
+                if not done.done():
+                    done.cancel()
+        self._waiting.clear()
+
+    async def _started(self) -> None:
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._ready), name="broker waiters")
+        assert self._ready is not None
+        # Until the first LISTEN holds, a wait relies on the sweep; do not start it blind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), CONNECT_TIMEOUT)
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        delay = 0.05
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+                await self._listen(conn, ready)
+                delay = 0.05
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                log.warning("waiters' connection lost: %s", str(exc).strip() or type(exc))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 1.0)
+            ready.set()  # waits go on under the sweep while the connection is replaced
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any], ready: asyncio.Event) -> None:
+        await conn.execute(self._queries["job_wait_listen"])
+        ready.set()
+        # Anything that ended while the connection was down is found now.
+        await self._check(conn)
+        while True:
+            async for notify in conn.notifies(timeout=self._sweep):
+                if notify.channel == self._settings.done_channel:
+                    self._wake(parse_ids(notify.payload))
+            await asyncio.wait_for(self._check(conn), CONNECT_TIMEOUT)
+
+    async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The sweep: one query for every waited id (a ping when nobody waits)."""
+        if not self._waiting:
+            await conn.execute("SELECT 1")
+            return
+        ended = await executor.arun(conn, lease.finished_among(list(self._waiting)))
+        self._wake(ended)
+
+    def _wake(self, ids: Any) -> None:
+        for job_id in ids:
+            for done in self._waiting.get(job_id, ()):
+                if not done.done():
+                    done.set_result(None)
+
+
+def wait_for_job(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    job_id: int,
+    timeout: float,
+    is_finished: Callable[[], bool],
+    sweep: float = DEFAULT_SWEEP_SECONDS,
+) -> None:
+    """Return when `is_finished()` or after `timeout` seconds, on `conn` (autocommit, the
+    caller's own): LISTEN first, then check, then wait for a notification of `job_id`,
+    checking again every `sweep` seconds. Leaves `conn` listening to nothing."""
+    rendered = queries(settings.schema)
+    conn.execute(rendered["job_wait_listen"])
+    try:
+        deadline = time.monotonic() + timeout
+        while not is_finished():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for notify in conn.notifies(timeout=min(left, sweep)):
+                if notify.channel == settings.done_channel and job_id in parse_ids(notify.payload):
+                    break
+    finally:
+        conn.execute(rendered["job_wait_unlisten"])
