@@ -111,9 +111,7 @@ def timing(cron: str | None, every: float | None, timezone: str | None = None) -
         if isinstance(every, bool) or not isinstance(every, int | float) or math.isnan(every):
             raise InvalidJobError("every must be a number of seconds")
         if not MIN_EVERY <= every <= MAX_EVERY:
-            raise InvalidJobError(
-                f"every must be between {MIN_EVERY:g} and {MAX_EVERY:g} seconds"
-            )
+            raise InvalidJobError(f"every must be between {MIN_EVERY:g} and {MAX_EVERY:g} seconds")
         return Timing(None, float(every), DEFAULT_TIMEZONE if timezone is None else _zone_name(tz))
     assert cron is not None
     if not isinstance(cron, str) or len(cron.split()) != CRON_FIELDS:
@@ -366,7 +364,7 @@ def claim_due(limit: int) -> Statement[list[Due]]:
     return Statement(
         "schedule_claim_due",
         {"limit": limit},
-        lambda rows: [Due(*r[:-1], now=_utc(r[-1])) for r in rows],
+        lambda rows: [Due(*r) for r in rows],
     )
 
 
@@ -428,13 +426,18 @@ def scheduler_pass(limit: int) -> Pass:
         try:
             when = timing(row.cron, row.every, row.timezone)
             upcoming = when.next_after(row.now)
-            ticks = [] if row.next_run_at is None else when.due(row.next_run_at, row.now, row.backfill)
+            ticks = []
+            if row.next_run_at is not None:
+                ticks = when.due(row.next_run_at, row.now, row.backfill)
             if row.last_tick is not None:
                 # Never a tick at or before the last one enqueued, even if the database
                 # clock went back (a failover): its key would name an existing job.
                 ticks = [t for t in ticks if t > row.last_tick]
+            key = row.name
             batch = [
-                JobSpec(row.kind, row.args, row.queue, row.priority, idempotency_key=tick_key(row.name, t))
+                JobSpec(
+                    row.kind, row.args, row.queue, row.priority, idempotency_key=tick_key(key, t)
+                )
                 for t in ticks
             ]
             for job in batch:
@@ -456,7 +459,8 @@ def scheduler_pass(limit: int) -> Pass:
         enqueued: list[Enqueued] = yield lease.enqueue_many(specs)
         for (index, tick), result in zip(owners, enqueued, strict=True):
             created += result.created
-            updates[index] = Advance(updates[index].name, updates[index].next_run_at, tick, result.job_id)
+            ran = updates[index]
+            updates[index] = Advance(ran.name, ran.next_run_at, tick, result.id)
     if updates:
         yield advance(updates)
     return PassResult(len(due), created, skipped, broken, len(due) == limit)
