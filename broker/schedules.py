@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import psycopg
 from cronsim import CronSim, CronSimError
+from msgspec import Meta
 
 from broker import lease
 from broker import spec as contract
@@ -121,7 +122,7 @@ def timing(cron: str | None, every: float | None, timezone: str | None = None) -
     zone = _zone(tz)
     try:
         CronSim(cron, datetime.now(UTC).astimezone(zone))
-    except (CronSimError, ValueError) as exc:
+    except Exception as exc:  # cronsim's CronSimError, or anything odd input trips
         raise InvalidJobError(f"invalid cron expression {cron!r}: {exc}") from None
     return Timing(" ".join(cron.split()), None, tz, zone)
 
@@ -170,19 +171,46 @@ def _utc(instant: datetime) -> datetime:
 # --- what a schedule is ---------------------------------------------------------------------
 
 
-class ScheduleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A schedule to create or replace. `paused` applies when it is created only; replacing
-    a schedule never pauses or resumes it."""
+ScheduleName = Annotated[
+    str, Meta(min_length=1, max_length=NAME_MAX_LENGTH, pattern=contract.NAME_PATTERN)
+]
+Cron = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="Five fields: minute hour day-of-month month day-of-week (cron syntax).",
+    ),
+]
+Every = Annotated[
+    float,
+    Meta(
+        ge=MIN_EVERY, le=MAX_EVERY, description="Seconds between ticks (multiples since the epoch)."
+    ),
+]
+TimeZone = Annotated[
+    str,
+    Meta(min_length=1, max_length=64, description="IANA time zone the cron fields are read in."),
+]
+Backfill = Annotated[
+    int,
+    Meta(ge=1, le=MAX_BACKFILL, description="How many missed ticks to enqueue after downtime."),
+]
 
-    name: str
-    kind: str
-    cron: str | None = None
-    every: float | None = None
-    timezone: str | None = None
-    args: Mapping[str, Any] = {}
-    queue: str = contract.DEFAULT_QUEUE
-    priority: int = 0
-    backfill: int = DEFAULT_BACKFILL
+
+class ScheduleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A schedule to create or replace: exactly one of cron or every. `paused` applies
+    when it is created only; replacing a schedule never pauses or resumes it."""
+
+    name: ScheduleName
+    kind: contract.Kind
+    cron: Cron | None = None
+    every: Every | None = None
+    timezone: TimeZone | None = None
+    args: contract.Args = {}
+    queue: contract.QueueName = contract.DEFAULT_QUEUE
+    priority: contract.Priority = 0
+    backfill: Backfill = DEFAULT_BACKFILL
     paused: bool = False
 
 
