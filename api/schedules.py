@@ -4,11 +4,11 @@ triggered and removed. Each handler is one call on broker.schedules; no SQL here
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
 from api.auth import require
 from api.deps import BrokerClient
@@ -17,6 +17,8 @@ from api.strict import StrictJSON
 from broker import schedules as sch
 from broker._executor import adrive
 from broker.errors import ScheduleNotFound
+
+ScheduleName = Annotated[str, Parameter(description="Schedule name.")]
 
 
 class ScheduleIn(sch.ScheduleSpec, frozen=True):
@@ -131,7 +133,7 @@ class SchedulesController(Controller):
         return Response(ScheduleOut.of(stored), status_code=status, headers=headers)
 
     @get("/{name:str}", responses=responses(401, 403, 404, 503), summary="One schedule")
-    async def show(self, name: str, client: BrokerClient) -> ScheduleOut:
+    async def show(self, name: ScheduleName, client: BrokerClient) -> ScheduleOut:
         found = await client.run(sch.get(_named(name)))
         if found is None:
             raise ScheduleNotFound(name)
@@ -143,7 +145,7 @@ class SchedulesController(Controller):
         summary="Remove a schedule (its jobs stay)",
         description="A schedule declared in code comes back when a worker declaring it starts.",
     )
-    async def remove(self, name: str, client: BrokerClient) -> None:
+    async def remove(self, name: ScheduleName, client: BrokerClient) -> None:
         await client.run(sch.delete(_named(name)))
 
     @post(
@@ -152,7 +154,7 @@ class SchedulesController(Controller):
         responses=responses(401, 403, 404, 503),
         summary="Stop enqueuing the schedule's ticks",
     )
-    async def pause(self, name: str, client: BrokerClient) -> ScheduleOut:
+    async def pause(self, name: ScheduleName, client: BrokerClient) -> ScheduleOut:
         return ScheduleOut.of(await client.run(sch.pause(_named(name))))
 
     @post(
@@ -161,7 +163,7 @@ class SchedulesController(Controller):
         responses=responses(401, 403, 404, 503),
         summary="Enqueue ticks again, from the next one after now",
     )
-    async def resume(self, name: str, client: BrokerClient) -> ScheduleOut:
+    async def resume(self, name: ScheduleName, client: BrokerClient) -> ScheduleOut:
         return ScheduleOut.of(await client.run(sch.resume(_named(name))))
 
     @post(
@@ -174,7 +176,7 @@ class SchedulesController(Controller):
             "the schedule's timing is unchanged."
         ),
     )
-    async def trigger(self, name: str, client: BrokerClient) -> Response[TriggeredOut]:
+    async def trigger(self, name: ScheduleName, client: BrokerClient) -> Response[TriggeredOut]:
         job_id = await client.run(sch.trigger(_named(name)))
         return Response(
             TriggeredOut(name, job_id), status_code=201, headers={"Location": f"/v1/jobs/{job_id}"}

@@ -112,7 +112,9 @@ def timing(cron: str | None, every: float | None, timezone: str | None = None) -
         if isinstance(every, bool) or not isinstance(every, int | float) or math.isnan(every):
             raise InvalidJobError("every must be a number of seconds")
         if not MIN_EVERY <= every <= MAX_EVERY:
-            raise InvalidJobError(f"every must be between {MIN_EVERY:g} and {MAX_EVERY:g} seconds")
+            raise InvalidJobError(
+                f"every must be between {MIN_EVERY:g} and {MAX_EVERY:.0f} seconds"
+            )
         return Timing(None, float(every), DEFAULT_TIMEZONE if timezone is None else _zone_name(tz))
     assert cron is not None
     if not isinstance(cron, str) or len(cron.split()) != CRON_FIELDS:
