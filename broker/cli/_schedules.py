@@ -122,7 +122,6 @@ def schedules_add(
     unless the timing changed)."""
     from broker import schedules as sch
     from broker._executor import drive
-    from broker._output import when
     from broker.cli._enqueue import _parse_args_json as parse_args_json
 
     spec = sch.ScheduleSpec(
@@ -143,9 +142,7 @@ def schedules_add(
     if as_json:
         echo_json(schedule_json(stored))
     else:
-        click.echo(
-            f"schedule {stored.name}: {_timing(stored)}, next run {when(stored.next_run_at)}"
-        )
+        click.echo(f"schedule {stored.name} saved: {_timing(stored)}")
 
 
 def _name(name: str) -> str:
