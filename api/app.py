@@ -28,6 +28,7 @@ from api.operations import (
     WorkersController,
 )
 from api.problems import exception_handlers
+from api.schedules import SchedulesController
 from api.strict import TYPE_DECODERS
 from broker import AsyncBroker, __version__
 from broker import _executor as executor
@@ -89,6 +90,7 @@ def create_app(
             WorkersController,
             StatsController,
             MetricsController,
+            SchedulesController,
         ],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "authenticator": Authenticator(api_settings)}),

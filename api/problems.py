@@ -26,6 +26,7 @@ from broker.errors import (
     InvalidTransition,
     JobNotFound,
     LeaseLost,
+    ScheduleNotFound,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -38,6 +39,7 @@ _BROKER_ERRORS: tuple[tuple[type[BrokerError], int, str], ...] = (
     (InvalidJobError, 422, "invalid-job"),
     (IdempotencyConflict, 422, "idempotency-conflict"),
     (JobNotFound, 404, "job-not-found"),
+    (ScheduleNotFound, 404, "schedule-not-found"),
     (InvalidTransition, 409, "invalid-transition"),
     (LeaseLost, 409, "lease-lost"),
     (DatabaseUnavailable, 503, "database-unavailable"),

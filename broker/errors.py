@@ -72,6 +72,14 @@ class InvalidTransition(BrokerError):
         self.action = action
 
 
+class ScheduleNotFound(BrokerError, LookupError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} not found")
+        self.name = name
+
+
 class DatabaseUnavailable(BrokerError):
     """PostgreSQL could not be reached or dropped the connection."""
 
@@ -81,6 +89,7 @@ SQLSTATE_IDEMPOTENCY_CONFLICT = "PB001"
 SQLSTATE_INVALID_JOB = "PB002"
 SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
+SQLSTATE_SCHEDULE_NOT_FOUND = "PB005"
 
 
 def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
@@ -104,6 +113,8 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
         return IdempotencyConflict(key, job_id)
     if state == SQLSTATE_JOB_NOT_FOUND:
         return JobNotFound(int(diag.message_hint or 0))
+    if state == SQLSTATE_SCHEDULE_NOT_FOUND:
+        return ScheduleNotFound(diag.message_hint or "")
     if state == SQLSTATE_INVALID_TRANSITION:
         # The message reads "cannot <action> job <id>: it is <state>".
         action = (diag.message_primary or "cannot change").split()[1]

@@ -9,6 +9,7 @@ import os
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Double,
@@ -194,6 +195,55 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Column("queue", Text, primary_key=True),
         Column("paused_at", _tstz(), nullable=False, server_default=text("now()")),
         Column("reason", Text),
+    )
+
+    # Periodic jobs (migration 0008): what to enqueue and when; next_run_at in database
+    # time, NULL until a scheduler pass computes it (a schedule created from SQL).
+    Table(
+        "schedules",
+        md,
+        Column("name", Text, primary_key=True),
+        Column("kind", Text, nullable=False),
+        Column("args", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("queue", Text, nullable=False, server_default=text("'default'")),
+        Column("priority", Integer, nullable=False, server_default=text("0")),
+        Column("cron", Text),
+        Column("every", Double),
+        Column("timezone", Text, nullable=False, server_default=text("'UTC'")),
+        Column("backfill", Integer, nullable=False, server_default=text("1")),
+        Column("paused", Boolean, nullable=False, server_default=text("false")),
+        Column("next_run_at", _tstz()),
+        Column("last_run_at", _tstz()),
+        Column("last_tick", _tstz()),
+        Column("last_job_id", BigInteger),
+        Column("error", Text),
+        Column("declared_by", Text),
+        Column("declared_at", _tstz()),
+        Column("created_at", _tstz(), nullable=False, server_default=text("now()")),
+        Column("updated_at", _tstz(), nullable=False, server_default=text("now()")),
+        CheckConstraint(
+            "length(name) BETWEEN 1 AND 128 AND name !~ '[^A-Za-z0-9_.:-]'",
+            name="schedules_name_check",
+        ),
+        CheckConstraint(
+            "length(kind) BETWEEN 1 AND 200 AND kind !~ '[^A-Za-z0-9_.:-]'",
+            name="schedules_kind_check",
+        ),
+        CheckConstraint(
+            "length(queue) BETWEEN 1 AND 128 AND queue !~ '[^A-Za-z0-9_.:-]'",
+            name="schedules_queue_check",
+        ),
+        CheckConstraint("jsonb_typeof(args) = 'object'", name="schedules_args_check"),
+        CheckConstraint("(cron IS NULL) <> (every IS NULL)", name="schedules_timing_check"),
+        CheckConstraint("every >= 1", name="schedules_every_check"),
+        CheckConstraint(r"cron ~ '^\s*\S+(\s+\S+){4}\s*$'", name="schedules_cron_check"),
+        CheckConstraint("backfill BETWEEN 1 AND 1000", name="schedules_backfill_check"),
+        # The scheduler's wake-up reads min(next_run_at) of the schedules that can fire.
+        Index(
+            "schedules_due_idx",
+            "next_run_at",
+            postgresql_where=text("NOT paused AND error IS NULL"),
+        ),
     )
 
     Table(

@@ -4,6 +4,10 @@ A task is a plain function (sync or async) registered under a kind. The worker c
 with the job's args as keyword arguments, plus `ctx=` (a `JobContext`) when the function
 declares a parameter named `ctx`. Its return value becomes the job's result (JSON); an
 exception fails the attempt, to be retried per the task's policy.
+
+`cron=` or `every=` also makes the task periodic: workers that run it declare the schedule
+(named after the kind) at start, and their schedulers enqueue one job per tick
+(broker.schedules).
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, InvalidJobError
+
+if TYPE_CHECKING:
+    from broker.schedules import ScheduleSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +59,8 @@ class Task:
     retry: RetryPolicy = True
     is_async: bool = False
     wants_ctx: bool = False
+    # Set for a periodic task: the schedule its workers declare (named after the kind).
+    schedule: ScheduleSpec | None = None
 
     def retry_delay(self, attempt: int) -> float | None:
         """Delay before the next attempt under this task's policy (None: database backoff)."""
@@ -76,6 +85,11 @@ def task(
     max_attempts: int | None = None,
     timeout: float | None = None,
     retry: RetryPolicy = True,
+    cron: str | None = None,
+    every: float | None = None,
+    tz: str | None = None,
+    args: dict[str, Any] | None = None,
+    backfill: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -86,21 +100,66 @@ def task(
     max_attempts: int | None = None,
     timeout: float | None = None,
     retry: RetryPolicy = True,
+    cron: str | None = None,
+    every: float | None = None,
+    tz: str | None = None,
+    args: dict[str, Any] | None = None,
+    backfill: int | None = None,
 ) -> F | Callable[[F], F]:
     """Register a handler for jobs of `kind` (default: the function's qualified name).
 
     `queue` is where the task's jobs usually go (workers started without --queues serve
     the queues of their tasks); `max_attempts` caps attempts on the worker side, on top
     of the job's own max_attempts; `timeout` (seconds) applies when the job sets none.
-    Raises ConfigError when another function already holds the kind.
+
+    Periodic tasks: `cron` (five fields, read in time zone `tz`, default UTC) or `every`
+    (seconds, at least 1) declares a schedule named after the kind, enqueuing a job with
+    `args` on each tick; after downtime the latest missed tick is enqueued, or up to
+    `backfill` of them. Raises InvalidJobError for a bad schedule, ConfigError when another
+    function already holds the kind.
     """
     if callable(kind):
-        return _register(kind, None, "default", None, None, True)
+        return _register(kind, None, "default", None, None, True, None)
 
     def decorate(fn: F) -> F:
-        return _register(fn, kind, queue, max_attempts, timeout, retry)
+        periodic = None
+        if cron is not None or every is not None or tz is not None or backfill is not None:
+            periodic = _schedule(
+                kind or f"{fn.__module__}.{fn.__qualname__}", queue, cron, every, tz, args, backfill
+            )
+        elif args is not None:
+            raise InvalidJobError("task args= is for periodic tasks: give cron= or every=")
+        return _register(fn, kind, queue, max_attempts, timeout, retry, periodic)
 
     return decorate
+
+
+def _schedule(
+    name: str,
+    queue: str,
+    cron: str | None,
+    every: float | None,
+    tz: str | None,
+    args: dict[str, Any] | None,
+    backfill: int | None,
+) -> ScheduleSpec:
+    from broker import schedules
+
+    spec = schedules.ScheduleSpec(
+        name=name,
+        kind=name,
+        cron=cron,
+        every=every,
+        timezone=tz,
+        args=args if args is not None else {},
+        queue=queue,
+        backfill=schedules.DEFAULT_BACKFILL if backfill is None else backfill,
+    )
+    try:
+        schedules.check(spec)
+    except InvalidJobError as exc:
+        raise InvalidJobError(f"task {name!r}: {exc}") from None
+    return spec
 
 
 def _register(
@@ -110,6 +169,7 @@ def _register(
     max_attempts: int | None,
     timeout: float | None,
     retry: RetryPolicy,
+    periodic: ScheduleSpec | None,
 ) -> F:
     name = kind or f"{fn.__module__}.{fn.__qualname__}"
     if max_attempts is not None and max_attempts < 1:
@@ -126,6 +186,7 @@ def _register(
         retry=retry,
         is_async=inspect.iscoroutinefunction(fn),
         wants_ctx="ctx" in params,
+        schedule=periodic,
     )
     with _registry_lock:
         existing = _registry.get(name)
@@ -146,6 +207,15 @@ def registered() -> dict[str, Task]:
     """A snapshot of every registered task, by kind."""
     with _registry_lock:
         return dict(_registry)
+
+
+def declared_schedules() -> list[ScheduleSpec]:
+    """The schedules of every registered periodic task, by name."""
+    with _registry_lock:
+        return sorted(
+            (t.schedule for t in _registry.values() if t.schedule is not None),
+            key=lambda spec: spec.name,
+        )
 
 
 def get_task(kind: str) -> Task | None:

@@ -2,7 +2,7 @@
 
 `broker worker`'s options (command.py), the environment they read and `WorkerConfig`
 take their defaults from these constants; each service's own defaults live with it
-(heartbeat.py, reaper.py, listener.py, writer.py, broker/pruner.py).
+(heartbeat.py, reaper.py, listener.py, writer.py, scheduler.py, broker/pruner.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from broker.pruner import PrunerConfig
 from broker.worker.heartbeat import HeartbeatConfig
 from broker.worker.listener import ListenerConfig
 from broker.worker.reaper import ReaperConfig
+from broker.worker.scheduler import SchedulerConfig
 from broker.worker.writer import WriterConfig
 
 DEFAULT_CONCURRENCY = 10
@@ -41,6 +42,7 @@ class WorkerConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     version: str = "0"
     # Set by the supervisor: a worker whose supervisor is gone stops (and drains).
     supervisor_pid: int | None = None

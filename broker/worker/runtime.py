@@ -2,7 +2,8 @@
 
 One asyncio loop per process. Services, each on its own connection so a slow one never
 blocks another: the claim loop (here), the outcome writer (writer.py), heartbeats
-(heartbeat.py), the reaper (reaper.py) and the LISTEN connection (listener.py); identity
+(heartbeat.py), the reaper (reaper.py), the scheduler (scheduler.py) and the LISTEN
+connection (listener.py); identity
 and the registry row are registry.py's, and what a handler's return or exception means
 is _outcome.py's. Async handlers run on the loop, sync handlers in a thread pool sized
 to the concurrency.
@@ -34,7 +35,7 @@ from broker import spec as contract
 from broker.errors import BrokerError
 from broker.lease import Finish
 from broker.pruner import Runner, run_pruner
-from broker.task import JobContext, Task, get_task
+from broker.task import JobContext, Task, declared_schedules, get_task
 from broker.types import Lease, StopReason, WriteOutcome
 from broker.worker import _outcome, registry
 from broker.worker._conn import Backoff, Connection
@@ -42,6 +43,7 @@ from broker.worker.config import WorkerConfig
 from broker.worker.heartbeat import Heartbeat
 from broker.worker.listener import Listener
 from broker.worker.reaper import Reaper
+from broker.worker.scheduler import Scheduler, TransactionConnection
 from broker.worker.writer import OutcomeWriter
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,13 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="broker-task"
         )
+        # The scheduler needs transactions, which a test's fake connections do not give.
+        self.scheduler: Scheduler | None = None
         if connect is None:
             connect = functools.partial(Connection, config.database_url, self.settings.schema)
+            if config.scheduler.enabled:
+                scheduling = TransactionConnection(config.database_url, self.settings.schema)
+                self.scheduler = Scheduler(scheduling, declared_schedules(), config.scheduler)
         self._claims = connect("claim")
         self._writes = connect("write")
         self._beats = connect("heartbeat")
@@ -182,6 +189,9 @@ class Worker:
             # one connection run one at a time) rather than holding another one.
             prune = functools.partial(run_pruner, self._reaps, self.config.pruner)
             services.append(asyncio.create_task(self._service("pruner", prune)))
+        if self.scheduler is not None:
+            self.scheduler.worker_id = self.worker_id
+            services.append(asyncio.create_task(self._service("scheduler", self.scheduler.run)))
         log.info(
             "worker %s serving %s with concurrency %d",
             self.worker_id,
@@ -198,6 +208,8 @@ class Worker:
             await self.registration.unregister()
             for conn in (self._claims, self._writes, self._beats, self._reaps):
                 await conn.close()
+            if self.scheduler is not None:
+                await self.scheduler.conn.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.registration.release()
             log.info("worker %s stopped", self.worker_id)
