@@ -107,6 +107,10 @@ def job_json(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "cancel_requested_at": job.cancel_requested_at,
         "timeout": job.timeout.total_seconds() if job.timeout is not None else None,
+        "group": job.group,
+        "concurrency_key": job.concurrency_key,
+        "deadline": job.deadline,
+        "depends_on": job.depends_on,
     }
 
 

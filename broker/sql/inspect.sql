@@ -5,7 +5,10 @@
 -- costs the same however deep it is. Every filter is optional (NULL means "any").
 SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,
        lease_expires_at, worker_id, idempotency_key, subject_key, result, last_error, tags,
-       created_at, started_at, finished_at, cancel_requested_at, timeout
+       created_at, started_at, finished_at, cancel_requested_at, timeout, "group",
+       concurrency_key, deadline,
+       ARRAY(SELECT d.depends_on FROM {schema}.job_dependencies d
+             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on
 FROM {schema}.jobs
 WHERE (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
