@@ -248,6 +248,7 @@ class WriteOut(msgspec.Struct):
 
 class QueueOut(msgspec.Struct):
     queue: str
+    waiting: int
     queued: int
     available: int
     scheduled: int
@@ -303,6 +304,7 @@ class WorkerList(msgspec.Struct):
 
 
 class StatsOut(msgspec.Struct):
+    waiting: int
     queued: int
     available: int
     running: int
@@ -314,6 +316,14 @@ class StatsOut(msgspec.Struct):
     workers_alive: int
     queues: int
     db_time: datetime
+
+
+class GroupOut(msgspec.Struct):
+    """A group's jobs per state (every state, zero included) and their total."""
+
+    group: str
+    counts: dict[str, int]
+    total: int
 
 
 class Health(msgspec.Struct):

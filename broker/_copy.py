@@ -1,11 +1,12 @@
 """The COPY enqueue path: large plain batches as binary COPY of jobs and events rows.
 
 Batches at least COPY_MIN_BATCH big, with no idempotency or subject keys and no
-dependencies, skip the enqueue_many() SQL function: about 1.5x the rows per second, at the price of four round
-trips (docs/decisions/003-enqueue-function.md). The sequence (reserve ids and read the
-database's now(), COPY the jobs, COPY their `enqueued` events, NOTIFY the queues with a
-job runnable now) is written once, as a generator of steps that broker._executor runs on
-a sync or an async connection.
+dependencies, skip the enqueue_many() SQL function: about 1.5x the rows per second, at
+the price of four round trips (docs/decisions/003-enqueue-function.md). The sequence
+(reserve ids and read the database's now(), COPY the jobs, COPY their `enqueued` events,
+NOTIFY the queues with a job runnable now) is written once, as a generator of steps that
+broker._executor runs on a sync or an async connection. A start_within becomes a deadline
+on that same now().
 """
 
 from __future__ import annotations

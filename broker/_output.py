@@ -128,6 +128,7 @@ def queue_json(q: QueueStats) -> dict[str, Any]:
     """A queue as GET /v1/queues shows it, plus its pause."""
     return {
         "queue": q.queue,
+        "waiting": q.waiting,
         "queued": q.queued,
         "available": q.available,
         "scheduled": q.scheduled,

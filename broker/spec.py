@@ -296,6 +296,11 @@ def check_scope(scope: str) -> None:
         )
 
 
+def check_group(group: str) -> None:
+    """Raise InvalidJobError unless `group` is a name a job's group can have."""
+    _name(group, GROUP_MAX_LENGTH, GROUP_RULE)
+
+
 def _name(value: object, longest: int, rule: str) -> None:
     if not (isinstance(value, str) and len(value) <= longest and _NAME.fullmatch(value)):
         raise InvalidJobError(rule)

@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from broker.cli import _admin, _enqueue, _jobs, _views
+from broker.cli import _admin, _enqueue, _groups, _jobs, _views
 from broker.cli._errors import EXIT_CODES_HELP, BrokerGroup
 
 
@@ -22,4 +22,6 @@ def main() -> None:
 
 
 for command in (*_admin.COMMANDS, *_enqueue.COMMANDS, *_jobs.COMMANDS, *_views.COMMANDS):
+    main.add_command(command)
+for command in _groups.COMMANDS:
     main.add_command(command)
