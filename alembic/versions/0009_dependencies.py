@@ -30,8 +30,11 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
+# broker.spec's bounds at this revision (tests/unit/test_contract.py checks they agree).
 GROUP_MAX_LENGTH = 128
 KEY_MAX_LENGTH = 200
+MAX_DEPENDENCIES = 100
+JOB_ID_MAX = 2**53
 
 # Rendered with str.format: `{s}` is the schema, `{jobs_channel}` / `{cancel_channel}` the
 # NOTIFY channels; literal braces are doubled. The text is broker/sql/schema.sql's at
