@@ -563,13 +563,17 @@ LEFT JOIN finished f USING (queue) LEFT JOIN waiting w USING (queue);
 -- cancel_job(), the dependency cascade itself, an operator's own SQL). Transition
 -- tables hold the rows the statement touched; a claim or heartbeat touches no finished
 -- row and appends nothing. Dependents are looked for only among the rows that are
--- finished now, one probe each of job_dependencies_parent_idx, which holds edges only;
--- a statement none of whose jobs has dependents does nothing more.
+-- finished now, in job_dependencies_parent_idx: one range probe for the statement, then
+-- (only if an edge falls in that range) one probe per row; a statement none of whose
+-- jobs has dependents does nothing more (decision 013 has the figures).
 -- A deleted job takes its own edges with it; one deleted unfinished or unsucceeded
 -- (an operator's DELETE: pruning deletes finished jobs only) cancels its waiting
 -- dependents. Edges to a deleted job that had succeeded stay, and count as met.
 CREATE FUNCTION {s}._count_finished() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+  lo bigint;
+  hi bigint;
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     DELETE FROM {s}.job_counts;
@@ -594,8 +598,14 @@ BEGIN
       UNION ALL
       SELECT queue, state, -1 FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
     ) x GROUP BY 1, 2 HAVING sum(d) <> 0;
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
-               AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
+    -- One range probe first: no edge names a job between the lowest and highest id that
+    -- ended here (always so for a claim or heartbeat, whose rows did not end, and for
+    -- anyone not using dependencies); only then one probe per job that ended.
+    SELECT min(id), max(id) INTO lo, hi FROM new_rows
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
+    IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
+       AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+                   AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
       PERFORM {s}._resolve_dependents(
         ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
               WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY 1),
