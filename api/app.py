@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from api import deps
 from api.auth import Authenticator
 from api.config import ApiSettings
+from api.groups import GroupsController
 from api.health import HealthController
 from api.jobs import JobsController
 from api.leases import LeasesController
@@ -85,6 +86,7 @@ def create_app(
         route_handlers=[
             HealthController,
             JobsController,
+            GroupsController,
             LeasesController,
             QueuesController,
             WorkersController,

@@ -35,6 +35,7 @@ class QueuesController(Controller):
             [
                 QueueOut(
                     r.queue,
+                    r.waiting,
                     r.queued,
                     r.available,
                     r.scheduled,
@@ -131,13 +132,14 @@ class StatsController(Controller):
         o = await client.run(views.overview())
         queue_rows = await client.run(views.queues())
         return StatsOut(
+            waiting=o.waiting,
             queued=o.queued,
             available=o.available,
             running=o.running,
             succeeded=o.succeeded,
             failed=o.failed,
             cancelled=o.cancelled,
-            total=o.queued + o.running + o.succeeded + o.failed + o.cancelled,
+            total=o.waiting + o.queued + o.running + o.succeeded + o.failed + o.cancelled,
             oldest_available_age_seconds=o.oldest_available_age_seconds,
             workers_alive=o.workers_alive,
             queues=len(queue_rows),

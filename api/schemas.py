@@ -26,7 +26,8 @@ MAX_ERROR_LENGTH = 10_000
 
 
 class JobIn(JobSpec, frozen=True):
-    """A job to enqueue (broker.spec.JobSpec). Give run_at or delay (seconds), not both."""
+    """A job to enqueue (broker.spec.JobSpec). Give run_at or delay (seconds), not both, and
+    deadline or start_within (seconds), not both."""
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -60,6 +61,10 @@ class JobOut(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     timeout: float | None
+    group: str | None = None
+    concurrency_key: str | None = None
+    deadline: datetime | None = None
+    depends_on: list[int] = []
 
     @classmethod
     def of(cls, job: Job, key_prefix: str = "") -> JobOut:
@@ -90,6 +95,10 @@ class JobOut(msgspec.Struct, kw_only=True):
             finished_at=job.finished_at,
             cancel_requested_at=job.cancel_requested_at,
             timeout=job.timeout.total_seconds() if job.timeout is not None else None,
+            group=job.group,
+            concurrency_key=job.concurrency_key,
+            deadline=job.deadline,
+            depends_on=job.depends_on,
         )
 
 
@@ -239,6 +248,7 @@ class WriteOut(msgspec.Struct):
 
 class QueueOut(msgspec.Struct):
     queue: str
+    waiting: int
     queued: int
     available: int
     scheduled: int
@@ -294,6 +304,7 @@ class WorkerList(msgspec.Struct):
 
 
 class StatsOut(msgspec.Struct):
+    waiting: int
     queued: int
     available: int
     running: int
@@ -305,6 +316,14 @@ class StatsOut(msgspec.Struct):
     workers_alive: int
     queues: int
     db_time: datetime
+
+
+class GroupOut(msgspec.Struct):
+    """A group's jobs per state (every state, zero included) and their total."""
+
+    group: str
+    counts: dict[str, int]
+    total: int
 
 
 class Health(msgspec.Struct):

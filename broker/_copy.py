@@ -1,11 +1,12 @@
 """The COPY enqueue path: large plain batches as binary COPY of jobs and events rows.
 
-Batches at least COPY_MIN_BATCH big, with no idempotency or subject keys, skip the
-enqueue_many() SQL function: about 1.5x the rows per second, at the price of four round
-trips (docs/decisions/003-enqueue-function.md). The sequence (reserve ids and read the
-database's now(), COPY the jobs, COPY their `enqueued` events, NOTIFY the queues with a
-job runnable now) is written once, as a generator of steps that broker._executor runs on
-a sync or an async connection.
+Batches at least COPY_MIN_BATCH big, with no idempotency or subject keys and no
+dependencies, skip the enqueue_many() SQL function: about 1.5x the rows per second, at
+the price of four round trips (docs/decisions/003-enqueue-function.md). The sequence
+(reserve ids and read the database's now(), COPY the jobs, COPY their `enqueued` events,
+NOTIFY the queues with a job runnable now) is written once, as a generator of steps that
+broker._executor runs on a sync or an async connection. A start_within becomes a deadline
+on that same now().
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ COPY_JOB_TYPES = [
     "int4",
     "interval",
     "text[]",
+    "text",
+    "text",
+    "timestamptz",
 ]
 COPY_EVENT_TYPES = ["int8", "text"]
 
 
 def copy_eligible(specs: Sequence[JobSpec]) -> bool:
-    """Whether the COPY path may enqueue `specs` (it skips idempotency and supersede)."""
+    """Whether the COPY path may enqueue `specs` (it skips idempotency and supersede, and
+    leaves dependencies to enqueue_many(), which locks and checks them)."""
     return len(specs) >= COPY_MIN_BATCH and all(
-        s.idempotency_key is None and s.subject_key is None for s in specs
+        s.idempotency_key is None and s.subject_key is None and not s.depends_on for s in specs
     )
 
 
@@ -66,6 +71,14 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
         if run_at <= db_now:
             runnable.add(spec.queue)
         timeout = contract.seconds(spec.timeout, "timeout")
+        start_within = contract.seconds(spec.start_within, "start_within")
+        deadline = (
+            contract.utc(spec.deadline, "deadline")
+            if spec.deadline is not None
+            else db_now + timedelta(seconds=start_within)
+            if start_within is not None
+            else None
+        )
         job_rows.append(
             (
                 job_id,
@@ -77,6 +90,9 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
                 spec.max_attempts if spec.max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
                 timedelta(seconds=timeout) if timeout is not None else None,
                 list(spec.tags),
+                spec.group,
+                spec.concurrency_key,
+                deadline,
             )
         )
     return CopyPlan(job_rows, [(i, "enqueued") for i in ids], sorted(runnable))

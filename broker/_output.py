@@ -107,6 +107,10 @@ def job_json(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "cancel_requested_at": job.cancel_requested_at,
         "timeout": job.timeout.total_seconds() if job.timeout is not None else None,
+        "group": job.group,
+        "concurrency_key": job.concurrency_key,
+        "deadline": job.deadline,
+        "depends_on": job.depends_on,
     }
 
 
@@ -124,6 +128,7 @@ def queue_json(q: QueueStats) -> dict[str, Any]:
     """A queue as GET /v1/queues shows it, plus its pause."""
     return {
         "queue": q.queue,
+        "waiting": q.waiting,
         "queued": q.queued,
         "available": q.available,
         "scheduled": q.scheduled,

@@ -172,11 +172,17 @@ class Broker(_Base):
         idempotency_key: str | None = None,
         subject_key: str | None = None,
         tags: Sequence[str] = (),
+        depends_on: Sequence[int] = (),
+        group: str | None = None,
+        concurrency_key: str | None = None,
+        deadline: datetime | None = None,
+        start_within: float | timedelta | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> Enqueued:
-        """Enqueue one job. Raises InvalidJobError or IdempotencyConflict. With no `queue`,
-        the job goes to its task's declared queue if this process registered the task
-        (`declared_queue`), else to `default`."""
+        """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
+        succeed. With no `queue`, the job goes to its task's declared queue if this process
+        registered the task (`declared_queue`), else to `default`. Raises InvalidJobError
+        (also for a depends_on id no job has) or IdempotencyConflict."""
         spec = _spec(
             kind,
             args,
@@ -189,6 +195,11 @@ class Broker(_Base):
             idempotency_key=idempotency_key,
             subject_key=subject_key,
             tags=tags,
+            depends_on=depends_on,
+            group=group,
+            concurrency_key=concurrency_key,
+            deadline=deadline,
+            start_within=contract.seconds(start_within, "start_within"),
         )
         return self.run(lease.enqueue_many([spec]), conn)[0]
 
@@ -389,9 +400,16 @@ class AsyncBroker(_Base):
         idempotency_key: str | None = None,
         subject_key: str | None = None,
         tags: Sequence[str] = (),
+        depends_on: Sequence[int] = (),
+        group: str | None = None,
+        concurrency_key: str | None = None,
+        deadline: datetime | None = None,
+        start_within: float | timedelta | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Enqueued:
-        """Enqueue one job. Raises InvalidJobError or IdempotencyConflict."""
+        """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
+        succeed. Raises InvalidJobError (also for a depends_on id no job has) or
+        IdempotencyConflict."""
         spec = _spec(
             kind,
             args,
@@ -404,6 +422,11 @@ class AsyncBroker(_Base):
             idempotency_key=idempotency_key,
             subject_key=subject_key,
             tags=tags,
+            depends_on=depends_on,
+            group=group,
+            concurrency_key=concurrency_key,
+            deadline=deadline,
+            start_within=contract.seconds(start_within, "start_within"),
         )
         return (await self.run(lease.enqueue_many([spec]), conn))[0]
 

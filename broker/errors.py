@@ -63,10 +63,11 @@ class JobNotFound(BrokerError, LookupError):
 
 
 class InvalidTransition(BrokerError):
-    """The job's current state does not allow the requested operation (cancel, retry)."""
+    """The job's current state does not allow the requested operation (cancel, retry), or
+    (retry) one of its dependencies is failed or cancelled."""
 
-    def __init__(self, job_id: int, state: str, action: str) -> None:
-        super().__init__(f"cannot {action} job {job_id}: it is {state}")
+    def __init__(self, job_id: int, state: str, action: str, message: str | None = None) -> None:
+        super().__init__(message or f"cannot {action} job {job_id}: it is {state}")
         self.job_id = job_id
         self.state = state
         self.action = action
@@ -118,7 +119,10 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
     if state == SQLSTATE_INVALID_TRANSITION:
         # The message reads "cannot <action> job <id>: it is <state>".
         action = (diag.message_primary or "cannot change").split()[1]
-        return InvalidTransition(int(diag.message_hint or 0), diag.message_detail or "", action)
+        # retry_job() may say more (a dependency that failed): the message is kept.
+        return InvalidTransition(
+            int(diag.message_hint or 0), diag.message_detail or "", action, diag.message_primary
+        )
     if state is not None and (state.startswith("40") or state == "57014"):
         # Serialization failures, deadlocks (class 40) and statement timeouts: the server
         # is fine and the caller may retry; keep psycopg's precise error. (psycopg's

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.lease import Row, Statement
-from broker.types import Job
+from broker.types import JOB_STATES, Job
 
 MAX_PAGE_SIZE = 500
 
@@ -44,6 +44,7 @@ class QueueStats:
     paused: bool
     paused_at: datetime | None = None
     pause_reason: str | None = None
+    waiting: int = 0  # jobs whose dependencies have not all succeeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,19 @@ class Overview:
     oldest_available_age_seconds: float
     workers_alive: int
     db_time: datetime
+    waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """A group's jobs per state (every state listed, zero included)."""
+
+    group: str
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 def list_jobs(filters: JobFilter, limit: int, before_id: int | None = None) -> Statement[list[Job]]:
@@ -123,6 +137,20 @@ def job_counts() -> Statement[list[tuple[str, str, int]]]:
         return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     return Statement("metrics_job_counts", {}, decode)
+
+
+def group_counts(group: str) -> Statement[GroupCounts]:
+    """How many jobs of `group` are in each state (jobs_group_idx; no table scan).
+    Raises InvalidJobError for a name that no job can have."""
+    from broker import spec
+
+    spec.check_group(group)
+
+    def decode(rows: list[Row]) -> GroupCounts:
+        found = {str(r[0]): int(r[1]) for r in rows}
+        return GroupCounts(group, {state: found.get(state, 0) for state in JOB_STATES})
+
+    return Statement("group_counts", {"group": group}, decode)
 
 
 def schema_revision() -> Statement[str | None]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     Interval,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     text,
@@ -25,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 
 from broker.config import DEFAULT_SCHEMA, validate_schema
-from broker.spec import DEFAULT_MAX_ATTEMPTS
+from broker.spec import DEFAULT_MAX_ATTEMPTS, GROUP_MAX_LENGTH, KEY_MAX_LENGTH
 from broker.types import JOB_STATES as JOB_STATES  # its home is broker.types
 from broker.types import TERMINAL_STATES as TERMINAL_STATES
 
@@ -111,6 +112,17 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             name="jobs_queue_check",
         ),
         CheckConstraint("jsonb_typeof(args) = 'object'", name="jobs_args_check"),
+        # The bounds of broker.spec, for every path in (migration 0009).
+        CheckConstraint(
+            f"""length("group") BETWEEN 1 AND {GROUP_MAX_LENGTH}"""
+            """ AND "group" !~ '[^A-Za-z0-9_.:-]'""",
+            name="jobs_group_check",
+        ),
+        CheckConstraint(
+            f"length(concurrency_key) BETWEEN 1 AND {KEY_MAX_LENGTH}"
+            r" AND concurrency_key !~ '[^\x21-\x7e]'",
+            name="jobs_concurrency_key_check",
+        ),
         CheckConstraint("timeout > interval '0'", name="jobs_timeout_check"),
         # A running job holds a lease and nothing else does (jobs_lease_idx relies on it).
         CheckConstraint(
@@ -153,6 +165,25 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             "subject_key",
             postgresql_where=text("subject_key IS NOT NULL AND state = 'queued'"),
         ),
+        # Counting waiting jobs per queue (queue_stats) reads only waiting rows (0009).
+        Index("jobs_waiting_idx", "queue", postgresql_where=text("state = 'waiting'")),
+        # A group's counts per state (GET /v1/groups/{group}) without a table scan (0009).
+        Index("jobs_group_idx", "group", "state", postgresql_where=text('"group" IS NOT NULL')),
+    )
+
+    # Which jobs wait for which (migration 0009): one row per (job, dependency), kept for
+    # the job's life. No foreign keys, like job_events: an FK would add a check to every
+    # delete of a job; the enqueue checks that each dependency exists (and locks it), and
+    # the jobs trigger deletes a deleted job's own edges. The parent index is the one the
+    # trigger probes for every job that ends.
+    Table(
+        "job_dependencies",
+        md,
+        Column("job_id", BigInteger, nullable=False),
+        Column("depends_on", BigInteger, nullable=False),
+        PrimaryKeyConstraint("job_id", "depends_on", name="job_dependencies_pkey"),
+        CheckConstraint("job_id <> depends_on", name="job_dependencies_self_check"),
+        Index("job_dependencies_parent_idx", "depends_on", "job_id"),
     )
 
     Table(

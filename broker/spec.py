@@ -11,7 +11,9 @@ Every bound is a constant here. The msgspec annotations of JobSpec carry them to
 decoders (REST body, jobs file, CLI options) and to the OpenAPI schema; `JobSpec.validate()`
 applies them to specs built in Python, which msgspec does not check (a unit test keeps the
 two in step). Beyond the per-field bounds, validate() checks what annotations cannot say:
-run_at or delay (not both), run_at's range, and that args is JSON the database can store.
+run_at or delay (not both), deadline or start_within (not both), the range of run_at and
+deadline, and that args is JSON the database can store. That each depends_on id names an
+existing job only the database can say: enqueue_many() refuses an unknown one (PB002).
 
 Text PostgreSQL cannot store is refused in every string that reaches it (args keys and
 values, names, tags, keys, results, errors, log lines): NUL (U+0000) and lone surrogates.
@@ -61,6 +63,12 @@ MAX_READ_DEPTH = 512
 # Python cannot read back.
 RUN_AT_MIN = datetime(1, 1, 2, tzinfo=UTC)
 RUN_AT_MAX = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+# Dependencies: a job waits for at most this many others, named by id. Ids are bigints, but
+# capped at 2**53 like everywhere in the API (JSON Schema bounds are floats).
+MAX_DEPENDENCIES = 100
+JOB_ID_MAX = 2**53
+# A group is named like a queue (it appears in URLs: GET /v1/groups/{group}).
+GROUP_MAX_LENGTH = 128
 
 # Patterns as msgspec and JSON Schema read them (searched, so anchored). The names are the
 # table's CHECK constraints; keys are printable ASCII without spaces, so two keys that look
@@ -75,6 +83,10 @@ SCOPE_SEPARATOR = ":"
 KIND_RULE = f"kind must be 1-{KIND_MAX_LENGTH} characters of letters, digits, _ . : -"
 QUEUE_RULE = f"queue must be 1-{QUEUE_MAX_LENGTH} characters of letters, digits, _ . : -"
 TAG_RULE = f"each tag must be 1-{TAG_MAX_LENGTH} characters without control characters"
+GROUP_RULE = f"group must be 1-{GROUP_MAX_LENGTH} characters of letters, digits, _ . : -"
+DEPENDS_ON_RULE = (
+    f"depends_on must be at most {MAX_DEPENDENCIES} job ids (integers from 1 to {JOB_ID_MAX})"
+)
 
 
 def _key_rule(name: str) -> str:
@@ -89,7 +101,9 @@ CONSTRAINT_MESSAGES = {
     "jobs_args_check": "args must be a JSON object",
     "jobs_max_attempts_check": "max_attempts must be at least 1",
     "jobs_timeout_check": "timeout must be positive",
-    "jobs_state_check": "state must be queued, running, succeeded, failed or cancelled",
+    "jobs_state_check": ("state must be waiting, queued, running, succeeded, failed or cancelled"),
+    "jobs_group_check": GROUP_RULE,
+    "jobs_concurrency_key_check": _key_rule("concurrency_key"),
 }
 
 # --- the types -----------------------------------------------------------------------------
@@ -139,10 +153,49 @@ MaxAttempts = Annotated[int, Meta(ge=1, le=MAX_ATTEMPTS_LIMIT)]
 Key = Annotated[str, Meta(min_length=1, max_length=KEY_MAX_LENGTH, pattern=KEY_PATTERN)]
 Tag = Annotated[str, Meta(min_length=1, max_length=TAG_MAX_LENGTH, pattern=TAG_PATTERN)]
 Tags = Annotated[Sequence[Tag], Meta(max_length=MAX_TAGS)]
+GroupName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=GROUP_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Names a set of jobs (GET /v1/groups/{group} counts them per state).",
+    ),
+]
+JobId = Annotated[int, Meta(ge=1, le=JOB_ID_MAX)]
+DependsOn = Annotated[
+    Sequence[JobId],
+    Meta(
+        max_length=MAX_DEPENDENCIES,
+        description=(
+            "Ids of existing jobs that must all succeed before this one may run; it waits "
+            "(state `waiting`) until then, and is cancelled if one fails or is cancelled."
+        ),
+    ),
+]
+Deadline = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description=(
+            "Latest start, with a UTC offset (same range as run_at): a job not started by "
+            "then is cancelled (event `expired`)."
+        ),
+    ),
+]
+StartWithin = Annotated[
+    float,
+    Meta(
+        ge=0,
+        le=MAX_DURATION_SECONDS,
+        description="Seconds from now (database clock) the job must start within: a deadline.",
+    ),
+]
 
 
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A job to enqueue. Give run_at or delay, not both; durations are seconds.
+    """A job to enqueue. Give run_at or delay, not both, and deadline or start_within, not
+    both; durations are seconds.
 
     Built in Python, a spec is checked when it is enqueued (`validate()`); decoded from
     JSON, msgspec checks the same bounds first. A `timedelta` is accepted for delay and
@@ -160,6 +213,11 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idempotency_key: Key | None = None
     subject_key: Key | None = None
     tags: Tags = []
+    depends_on: DependsOn = []
+    group: GroupName | None = None
+    concurrency_key: Key | None = None
+    deadline: Deadline | None = None
+    start_within: StartWithin | None = None
 
     def validate(self) -> None:
         """Raise InvalidJobError, naming the field, for anything outside the contract."""
@@ -215,6 +273,18 @@ def check(spec: JobSpec) -> bytes:
         _key(spec.subject_key, "subject_key")
     if spec.tags:
         _tags(spec.tags)
+    if spec.depends_on:
+        _depends_on(spec.depends_on)
+    if spec.group is not None:
+        _name(spec.group, GROUP_MAX_LENGTH, GROUP_RULE)
+    if spec.concurrency_key is not None:
+        _key(spec.concurrency_key, "concurrency_key")
+    if spec.deadline is not None:
+        utc(spec.deadline, "deadline")
+        if spec.start_within is not None:
+            raise InvalidJobError("give deadline or start_within, not both")
+    if spec.start_within is not None and seconds(spec.start_within, "start_within") < 0:  # type: ignore[operator]
+        raise InvalidJobError("start_within must not be negative")
     return args
 
 
@@ -224,6 +294,11 @@ def check_scope(scope: str) -> None:
         raise InvalidJobError(
             f"idempotency_scope must be 1-{SCOPE_MAX_LENGTH} letters, digits, _ . -"
         )
+
+
+def check_group(group: str) -> None:
+    """Raise InvalidJobError unless `group` is a name a job's group can have."""
+    _name(group, GROUP_MAX_LENGTH, GROUP_RULE)
 
 
 def _name(value: object, longest: int, rule: str) -> None:
@@ -258,20 +333,31 @@ def _tags(tags: object) -> None:
         check_text(tag, "tags")
 
 
-def utc(run_at: datetime) -> datetime:
-    """`run_at` as UTC (PostgreSQL refuses offsets beyond +-15:59, which Python allows).
-    Raises InvalidJobError for a naive time or one outside RUN_AT_MIN..RUN_AT_MAX."""
+def _depends_on(ids: object) -> None:
+    if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+        raise InvalidJobError(DEPENDS_ON_RULE)
+    if len(ids) > MAX_DEPENDENCIES:
+        raise InvalidJobError(DEPENDS_ON_RULE)
+    for job_id in ids:
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= JOB_ID_MAX:
+            raise InvalidJobError(DEPENDS_ON_RULE)
+
+
+def utc(run_at: datetime, name: str = "run_at") -> datetime:
+    """`run_at` (or the time field `name`) as UTC (PostgreSQL refuses offsets beyond
+    +-15:59, which Python allows). Raises InvalidJobError for a naive time or one outside
+    RUN_AT_MIN..RUN_AT_MAX."""
     if not isinstance(run_at, datetime):
-        raise InvalidJobError("run_at must be a datetime")
+        raise InvalidJobError(f"{name} must be a datetime")
     if run_at.tzinfo is None or run_at.utcoffset() is None:
-        raise InvalidJobError("run_at must be timezone-aware")
+        raise InvalidJobError(f"{name} must be timezone-aware")
     try:
         instant = run_at.astimezone(UTC)
     except OverflowError:  # the UTC instant would be before year 1 or after 9999
-        raise InvalidJobError("run_at is out of range") from None
+        raise InvalidJobError(f"{name} is out of range") from None
     if not RUN_AT_MIN <= instant <= RUN_AT_MAX:
         raise InvalidJobError(
-            f"run_at must be between {RUN_AT_MIN.isoformat()} and {RUN_AT_MAX.isoformat()}"
+            f"{name} must be between {RUN_AT_MIN.isoformat()} and {RUN_AT_MAX.isoformat()}"
         )
     return instant
 
@@ -308,6 +394,11 @@ def wire(spec: JobSpec) -> dict[str, Any]:
         "timeout": seconds(spec.timeout, "timeout"),
         "idempotency_key": spec.idempotency_key,
         "subject_key": spec.subject_key,
+        "depends_on": list(spec.depends_on) or None,
+        "group": spec.group,
+        "concurrency_key": spec.concurrency_key,
+        "deadline": utc(spec.deadline, "deadline") if spec.deadline is not None else None,
+        "start_within": seconds(spec.start_within, "start_within"),
     }
     fields.update({k: v for k, v in optional.items() if v is not None})
     return fields

@@ -7,7 +7,7 @@ of broker/schema.py. River keeps its `rivertype` the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar, get_args
@@ -127,6 +127,11 @@ class Job:
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     timeout: timedelta | None
+    group: str | None = None
+    concurrency_key: str | None = None
+    deadline: datetime | None = None
+    # The jobs this one waits for (or waited for), from broker.job_dependencies.
+    depends_on: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

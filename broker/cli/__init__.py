@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from broker.cli import _admin, _enqueue, _jobs, _schedules, _views
+from broker.cli import _admin, _enqueue, _groups, _jobs, _schedules, _views
 from broker.cli._errors import EXIT_CODES_HELP, BrokerGroup
 
 
@@ -28,4 +28,6 @@ for command in (
     *_views.COMMANDS,
     *_schedules.COMMANDS,
 ):
+    main.add_command(command)
+for command in _groups.COMMANDS:
     main.add_command(command)

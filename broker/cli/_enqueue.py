@@ -32,16 +32,26 @@ def _parse_args_json(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _parse_run_at(text: str | None) -> datetime | None:
+def _parse_run_at(text: str | None, option: str = "--run-at") -> datetime | None:
     if text is None:
         return None
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise InputError(f"--run-at is not an ISO 8601 time: {text!r}") from None
+        raise InputError(f"{option} is not an ISO 8601 time: {text!r}") from None
     if value.tzinfo is None:
-        raise InputError("--run-at needs a UTC offset, e.g. 2030-01-01T09:00:00Z")
+        raise InputError(f"{option} needs a UTC offset, e.g. 2030-01-01T09:00:00Z")
     return value
+
+
+def _parse_ids(text: str | None) -> list[int] | None:
+    """`--depends-on 1,2,3` as job ids (their bounds are the spec's)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--depends-on takes job ids separated by commas, not {text!r}") from None
 
 
 @click.command(cls=OneLineCommand)
@@ -57,6 +67,15 @@ def _parse_run_at(text: str | None) -> datetime | None:
 @click.option("--idempotency-key", help="At most one job per key.")
 @click.option("--subject-key", help="Supersede queued jobs of this kind with this key.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option(
+    "--depends-on", metavar="IDS", help="Wait until these jobs (ids, comma-separated) succeed."
+)
+@click.option("--group", help="Name a set of jobs (`broker groups show GROUP`).")
+@click.option("--concurrency-key", help="At most one running job per queue and key.")
+@click.option("--deadline", metavar="ISO8601", help="Cancel if not started by then.")
+@click.option(
+    "--start-within", type=float, metavar="SECONDS", help="Cancel if not started this soon."
+)
 @click.option(
     "--file",
     "path",
@@ -83,6 +102,11 @@ def enqueue(
     idempotency_key: str | None,
     subject_key: str | None,
     tags: tuple[str, ...],
+    depends_on: str | None,
+    group: str | None,
+    concurrency_key: str | None,
+    deadline: str | None,
+    start_within: float | None,
     path: str | None,
     batch_size: int,
     as_json: bool,
@@ -93,7 +117,8 @@ def enqueue(
     A --file has one JSON object per line with the fields of a job:
       {"kind": "send_email", "args": {"to": "a@example.com"}, "queue": "emails"}
     (also priority, run_at, delay, max_attempts, timeout, idempotency_key,
-    subject_key, tags). Blank lines are skipped. The file is streamed in batches
+    subject_key, tags, depends_on, group, concurrency_key, deadline,
+    start_within). Blank lines are skipped. The file is streamed in batches
     (big plain batches use COPY) inside ONE transaction: a malformed line, or a
     batch the database refuses, enqueues nothing at all (exit code 2 or 1), and
     workers see the jobs only once the whole file is in.
@@ -108,6 +133,11 @@ def enqueue(
             "--timeout": timeout,
             "--idempotency-key": idempotency_key,
             "--subject-key": subject_key,
+            "--depends-on": depends_on,
+            "--group": group,
+            "--concurrency-key": concurrency_key,
+            "--deadline": deadline,
+            "--start-within": start_within,
         }
         extra = [name for name, value in given.items() if value is not None]
         extra += ["--tag"] if tags else []
@@ -121,6 +151,8 @@ def enqueue(
         raise InputError("give KIND, or --file (see `broker enqueue --help`)")
     if delay is not None and run_at is not None:
         raise InputError("give --delay or --run-at, not both")
+    if deadline is not None and start_within is not None:
+        raise InputError("give --deadline or --start-within, not both")
     from broker._jobfile import FieldError, spec_from
 
     fields: dict[str, Any] = {
@@ -135,6 +167,11 @@ def enqueue(
         "idempotency_key": idempotency_key,
         "subject_key": subject_key,
         "tags": list(tags),
+        "depends_on": _parse_ids(depends_on),
+        "group": group,
+        "concurrency_key": concurrency_key,
+        "deadline": _parse_run_at(deadline, "--deadline"),
+        "start_within": start_within,
     }
     try:
         spec = spec_from({k: v for k, v in fields.items() if v is not None})

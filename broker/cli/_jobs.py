@@ -143,6 +143,10 @@ def jobs_show(job_id: int, with_logs: bool, as_json: bool) -> None:
                 ("idempotency key", job.idempotency_key or "-"),
                 ("subject key", job.subject_key or "-"),
                 ("tags", ", ".join(job.tags) or "-"),
+                ("group", job.group or "-"),
+                ("concurrency key", job.concurrency_key or "-"),
+                ("deadline", when(job.deadline)),
+                ("depends on", ", ".join(map(str, job.depends_on)) or "-"),
                 ("result", "-" if job.result is None else clip(to_json(job.result), 200)),
                 ("last error", clip(job.last_error, 200)),
             ]

@@ -23,7 +23,16 @@ def stats(as_json: bool) -> None:
     with open_client() as client:
         queues = client.run(inspect.queues())
         summary = client.run(views.summary())
-    counts = ["queued", "available", "scheduled", "running", "succeeded", "failed", "cancelled"]
+    counts = [
+        "waiting",
+        "queued",
+        "available",
+        "scheduled",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ]
     totals: dict[str, Any] = {name: sum(getattr(q, name) for q in queues) for name in counts}
     waits = [q.oldest_available_age_seconds for q in queues if q.available]
     totals["oldest_available_age_seconds"] = max(waits, default=0.0)

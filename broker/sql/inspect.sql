@@ -5,7 +5,10 @@
 -- costs the same however deep it is. Every filter is optional (NULL means "any").
 SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,
        lease_expires_at, worker_id, idempotency_key, subject_key, result, last_error, tags,
-       created_at, started_at, finished_at, cancel_requested_at, timeout
+       created_at, started_at, finished_at, cancel_requested_at, timeout, "group",
+       concurrency_key, deadline,
+       ARRAY(SELECT d.depends_on FROM {schema}.job_dependencies d
+             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on
 FROM {schema}.jobs
 WHERE (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
@@ -26,7 +29,7 @@ SELECT coalesce(s.queue, p.queue) AS queue,
        coalesce(s.queued, 0), coalesce(s.available, 0), coalesce(s.scheduled, 0),
        coalesce(s.running, 0), coalesce(s.succeeded, 0), coalesce(s.failed, 0),
        coalesce(s.cancelled, 0), coalesce(s.oldest_available_age_seconds, 0),
-       p.queue IS NOT NULL AS paused, p.paused_at, p.reason
+       p.queue IS NOT NULL AS paused, p.paused_at, p.reason, coalesce(s.waiting, 0)
 FROM {schema}.queue_stats s
 FULL JOIN {schema}.queue_pauses p ON p.queue = s.queue
 ORDER BY 1;
@@ -51,18 +54,23 @@ SELECT coalesce(sum(queued), 0)::bigint AS queued,
        coalesce(sum(cancelled), 0)::bigint AS cancelled,
        coalesce(max(oldest_available_age_seconds), 0)::float8 AS oldest_available_age_seconds,
        (SELECT count(*) FROM {schema}.worker_status WHERE status = 'alive') AS workers_alive,
-       now() AS db_time
+       now() AS db_time,
+       coalesce(sum(waiting), 0)::bigint AS waiting
 FROM {schema}.queue_stats;
 
 -- name: metrics_job_counts
 -- (queue, state, jobs) for every non-empty pair, from queue_stats (see stats_overview).
 SELECT s.queue, c.state, c.jobs
 FROM {schema}.queue_stats s
-CROSS JOIN LATERAL (VALUES ('queued', s.queued), ('running', s.running),
+CROSS JOIN LATERAL (VALUES ('waiting', s.waiting), ('queued', s.queued), ('running', s.running),
                            ('succeeded', s.succeeded), ('failed', s.failed),
                            ('cancelled', s.cancelled)) AS c(state, jobs)
 WHERE c.jobs > 0
 ORDER BY 1, 2;
+
+-- name: group_counts
+-- A group's jobs per state, from jobs_group_idx (an index-only scan of the group's rows).
+SELECT state, count(*) FROM {schema}.jobs WHERE "group" = %(group)s GROUP BY state;
 
 -- name: schema_revision
 -- Raises undefined_table on a database that was never migrated; callers treat that as

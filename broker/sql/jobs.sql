@@ -9,7 +9,10 @@ SELECT ord, job_id, created FROM {schema}.enqueue_many(%(specs)s::jsonb) ORDER B
 -- name: job_get
 SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,
        lease_expires_at, worker_id, idempotency_key, subject_key, result, last_error, tags,
-       created_at, started_at, finished_at, cancel_requested_at, timeout
+       created_at, started_at, finished_at, cancel_requested_at, timeout, "group",
+       concurrency_key, deadline,
+       ARRAY(SELECT d.depends_on FROM {schema}.job_dependencies d
+             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on
 FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
 -- name: job_claim
@@ -193,7 +196,8 @@ SELECT now() AS now, clock_timestamp() AS clock;
 SELECT now(), nextval('{schema}.jobs_id_seq') FROM generate_series(1, %(n)s);
 
 -- name: job_copy_jobs
-COPY {schema}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout, tags)
+COPY {schema}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout, tags,
+                    "group", concurrency_key, deadline)
 FROM STDIN (FORMAT BINARY);
 
 -- name: job_copy_events

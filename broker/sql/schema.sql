@@ -27,20 +27,26 @@ $$;
 
 -- Parse a JSON array of job specs, applying defaults, and hold each to the job contract
 -- (broker/spec.py: the same bounds at every door; docs/decisions/008-job-contract.md).
--- Rules that are CHECK constraints on the jobs table (kind and queue names, args an
--- object, max_attempts >= 1, timeout > 0) are left to them, so every path in (this
--- function, COPY, a plain INSERT) obeys those. A spec's idempotency_scope namespaces its
--- key: stored as scope:key, bounded as the key alone. Each spec's first broken rule is its
--- `problem`, computed once per spec (OFFSET 0 keeps the subquery from being folded into
--- every column that reads it) and raised by the `ord` column; columns that could fail on
--- a bad value themselves (casts, intervals) are computed only when there is none. The
--- jsonpath finds a container at nesting level 64, i.e. 65 deep counting args (level 0).
+-- Rules that are CHECK constraints on the jobs table (kind, queue and group names, args
+-- an object, max_attempts >= 1, timeout > 0, the concurrency key) are left to them, so
+-- every path in (this function, COPY, a plain INSERT) obeys those. A spec's
+-- idempotency_scope namespaces its key: stored as scope:key, bounded as the key alone.
+-- Each spec's first broken rule is its `problem`, computed once per spec (OFFSET 0 keeps
+-- the subquery from being folded into every column that reads it) and raised by the `ord`
+-- column; columns that could fail on a bad value themselves (casts, intervals) are
+-- computed only when there is none. The jsonpath finds a container at nesting level 64,
+-- i.e. 65 deep counting args (level 0). depends_on comes out sorted without repeats, NULL
+-- when empty; start_within becomes a deadline on the database clock.
 -- The fingerprint is the sha256 of the canonical jsonb text of the normalized request
--- (jsonb orders object keys), so key order and whitespace in the request never matter.
+-- (jsonb orders object keys), so key order and whitespace in the request never matter;
+-- the fields added with dependencies (migration 0009) join it only when given, so a
+-- request fingerprinted before them still matches its replay.
 CREATE FUNCTION {s}._parse_specs(specs jsonb)
 RETURNS TABLE (ord bigint, queue text, kind text, args jsonb, priority integer,
                run_at timestamptz, max_attempts integer, timeout interval,
-               idempotency_key text, fingerprint text, subject_key text, tags text[])
+               idempotency_key text, fingerprint text, subject_key text, tags text[],
+               depends_on bigint[], "group" text, concurrency_key text,
+               deadline timestamptz)
 LANGUAGE sql VOLATILE AS $$
   SELECT CASE WHEN v.problem IS NOT NULL
                 THEN {s}._reject(format('job %s: %s', v.ord, v.problem))::bigint
@@ -59,16 +65,27 @@ LANGUAGE sql VOLATILE AS $$
                 THEN v.idempotency_scope || ':' || v.idempotency_key
               ELSE v.idempotency_key END,
          CASE WHEN v.problem IS NULL AND v.idempotency_key IS NOT NULL THEN
-           encode(sha256(convert_to(jsonb_build_object(
+           encode(sha256(convert_to((jsonb_build_object(
              'kind', v.kind, 'args', coalesce(v.args, '{{}}'), 'queue', coalesce(v.queue, 'default'),
              'priority', coalesce(v.priority, 0)::integer,
              'run_at', extract(epoch FROM v.run_at), 'delay', v.delay,
              'max_attempts', coalesce(v.max_attempts, 20)::integer,
              'timeout', v.timeout, 'subject_key', v.subject_key,
-             'tags', to_jsonb(coalesce(v.tags, '{{}}'::text[])))::text, 'UTF8')), 'hex')
+             'tags', to_jsonb(coalesce(v.tags, '{{}}'::text[])))
+             || jsonb_strip_nulls(jsonb_build_object(
+             'depends_on', to_jsonb(v.parents), 'group', v."group",
+             'concurrency_key', v.concurrency_key,
+             'deadline', extract(epoch FROM v.deadline), 'start_within', v.start_within))
+             )::text, 'UTF8')), 'hex')
          END,
          v.subject_key,
-         coalesce(v.tags, '{{}}'::text[])
+         coalesce(v.tags, '{{}}'::text[]),
+         v.parents,
+         v."group",
+         v.concurrency_key,
+         CASE WHEN v.problem IS NOT NULL THEN NULL
+              WHEN v.start_within IS NOT NULL THEN now() + make_interval(secs => v.start_within)
+              ELSE v.deadline END
   FROM (
     SELECT r.*, CASE
         WHEN r.run_at IS NOT NULL AND r.delay IS NOT NULL THEN 'give run_at or delay, not both'
@@ -103,14 +120,32 @@ LANGUAGE sql VOLATILE AS $$
         WHEN jsonb_path_exists(r.args,
                'strict $.**{{64}} ? (@.type() == "object" || @.type() == "array")')
           THEN 'args must nest at most 64 deep'
-      END AS problem
+        WHEN cardinality(r.depends_on) > 100 OR (cardinality(r.depends_on) > 0 AND EXISTS (
+               SELECT 1 FROM unnest(r.depends_on) d
+               WHERE d IS NULL OR d <> trunc(d) OR d NOT BETWEEN 1 AND 9007199254740992))
+          THEN 'depends_on must be at most 100 job ids (integers from 1 to 9007199254740992)'
+        WHEN r.deadline IS NOT NULL AND r.start_within IS NOT NULL
+          THEN 'give deadline or start_within, not both'
+        WHEN r.start_within < 0 THEN 'start_within must not be negative'
+        WHEN NOT (r.start_within <= 3155760000)
+          THEN 'start_within must be at most 3155760000 seconds (100 years)'
+        WHEN NOT isfinite(r.deadline) OR r.deadline < '0001-01-02T00:00:00+00:00' OR r.deadline > '9999-12-30T23:59:59.999999+00:00'
+          THEN 'deadline must be between 0001-01-02T00:00:00+00:00 and 9999-12-30T23:59:59.999999+00:00'
+      END AS problem,
+      CASE WHEN cardinality(r.depends_on) BETWEEN 1 AND 100 THEN
+        ARRAY(SELECT DISTINCT d::bigint FROM unnest(r.depends_on) d
+              WHERE d = trunc(d) AND d BETWEEN 1 AND 9007199254740992 ORDER BY 1)
+      END AS parents
     FROM ROWS FROM (jsonb_to_recordset(specs) AS (
            queue text, kind text, args jsonb, priority numeric, run_at timestamptz,
            delay double precision, max_attempts numeric, timeout double precision,
-           idempotency_key text, idempotency_scope text, subject_key text, tags text[]))
+           idempotency_key text, idempotency_scope text, subject_key text, tags text[],
+           depends_on numeric[], "group" text, concurrency_key text, deadline timestamptz,
+           start_within double precision))
          WITH ORDINALITY AS r(queue, kind, args, priority, run_at, delay, max_attempts,
                               timeout, idempotency_key, idempotency_scope, subject_key,
-                              tags, ord)
+                              tags, depends_on, "group", concurrency_key, deadline,
+                              start_within, ord)
     OFFSET 0
   ) v
 $$;
@@ -119,6 +154,13 @@ $$;
 -- the job id and whether it was created (false: an earlier job with the same
 -- idempotency key and the same request). The NOTIFY for runnable jobs is sent in the
 -- caller's transaction, once per queue.
+-- A spec with depends_on is born waiting (a dependency not yet succeeded), queued (all
+-- succeeded) or cancelled (one failed or was cancelled: event dependency_failed). Its
+-- dependencies are locked FOR SHARE first, in id order, and read in the next statement:
+-- a dependency cannot end while this transaction is open (its ending waits for our
+-- commit, and the trigger that resolves its dependents then sees this job), and one that
+-- ended before is seen ended. Every id must name an existing job; the batch's own jobs
+-- have no ids yet, so a batch cannot refer to itself and no cycle can be built.
 CREATE FUNCTION {s}.enqueue_many(specs jsonb)
 RETURNS TABLE (ord bigint, job_id bigint, created boolean)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -126,6 +168,8 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   v_ords bigint[];
   v_ids bigint[];
+  v_parents bigint[];
+  v_missing bigint;
   rec record;
 BEGIN
   IF jsonb_typeof(specs) IS DISTINCT FROM 'array' THEN
@@ -145,9 +189,34 @@ BEGIN
           FROM jsonb_to_recordset(specs) AS p(kind text, subject_key text)
           WHERE p.subject_key IS NOT NULL ORDER BY 1, 2) s;
   END IF;
+  IF jsonb_path_exists(specs, '$[*].depends_on[*]') THEN
+    SELECT array_agg(DISTINCT d ORDER BY d) INTO v_parents
+    FROM {s}._parse_specs(specs) p CROSS JOIN LATERAL unnest(p.depends_on) d;
+    PERFORM 1 FROM {s}.jobs j WHERE j.id = ANY(v_parents) ORDER BY j.id FOR SHARE;
+    SELECT min(d) INTO v_missing FROM unnest(v_parents) d
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.jobs j WHERE j.id = d);
+    IF v_missing IS NOT NULL THEN
+      SELECT min(p.ord) INTO rec FROM {s}._parse_specs(specs) p WHERE v_missing = ANY(p.depends_on);
+      RAISE EXCEPTION USING ERRCODE = 'PB002',
+        MESSAGE = format('job %s: depends_on names job %s, which does not exist', rec.min, v_missing);
+    END IF;
+  END IF;
 
   WITH src AS (
     SELECT p.*, nextval('{s}.jobs_id_seq') AS id FROM {s}._parse_specs(specs) p
+  ), dep AS (
+    -- Where each spec with dependencies starts, and the first dependency that failed.
+    SELECT s.id,
+           CASE WHEN bool_or(p.state IN ('failed', 'cancelled')) THEN 'cancelled'
+                WHEN bool_and(p.state = 'succeeded') THEN 'queued'
+                ELSE 'waiting' END AS state,
+           (array_agg(p.id ORDER BY p.id)
+              FILTER (WHERE p.state IN ('failed', 'cancelled')))[1] AS parent,
+           (array_agg(p.state ORDER BY p.id)
+              FILTER (WHERE p.state IN ('failed', 'cancelled')))[1] AS parent_state
+    FROM src s JOIN {s}.jobs p ON p.id = ANY(s.depends_on)
+    WHERE s.depends_on IS NOT NULL
+    GROUP BY s.id
   ), newest_in_batch AS (
     -- Within one batch the last spec for a (kind, subject_key) wins; earlier ones are
     -- born superseded.
@@ -164,25 +233,46 @@ BEGIN
   ), ins AS (
     INSERT INTO {s}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout,
                           idempotency_key, idempotency_fingerprint, subject_key, tags,
-                          state, finished_at, last_error)
+                          "group", concurrency_key, deadline, state, finished_at, last_error)
     SELECT src.id, src.queue, src.kind, src.args, src.priority, src.run_at, src.max_attempts,
            src.timeout, src.idempotency_key, src.fingerprint, src.subject_key, src.tags,
-           CASE WHEN n.newest_id <> src.id THEN 'cancelled' ELSE 'queued' END,
-           CASE WHEN n.newest_id <> src.id THEN now() END,
-           CASE WHEN n.newest_id <> src.id THEN 'superseded' END
-    FROM src LEFT JOIN newest_in_batch n USING (kind, subject_key) ORDER BY src.ord
+           src."group", src.concurrency_key, src.deadline,
+           CASE WHEN n.newest_id <> src.id THEN 'cancelled' ELSE coalesce(dep.state, 'queued') END,
+           CASE WHEN n.newest_id <> src.id OR dep.state = 'cancelled' THEN now() END,
+           CASE WHEN n.newest_id <> src.id THEN 'superseded'
+                WHEN dep.state = 'cancelled'
+                  THEN {s}._dependency_failed(dep.parent, dep.parent_state) END
+    FROM src LEFT JOIN newest_in_batch n USING (kind, subject_key)
+    LEFT JOIN dep ON dep.id = src.id
+    ORDER BY src.ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, queue, kind, subject_key, run_at, state
+    RETURNING id, queue, kind, subject_key, run_at, state, last_error
+  ), edges AS (
+    INSERT INTO {s}.job_dependencies (job_id, depends_on)
+    SELECT ins.id, d FROM ins JOIN src USING (id) CROSS JOIN LATERAL unnest(src.depends_on) d
+    WHERE src.depends_on IS NOT NULL
   ), ev AS (
     INSERT INTO {s}.job_events (job_id, event, detail)
     SELECT x.job_id, x.event, x.detail FROM (
-      SELECT id AS job_id, 'enqueued' AS event, NULL::jsonb AS detail, 0 AS step FROM ins
+      SELECT ins.id AS job_id, 'enqueued' AS event,
+             CASE WHEN src.depends_on IS NOT NULL
+                  THEN jsonb_build_object('depends_on', src.depends_on) END AS detail,
+             0 AS step
+      FROM ins JOIN src USING (id)
       UNION ALL
       SELECT ins.id, 'superseded', jsonb_build_object('superseded_by', n.newest_id), 1
-      FROM ins JOIN newest_in_batch n USING (kind, subject_key) WHERE ins.state = 'cancelled'
+      FROM ins JOIN newest_in_batch n USING (kind, subject_key)
+      WHERE ins.state = 'cancelled' AND ins.last_error = 'superseded'
+      UNION ALL
+      SELECT ins.id, 'dependency_failed',
+             jsonb_build_object('dependency', dep.parent, 'state', dep.parent_state), 1
+      FROM ins JOIN dep USING (id)
+      WHERE ins.state = 'cancelled' AND dep.state = 'cancelled'
+        AND ins.last_error IS DISTINCT FROM 'superseded'
     ) x ORDER BY x.job_id, x.step
   ), newest AS (
-    SELECT id, kind, subject_key FROM ins WHERE subject_key IS NOT NULL AND state = 'queued'
+    SELECT id, kind, subject_key FROM ins
+    WHERE subject_key IS NOT NULL AND state IN ('queued', 'waiting')
   ), sup AS (
     -- Driven from the (usually empty) newest rows through jobs_subject_idx, behind a
     -- one-time EXISTS gate: with statistics saying jobs was empty, the planner once
@@ -244,7 +334,10 @@ CREATE FUNCTION {s}.enqueue(
   kind text, args jsonb DEFAULT '{{}}', queue text DEFAULT 'default', priority integer DEFAULT 0,
   run_at timestamptz DEFAULT NULL, delay interval DEFAULT NULL,
   max_attempts integer DEFAULT 20, timeout interval DEFAULT NULL,
-  idempotency_key text DEFAULT NULL, subject_key text DEFAULT NULL, tags text[] DEFAULT '{{}}'
+  idempotency_key text DEFAULT NULL, subject_key text DEFAULT NULL, tags text[] DEFAULT '{{}}',
+  depends_on bigint[] DEFAULT NULL, "group" text DEFAULT NULL,
+  concurrency_key text DEFAULT NULL, deadline timestamptz DEFAULT NULL,
+  start_within interval DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql VOLATILE AS $$
   -- A JSON null reads exactly like an absent key in _parse_specs, so nothing is stripped
@@ -253,11 +346,14 @@ LANGUAGE sql VOLATILE AS $$
     'kind', kind, 'args', args, 'queue', queue, 'priority', priority,
     'run_at', run_at, 'delay', extract(epoch FROM delay), 'max_attempts', max_attempts,
     'timeout', extract(epoch FROM timeout), 'idempotency_key', idempotency_key,
-    'subject_key', subject_key, 'tags', to_jsonb(tags)))) e
+    'subject_key', subject_key, 'tags', to_jsonb(tags), 'depends_on', to_jsonb(depends_on),
+    'group', "group", 'concurrency_key', concurrency_key, 'deadline', deadline,
+    'start_within', extract(epoch FROM start_within)))) e
 $$;
 
--- Cancel a job: queued -> cancelled at once; running -> cancel requested, and the worker
--- holding it is told with NOTIFY (it acknowledges with a fenced write); finished -> error.
+-- Cancel a job: queued or waiting -> cancelled at once; running -> cancel requested, and
+-- the worker holding it is told with NOTIFY (it acknowledges with a fenced write);
+-- finished -> error.
 CREATE FUNCTION {s}.cancel_job(job_id bigint) RETURNS SETOF {s}.jobs
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -270,7 +366,7 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = 'PB003', MESSAGE = format('job %s not found', job_id),
       HINT = job_id::text;
   END IF;
-  IF j.state = 'queued' THEN
+  IF j.state IN ('queued', 'waiting') THEN
     UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
     WHERE id = job_id RETURNING * INTO j;
     INSERT INTO {s}.job_events (job_id, event) VALUES (j.id, 'cancelled');
@@ -290,34 +386,60 @@ END
 $$;
 
 -- Put a failed or cancelled job back in the queue, runnable now, with at least one
--- attempt left.
+-- attempt left. A job with dependencies goes back to waiting while one of them has not
+-- succeeded yet (a dependency that no longer exists was pruned, so counts as met); while
+-- one is failed or cancelled it is refused: retry that one first.
 CREATE FUNCTION {s}.retry_job(job_id bigint) RETURNS SETOF {s}.jobs
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   j {s}.jobs;
+  blocker record;
+  v_state text := 'queued';
 BEGIN
-  UPDATE {s}.jobs
-  SET state = 'queued', run_at = now(), finished_at = NULL, cancel_requested_at = NULL,
-      lease_expires_at = NULL, result = NULL, max_attempts = greatest(max_attempts, attempts + 1)
-  WHERE id = job_id AND state IN ('failed', 'cancelled') RETURNING * INTO j;
-  IF FOUND THEN
-    INSERT INTO {s}.job_events (job_id, event, epoch) VALUES (j.id, 'retried', j.lease_epoch);
-    PERFORM pg_notify('{jobs_channel}', j.queue);
-    RETURN NEXT j;
-    RETURN;
-  END IF;
-  SELECT * INTO j FROM {s}.jobs WHERE id = job_id;
+  SELECT * INTO j FROM {s}.jobs WHERE id = job_id FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION USING ERRCODE = 'PB003', MESSAGE = format('job %s not found', job_id),
       HINT = job_id::text;
   END IF;
-  RAISE EXCEPTION USING ERRCODE = 'PB004', MESSAGE = format('cannot retry job %s: it is %s', job_id, j.state),
-    DETAIL = j.state, HINT = job_id::text;
+  IF j.state NOT IN ('failed', 'cancelled') THEN
+    RAISE EXCEPTION USING ERRCODE = 'PB004',
+      MESSAGE = format('cannot retry job %s: it is %s', job_id, j.state),
+      DETAIL = j.state, HINT = job_id::text;
+  END IF;
+  IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.job_id = retry_job.job_id) THEN
+    -- Locked as enqueue locks them, so a dependency ending meanwhile sees this job waiting.
+    PERFORM 1 FROM {s}.jobs p
+    WHERE p.id IN (SELECT d.depends_on FROM {s}.job_dependencies d
+                   WHERE d.job_id = retry_job.job_id)
+    ORDER BY p.id FOR SHARE;
+    SELECT p.id, p.state INTO blocker
+    FROM {s}.job_dependencies d JOIN {s}.jobs p ON p.id = d.depends_on
+    WHERE d.job_id = retry_job.job_id AND p.state <> 'succeeded'
+    ORDER BY p.state IN ('failed', 'cancelled') DESC, p.id LIMIT 1;
+    IF FOUND AND blocker.state IN ('failed', 'cancelled') THEN
+      RAISE EXCEPTION USING ERRCODE = 'PB004',
+        MESSAGE = format('cannot retry job %s: its dependency %s is %s (retry that one first)',
+                         job_id, blocker.id, blocker.state),
+        DETAIL = j.state, HINT = job_id::text;
+    ELSIF FOUND THEN
+      v_state := 'waiting';
+    END IF;
+  END IF;
+  UPDATE {s}.jobs
+  SET state = v_state, run_at = now(), finished_at = NULL, cancel_requested_at = NULL,
+      lease_expires_at = NULL, result = NULL, max_attempts = greatest(max_attempts, attempts + 1)
+  WHERE id = job_id RETURNING * INTO j;
+  INSERT INTO {s}.job_events (job_id, event, epoch) VALUES (j.id, 'retried', j.lease_epoch);
+  IF v_state = 'queued' THEN
+    PERFORM pg_notify('{jobs_channel}', j.queue);
+  END IF;
+  RETURN NEXT j;
 END
 $$;
 
--- Live states from their partial indexes (jobs_claim_idx, jobs_lease_idx: only live rows),
--- finished states from the rollup: neither reads the retained history.
+-- Live states from their partial indexes (jobs_claim_idx, jobs_lease_idx,
+-- jobs_waiting_idx: only live rows), finished states from the rollup: none reads the
+-- retained history.
 CREATE VIEW {s}.queue_stats AS
 WITH live AS (
   SELECT queue,
@@ -326,6 +448,8 @@ WITH live AS (
          count(*) FILTER (WHERE run_at > now()) AS scheduled,
          min(run_at) FILTER (WHERE run_at <= now()) AS oldest_available
   FROM {s}.jobs WHERE state = 'queued' GROUP BY queue
+), waiting AS (
+  SELECT queue, count(*) AS waiting FROM {s}.jobs WHERE state = 'waiting' GROUP BY queue
 ), running AS (
   SELECT queue, count(*) AS running FROM {s}.jobs
   WHERE lease_expires_at IS NOT NULL AND state = 'running' GROUP BY queue
@@ -336,7 +460,7 @@ WITH live AS (
          coalesce(sum(n) FILTER (WHERE state = 'cancelled'), 0)::bigint AS cancelled
   FROM {s}.job_counts GROUP BY queue
 ), q AS (
-  SELECT queue FROM live UNION SELECT queue FROM running
+  SELECT queue FROM live UNION SELECT queue FROM waiting UNION SELECT queue FROM running
   UNION SELECT queue FROM finished WHERE succeeded + failed + cancelled > 0
 )
 SELECT q.queue,
@@ -349,9 +473,10 @@ SELECT q.queue,
        coalesce(f.cancelled, 0) AS cancelled,
        coalesce(extract(epoch FROM now() - l.oldest_available), 0)::double precision
          AS oldest_available_age_seconds,
-       EXISTS (SELECT 1 FROM {s}.queue_pauses p WHERE p.queue = q.queue) AS paused
+       EXISTS (SELECT 1 FROM {s}.queue_pauses p WHERE p.queue = q.queue) AS paused,
+       coalesce(w.waiting, 0) AS waiting
 FROM q LEFT JOIN live l USING (queue) LEFT JOIN running r USING (queue)
-LEFT JOIN finished f USING (queue);
+LEFT JOIN finished f USING (queue) LEFT JOIN waiting w USING (queue);
 
 -- Pause a queue: workers stop claiming from it (running jobs finish); enqueues still land.
 CREATE FUNCTION {s}.pause_queue(queue text, reason text DEFAULT NULL) RETURNS void
@@ -427,20 +552,40 @@ UNION ALL
 SELECT id, queue, kind, state, 'waiting', run_at, worker_id, attempts
 FROM {s}.jobs WHERE state = 'queued' AND run_at < now() - interval '10 minutes';
 
--- Append the change in finished jobs per (queue, state) made by one statement. Transition
+-- Append the change in finished jobs per (queue, state) made by one statement, and
+-- resolve the dependents of jobs that ended (migration 0009): the one trigger function
+-- every writer of broker.jobs goes through (the finish statement, the reaper,
+-- cancel_job(), the dependency cascade itself, an operator's own SQL). Transition
 -- tables hold the rows the statement touched; a claim or heartbeat touches no finished
--- row and appends nothing.
+-- row and appends nothing. Dependents are looked for only among the rows that are
+-- finished now, in job_dependencies_parent_idx: one range probe for the statement, then
+-- (only if an edge falls in that range) one probe per row; a statement none of whose
+-- jobs has dependents does nothing more (decision 013 has the figures).
+-- A deleted job takes its own edges with it; one deleted unfinished or unsucceeded
+-- (an operator's DELETE: pruning deletes finished jobs only) cancels its waiting
+-- dependents. Edges to a deleted job that had succeeded stay, and count as met.
 CREATE FUNCTION {s}._count_finished() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+  lo bigint;
+  hi bigint;
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     DELETE FROM {s}.job_counts;
+    DELETE FROM {s}.job_dependencies;
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, count(*) FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, -count(*) FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
+    DELETE FROM {s}.job_dependencies d USING old_rows o WHERE d.job_id = o.id;
+    IF EXISTS (SELECT 1 FROM old_rows o WHERE o.state <> 'succeeded'
+               AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = o.id)) THEN
+      PERFORM {s}._resolve_dependents(
+        ARRAY(SELECT id FROM old_rows WHERE state <> 'succeeded'),
+        ARRAY(SELECT 'deleted'::text FROM old_rows WHERE state <> 'succeeded'), '{{}}');
+    END IF;
   ELSE
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, sum(d) FROM (
@@ -448,6 +593,22 @@ BEGIN
       UNION ALL
       SELECT queue, state, -1 FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
     ) x GROUP BY 1, 2 HAVING sum(d) <> 0;
+    -- One range probe first: no edge names a job between the lowest and highest id that
+    -- ended here (always so for a claim or heartbeat, whose rows did not end, and for
+    -- anyone not using dependencies); only then one probe per job that ended.
+    SELECT min(id), max(id) INTO lo, hi FROM new_rows
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
+    IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
+       AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+                   AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
+      PERFORM {s}._resolve_dependents(
+        ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
+              WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY 1),
+        ARRAY(SELECT n.state FROM new_rows n JOIN old_rows o USING (id)
+              WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY n.id),
+        ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
+              WHERE n.state = 'succeeded' AND o.state <> 'succeeded'));
+    END IF;
   END IF;
   RETURN NULL;
 END
@@ -455,13 +616,81 @@ $$;
 
 CREATE TRIGGER jobs_count_insert AFTER INSERT ON {s}.jobs
   REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}._count_finished();
+
 CREATE TRIGGER jobs_count_update AFTER UPDATE ON {s}.jobs
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
   FOR EACH STATEMENT EXECUTE FUNCTION {s}._count_finished();
+
 CREATE TRIGGER jobs_count_delete AFTER DELETE ON {s}.jobs
   REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}._count_finished();
+
 CREATE TRIGGER jobs_count_truncate AFTER TRUNCATE ON {s}.jobs
   FOR EACH STATEMENT EXECUTE FUNCTION {s}._count_finished();
+
+
+-- Why a job was cancelled for its dependency: last_error of a dependency_failed job.
+CREATE FUNCTION {s}._dependency_failed(dependency bigint, state text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT format('dependency %s %s', dependency,
+                CASE state WHEN 'failed' THEN 'failed' ELSE 'was ' || state END)
+$$;
+
+-- Resolve the dependents of jobs that just ended: those of `ended` (failed, cancelled or
+-- deleted, with their `states`) are cancelled if waiting, and so, recursively, are their
+-- own waiting dependents (one statement: the chain may be long); those of `succeeded`
+-- are queued once every dependency that still exists has succeeded, and their queues
+-- notified. Called by the jobs trigger only.
+-- The waiting dependents are locked (in id order) before the statement that decides, and
+-- that statement takes a new snapshot: of two dependencies of one job ending in
+-- concurrent transactions, the second waits for the first to commit and then sees both
+-- succeeded, so the job is never left waiting.
+CREATE FUNCTION {s}._resolve_dependents(ended bigint[], states text[], succeeded bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  notified bigint;
+BEGIN
+  IF cardinality(ended) > 0 THEN
+    WITH RECURSIVE doomed(id, parent, parent_state) AS (
+      SELECT d.job_id, e.id, e.state
+      FROM unnest(ended, states) AS e(id, state)
+      JOIN {s}.job_dependencies d ON d.depends_on = e.id
+      JOIN {s}.jobs c ON c.id = d.job_id AND c.state = 'waiting'
+      UNION
+      SELECT d.job_id, x.id, 'cancelled'
+      FROM doomed x
+      JOIN {s}.job_dependencies d ON d.depends_on = x.id
+      JOIN {s}.jobs c ON c.id = d.job_id AND c.state = 'waiting'
+    ), victim AS (
+      SELECT DISTINCT ON (id) id, parent, parent_state FROM doomed ORDER BY id, parent
+    ), cancelled AS (
+      UPDATE {s}.jobs j SET state = 'cancelled', finished_at = now(),
+             last_error = {s}._dependency_failed(v.parent, v.parent_state)
+      FROM victim v WHERE j.id = v.id AND j.state = 'waiting'
+      RETURNING j.id, v.parent, v.parent_state
+    )
+    INSERT INTO {s}.job_events (job_id, event, detail)
+    SELECT id, 'dependency_failed', jsonb_build_object('dependency', parent, 'state', parent_state)
+    FROM cancelled ORDER BY id;
+  END IF;
+  IF cardinality(succeeded) > 0 THEN
+    PERFORM 1 FROM {s}.jobs c
+    WHERE c.id IN (SELECT d.job_id FROM {s}.job_dependencies d WHERE d.depends_on = ANY(succeeded))
+      AND c.state = 'waiting'
+    ORDER BY c.id FOR UPDATE;
+    WITH released AS (
+      UPDATE {s}.jobs c SET state = 'queued', run_at = greatest(c.run_at, now())
+      WHERE c.id IN (SELECT d.job_id FROM {s}.job_dependencies d WHERE d.depends_on = ANY(succeeded))
+        AND c.state = 'waiting'
+        AND NOT EXISTS (SELECT 1 FROM {s}.job_dependencies o JOIN {s}.jobs p ON p.id = o.depends_on
+                        WHERE o.job_id = c.id AND p.state <> 'succeeded')
+      RETURNING c.queue, c.run_at
+    )
+    SELECT count(pg_notify('{jobs_channel}', q.queue)) INTO notified
+    FROM (SELECT DISTINCT queue FROM released WHERE run_at <= now()) q;
+  END IF;
+END
+$$;
 
 -- Fold the delta rows into one per (queue, state). Each delta is deleted by exactly one
 -- fold (a concurrent fold skips rows already deleted), so sums stay exact.

@@ -568,3 +568,64 @@ def test_exit_codes_and_stderr_of_a_real_process(db_url: str) -> None:
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("error: cannot connect to PostgreSQL at 127.0.0.1:1")
     assert unreachable.stderr.count("\n") == 1
+
+
+# --- dependencies and groups -----------------------------------------------------------
+
+
+def test_enqueue_dependencies_group_and_deadline_options(db_url: str, broker: Broker) -> None:
+    parent = broker.enqueue("p").id
+    done = cli(
+        db_url,
+        "enqueue",
+        "child",
+        "--depends-on",
+        f"{parent},{parent}",
+        "--group",
+        "nightly",
+        "--concurrency-key",
+        "tenant-7",
+        "--start-within",
+        "90",
+    )
+    assert done.exit_code == 0, done.stderr
+    job = broker.get_job(int(done.stdout))
+    assert (job.state, job.depends_on, job.group, job.concurrency_key) == (
+        "waiting",
+        [parent],
+        "nightly",
+        "tenant-7",
+    )
+    assert job.deadline is not None and (job.deadline - job.created_at).total_seconds() == 90
+    shown = cli(db_url, "jobs", "show", str(job.id))
+    assert "depends on        " + str(parent) in shown.stdout
+    assert "group             nightly" in shown.stdout
+    missing = cli(db_url, "enqueue", "child", "--depends-on", "424242")
+    assert missing.exit_code == 2
+    assert "depends_on names job 424242, which does not exist" in one_error_line(missing)
+    both = cli(db_url, "enqueue", "k", "--deadline", "2030-01-01T00:00:00Z", "--start-within", "5")
+    assert both.exit_code == 2
+    assert one_error_line(both) == "error: give --deadline or --start-within, not both"
+
+
+def test_groups_show_counts_per_state(db_url: str, broker: Broker) -> None:
+    first = broker.enqueue("k", group="batch-1").id
+    broker.enqueue("k", group="batch-1", depends_on=[first])
+    broker.enqueue("k", group="other")
+    broker.cancel(first)  # its dependent is cancelled with it
+    shown = cli(db_url, "groups", "show", "batch-1")
+    assert shown.exit_code == 0, shown.stderr
+    rows = dict(line.split() for line in shown.stdout.splitlines()[1:])
+    assert rows == {
+        "waiting": "0",
+        "queued": "0",
+        "running": "0",
+        "succeeded": "0",
+        "failed": "0",
+        "cancelled": "2",
+        "(all)": "2",
+    }
+    body = json.loads(cli(db_url, "groups", "show", "batch-1", "--json").stdout)
+    assert body["total"] == 2 and body["counts"]["cancelled"] == 2
+    bad = cli(db_url, "groups", "show", "two words")
+    assert bad.exit_code == 2 and "group must be" in one_error_line(bad)

@@ -118,7 +118,45 @@ CASES = [
     no("NUL in an args key", args={"a\x00": 1}),
     no("lone surrogate in an args value", args={"a": "\ud800"}),
     no("args a JSON array", args=[1, 2]),
+    # PARENT stands for the id of a job that exists (each door's test enqueues one).
+    ok("depends_on an existing job", depends_on=["PARENT"]),
+    ok("depends_on 100 ids (one job named 100 times)", depends_on=["PARENT"] * 100),
+    no("depends_on 101 ids", depends_on=["PARENT"] * 101),
+    no("depends_on a job that does not exist", depends_on=[2**40]),
+    no("depends_on 0", depends_on=[0]),
+    no('depends_on "1" (a string)', {"cli": TEXT_OPTION, "sql": TYPED}, depends_on="1"),
+    ok("group of 128 characters", group="g" * 128),
+    no("group of 129 characters", group="g" * 129),
+    no("empty group", group=""),
+    no("group with a space", group="two words"),
+    ok("concurrency key of 200 characters", concurrency_key="c" * 200),
+    no("concurrency key of 201 characters", concurrency_key="c" * 201),
+    no("concurrency key with a space", concurrency_key="tenant 7"),
+    ok("deadline 9999-12-30T23:59:59Z", deadline="9999-12-30T23:59:59+00:00"),
+    no("deadline 9999-12-31T00:00:00Z", deadline="9999-12-31T00:00:00+00:00"),
+    no("deadline without a UTC offset", {"sql": SESSION_ZONE}, deadline="2030-01-01T00:00:00"),
+    ok("start_within 0", start_within=0),
+    ok("start_within of 100 years", start_within=3_155_760_000),
+    no("start_within of 100 years and 1 s", start_within=3_155_760_001),
+    no("negative start_within", start_within=-1),
+    no(
+        "deadline and start_within together",
+        deadline="2030-01-01T00:00:00+00:00",
+        start_within=5,
+    ),
 ]
+TIMES = ("run_at", "deadline")
+
+
+def with_parent(case: Case, parent: int) -> Case:
+    """`case` with PARENT replaced by the id of an existing job."""
+    ids = case.fields.get("depends_on")
+    if not isinstance(ids, list):
+        return case
+    resolved = [parent if i == "PARENT" else i for i in ids]
+    return Case(
+        case.name, {**case.fields, "depends_on": resolved}, case.verdict, case.deep, case.not_at
+    )
 
 
 def nested(depth: int) -> Any:
@@ -156,8 +194,9 @@ def spec_json(case: Case) -> str:
 def python_door(broker: Broker) -> Callable[[Case], str]:
     def enqueue(case: Case) -> str:
         options = {k: v for k, v in case.fields.items() if k not in ("kind", "args")}
-        if isinstance(options.get("run_at"), str):
-            options["run_at"] = datetime.fromisoformat(options["run_at"])
+        for name in TIMES:
+            if isinstance(options.get(name), str):
+                options[name] = datetime.fromisoformat(options[name])
         try:
             broker.enqueue(case.fields.get("kind", "k"), args_of(case), **options)
         except InvalidJobError:
@@ -208,13 +247,19 @@ def cli_door(db_url: str) -> Callable[[Case], str]:
         "timeout": "--timeout",
         "idempotency_key": "--idempotency-key",
         "subject_key": "--subject-key",
+        "depends_on": "--depends-on",
+        "group": "--group",
+        "concurrency_key": "--concurrency-key",
+        "deadline": "--deadline",
+        "start_within": "--start-within",
     }
 
     def enqueue(case: Case) -> str:
         argv = ["enqueue", case.fields.get("kind", "k"), "--args", args_json(case)]
         for name, value in case.fields.items():
             if name in options:
-                argv += [options[name], str(value)]
+                text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+                argv += [options[name], text]
         for tag in case.fields.get("tags", []):
             argv += ["--tag", tag]
         return _cli(db_url, argv)
@@ -242,6 +287,11 @@ def sql_door(conn: Conn) -> Callable[[Case], str]:
         "idempotency_key": "idempotency_key => %s",
         "subject_key": "subject_key => %s",
         "tags": "tags => %s::text[]",
+        "depends_on": "depends_on => %s::bigint[]",
+        "group": '"group" => %s',
+        "concurrency_key": "concurrency_key => %s",
+        "deadline": "deadline => %s::timestamptz",
+        "start_within": "start_within => make_interval(secs => %s)",
     }
 
     def enqueue(case: Case) -> str:
@@ -293,11 +343,13 @@ def test_every_case_gets_the_tables_verdict(
     door: Callable[[Case], str], request: pytest.FixtureRequest, conn: Conn
 ) -> None:
     name = request.node.callspec.params["door"]
-    cases = [c for c in CASES if name not in c.not_at]
+    row = conn.execute("SELECT broker.enqueue('parent')").fetchone()
+    assert row is not None
+    cases = [with_parent(c, row[0]) for c in CASES if name not in c.not_at]
     got = {c.name: door(c) for c in cases}
     assert got == {c.name: c.verdict for c in cases}
     accepted = sum(c.verdict == ACCEPTED for c in cases)
-    assert conn.execute("SELECT count(*) FROM broker.jobs").fetchone() == (accepted,)
+    assert conn.execute("SELECT count(*) FROM broker.jobs").fetchone() == (accepted + 1,)
 
 
 def test_cases_cover_every_field() -> None:

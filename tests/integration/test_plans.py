@@ -67,14 +67,14 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
     "log": ({"jobs_pkey"}, [lambda held: lease.append_logs([(h, "line") for h in held])]),
 }
 # Operator reads that must not grow with the history: they may read only the indexes that
-# hold live rows (queued, running), in full; finished counts come from broker.job_counts.
+# hold live rows (waiting, queued, running), in full; finished counts come from broker.job_counts.
 READS: dict[str, Callable[[], Statement[Any]]] = {
     "queues_list": inspection.queues,
     "stats_overview": inspection.overview,
     "metrics_job_counts": inspection.job_counts,
     "workers_list": inspection.workers,
 }
-LIVE_INDEXES = {"jobs_claim_idx", "jobs_lease_idx"}
+LIVE_INDEXES = {"jobs_claim_idx", "jobs_lease_idx", "jobs_waiting_idx"}
 CASES = [
     pytest.param(role, i, id=f"{role}-{i}")
     for role, (_, builders) in ROLES.items()

@@ -1,15 +1,19 @@
 """A Hypothesis stateful test of the lease state machine against a real database.
 
-Random interleavings of enqueue, claim, heartbeat, complete, fail, cancel, reap and a
-jumping database clock, with writes made both under the current lease and under stale
-ones (older epochs) the model remembers. The model predicts every job's state, attempts
-and epoch; after each step the database must agree and the invariants hold:
+Random interleavings of enqueue (with and without dependencies), claim, heartbeat,
+complete, fail, cancel, reap and a jumping database clock, with writes made both under the
+current lease and under stale ones (older epochs) the model remembers. The model predicts
+every job's state, attempts and epoch; after each step the database must agree and the
+invariants hold:
 
 - at most one live lease per job: a running job's epoch is its latest (and count of)
   `claimed` events;
 - terminal states are only ever written under the epoch current at the time;
 - every stale write raises LeaseLost and is recorded as `stale_write_rejected`;
-- attempts never exceed max_attempts, and the state is one of the five.
+- attempts never exceed max_attempts, and the state is one of the six;
+- a job waits exactly while a dependency is unfinished and none failed or was cancelled:
+  the model resolves dependents to a fixpoint after every step, the database in the
+  trigger of the statement that ended the dependency.
 
 At the end workers stop failing: claiming and completing (with time moving on and the
 reaper running) must drive every job to a terminal state within a bounded number of rounds.
@@ -70,6 +74,7 @@ class ModelJob:
     attempts: int = 0
     epoch: int = 0
     cancel_requested: bool = False
+    depends_on: tuple[int, ...] = ()
 
 
 class LeaseMachine(RuleBasedStateMachine):
@@ -118,6 +123,27 @@ class LeaseMachine(RuleBasedStateMachine):
         ).fetchone()
         assert row == (lease.epoch, write)
 
+    def dependency_state(self, depends_on: tuple[int, ...]) -> str | None:
+        """Where a job with these dependencies belongs now (None: it has none)."""
+        if not depends_on:
+            return None
+        ended = [self.jobs[d].state for d in depends_on]
+        if any(s in ("failed", "cancelled") for s in ended):
+            return "cancelled"
+        return "queued" if all(s == "succeeded" for s in ended) else "waiting"
+
+    def resolve(self) -> None:
+        """Release or cancel waiting jobs, to a fixpoint (cancels cascade)."""
+        changed = True
+        while changed:
+            changed = False
+            for job in self.jobs.values():
+                if job.state == "waiting":
+                    now = self.dependency_state(job.depends_on)
+                    if now != "waiting":
+                        job.state = str(now)
+                        changed = True
+
     def after_fail(self, job: ModelJob, retryable: bool) -> str:
         if job.cancel_requested:
             return "cancelled"
@@ -141,6 +167,23 @@ class LeaseMachine(RuleBasedStateMachine):
             assert job.created and job.id not in self.jobs
             self.jobs[job.id] = ModelJob(queue, max_attempts)
 
+    @precondition(lambda self: bool(self.jobs))
+    @rule(data=st.data(), queue=st.sampled_from(QUEUES))
+    def enqueue_dependent(self, data: st.DataObject, queue: str) -> None:
+        """A job that depends on one to three known jobs, whatever their state."""
+        depends_on = tuple(
+            sorted(
+                data.draw(
+                    st.sets(st.sampled_from(sorted(self.jobs)), min_size=1, max_size=3),
+                    label="depends_on",
+                )
+            )
+        )
+        expected = self.dependency_state(depends_on)
+        job = self.broker.enqueue("work", queue=queue, depends_on=depends_on)
+        assert job.created and job.id not in self.jobs
+        self.jobs[job.id] = ModelJob(queue, 20, str(expected), depends_on=depends_on)
+
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         """Cancel any job the model knows, or one that does not exist."""
@@ -157,9 +200,10 @@ class LeaseMachine(RuleBasedStateMachine):
             assert info.value.state == job.state
             return
         new_state = self.broker.cancel(job_id)
-        if job.state == "queued":
+        if job.state in ("queued", "waiting"):
             assert new_state == "cancelled"
             job.state = "cancelled"
+            self.resolve()
         else:
             assert new_state == "running"
             job.cancel_requested = True
@@ -187,6 +231,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 expected = "queued"
             assert reaped.state == expected
             job.state = expected
+        self.resolve()
 
     # --- workers -----------------------------------------------------------------------
 
@@ -271,6 +316,7 @@ class LeaseMachine(RuleBasedStateMachine):
         if self.is_current(lease):
             self.broker.complete(lease, result)
             self.jobs[lease.job_id].state = "succeeded"
+            self.resolve()
             assert self.broker.get_job(lease.job_id).result == result
         else:
             before = self.broker.get_job(lease.job_id)
@@ -295,6 +341,7 @@ class LeaseMachine(RuleBasedStateMachine):
             state = self.broker.fail(lease, "boom", retryable=retryable, delay=delay)
             assert state == expected
             job.state = expected
+            self.resolve()
         else:
             with pytest.raises(LeaseLost):
                 self.broker.fail(lease, "late", retryable=retryable, delay=delay)
@@ -318,6 +365,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 self.jobs[lease.job_id].state = "succeeded"
             else:
                 self.expect_stale("complete", lease)
+        self.resolve()
 
     # --- invariants ----------------------------------------------------------------------
 
@@ -346,6 +394,21 @@ class LeaseMachine(RuleBasedStateMachine):
                 assert [lease.worker_id for lease in holders if lease.job_id == job_id] == [worker]
             else:
                 assert not has_expiry
+
+    @invariant()
+    def waiting_exactly_while_dependencies_are_pending(self) -> None:
+        """No job is left waiting for dependencies that all succeeded, or for one that
+        failed or was cancelled (whatever the model says)."""
+        stuck = self.conn.execute(
+            "SELECT c.id FROM broker.jobs c WHERE c.state = 'waiting' AND ("
+            "  NOT EXISTS (SELECT 1 FROM broker.job_dependencies d"
+            "              JOIN broker.jobs p ON p.id = d.depends_on"
+            "              WHERE d.job_id = c.id AND p.state <> 'succeeded')"
+            "  OR EXISTS (SELECT 1 FROM broker.job_dependencies d"
+            "             JOIN broker.jobs p ON p.id = d.depends_on"
+            "             WHERE d.job_id = c.id AND p.state IN ('failed', 'cancelled')))"
+        ).fetchall()
+        assert stuck == []
 
     @invariant()
     def one_claim_per_epoch(self) -> None:
@@ -385,12 +448,14 @@ class LeaseMachine(RuleBasedStateMachine):
             "       array_agg(e.event ORDER BY e.id) FILTER (WHERE e.event IS NOT NULL),"
             "       array_agg(e.epoch ORDER BY e.id) FILTER (WHERE e.event IS NOT NULL)"
             " FROM broker.jobs j LEFT JOIN broker.job_events e ON e.job_id = j.id"
-            "   AND e.event IN ('succeeded', 'failed', 'cancelled')"
+            "   AND e.event IN ('succeeded', 'failed', 'cancelled', 'dependency_failed')"
             " GROUP BY j.id"
         ).fetchall()
         for job_id, state, epoch, events, epochs in rows:
             if state in TERMINAL_STATES:
-                assert events == [state], f"job {job_id}"
+                # A job cancelled for its dependency records why, not `cancelled`.
+                ended = ["cancelled" if e == "dependency_failed" else e for e in events or []]
+                assert ended == [state], f"job {job_id}"
                 assert epochs[0] in (epoch, None), f"job {job_id}"
             else:
                 assert events is None, f"job {job_id} is {state} after {events}"
@@ -407,7 +472,7 @@ class LeaseMachine(RuleBasedStateMachine):
 
     def unfinished(self) -> int:
         row = self.conn.execute(
-            "SELECT count(*) FROM broker.jobs WHERE state IN ('queued', 'running')"
+            "SELECT count(*) FROM broker.jobs WHERE state IN ('waiting', 'queued', 'running')"
         ).fetchone()
         assert row is not None
         return int(row[0])

@@ -51,7 +51,13 @@ def _validates(fields: dict[str, Any]) -> bool:
 
 
 def test_every_numeric_bound_is_read_from_the_annotations() -> None:
-    assert {name for name, _, _ in _bounds()} == {"priority", "delay", "max_attempts", "timeout"}
+    assert {name for name, _, _ in _bounds()} == {
+        "priority",
+        "delay",
+        "max_attempts",
+        "timeout",
+        "start_within",
+    }
 
 
 @pytest.mark.parametrize(("field", "lowest", "highest"), _bounds())
@@ -73,6 +79,8 @@ def test_decoders_and_validate_agree_at_every_numeric_bound(
         ("queue", contract.QUEUE_MAX_LENGTH, "q"),
         ("idempotency_key", contract.KEY_MAX_LENGTH, "i"),
         ("subject_key", contract.KEY_MAX_LENGTH, "s"),
+        ("group", contract.GROUP_MAX_LENGTH, "g"),
+        ("concurrency_key", contract.KEY_MAX_LENGTH, "c"),
     ],
 )
 def test_decoders_and_validate_agree_on_strings(field: str, longest: int, value: str) -> None:
@@ -114,6 +122,48 @@ def test_tags_bounds_agree() -> None:
     ]
     for tags, ok in cases:
         assert _decodes({"tags": tags}) == _validates({"tags": tags}) == ok, tags
+
+
+def test_depends_on_bounds_agree() -> None:
+    most, top = contract.MAX_DEPENDENCIES, contract.JOB_ID_MAX
+    cases: list[tuple[Any, bool]] = [
+        (list(range(1, most + 1)), True),
+        (list(range(1, most + 2)), False),
+        ([top], True),
+        ([top + 1], False),
+        ([0], False),
+        ([-3], False),
+        ([True], False),
+        ([1.5], False),
+        (["1"], False),
+        ([], True),
+    ]
+    for ids, ok in cases:
+        assert _decodes({"depends_on": ids}) == _validates({"depends_on": ids}) == ok, ids
+
+
+def test_deadline_rules() -> None:
+    soon = datetime(2030, 1, 1, tzinfo=UTC)
+    assert _validates({"deadline": soon}) and _decodes({"deadline": soon.isoformat()})
+    assert not _validates({"deadline": soon, "start_within": 5})
+    assert not _validates({"deadline": datetime(2030, 1, 1)})  # no offset
+    assert not _validates({"start_within": -1}) and not _decodes({"start_within": -1})
+    assert _validates({"start_within": timedelta(minutes=5)})
+    wire = JobSpec("k", depends_on=[3, 1], start_within=timedelta(seconds=90)).to_json()
+    assert wire["depends_on"] == [3, 1] and wire["start_within"] == 90.0
+
+
+def test_migration_0009_holds_the_same_bounds() -> None:
+    path = ROOT / "alembic" / "versions" / "0009_dependencies.py"
+    module_spec = importlib.util.spec_from_file_location("migration_0009", path)
+    assert module_spec is not None and module_spec.loader is not None
+    migration = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(migration)
+    for name in ("GROUP_MAX_LENGTH", "KEY_MAX_LENGTH", "MAX_DEPENDENCIES", "JOB_ID_MAX"):
+        assert getattr(migration, name) == getattr(contract, name), name
+    assert f"cardinality(r.depends_on) > {contract.MAX_DEPENDENCIES}" in migration.FUNCTIONS
+    assert f"d NOT BETWEEN 1 AND {contract.JOB_ID_MAX}" in migration.FUNCTIONS
+    assert contract.DEPENDS_ON_RULE in migration.FUNCTIONS
 
 
 def test_the_migration_holds_the_same_bounds() -> None:
