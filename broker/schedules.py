@@ -78,7 +78,10 @@ class Timing:
             return _from_us((_to_us(instant) // step + 1) * step)
         assert self.cron is not None
         local = instant.astimezone(self._zone)
-        return _utc(next(iter(CronSim(self.cron, local))))
+        try:
+            return _utc(next(iter(CronSim(self.cron, local))))
+        except (StopIteration, CronSimError, ValueError, OverflowError):
+            raise InvalidJobError(f"cron expression {self.cron!r} never fires again") from None
 
     def due(self, since: datetime, now: datetime, limit: int) -> list[datetime]:
         """The latest `limit` ticks t with since <= t <= now, oldest first."""

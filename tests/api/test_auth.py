@@ -40,6 +40,13 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/workers", "admin", None),
     ("GET", "/v1/stats", "admin", None),
     ("GET", "/metrics", "admin", None),
+    ("POST", "/v1/schedules", "admin", {"name": "s", "kind": "k", "every": 60}),
+    ("GET", "/v1/schedules", "admin", None),
+    ("GET", "/v1/schedules/{name}", "admin", None),
+    ("POST", "/v1/schedules/{name}/pause", "admin", None),
+    ("POST", "/v1/schedules/{name}/resume", "admin", None),
+    ("POST", "/v1/schedules/{name}/trigger", "admin", None),
+    ("DELETE", "/v1/schedules/{name}", "admin", None),
 ]
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 LACKING = {"submit": WORK, "work": SUBMIT, "admin": SUBMIT}
@@ -69,7 +76,7 @@ def test_unauthorized_requests_never_succeed(client: Client) -> None:
     ]
     successes = []
     for method, path, scope, body in ENDPOINTS:
-        url = path.format(job_id=job_id)
+        url = path.format(job_id=job_id, name="s")
         for headers, status in [*wrong, (bearer(LACKING[scope]), 403)]:
             r = client.request(method, url, json=body, headers=headers)
             if r.status_code < 400:
@@ -81,8 +88,9 @@ def test_unauthorized_requests_never_succeed(client: Client) -> None:
         granted = client.request(method, url, json=body, headers=bearer(GRANTED[scope]))
         assert granted.status_code not in (401, 403), (method, url, granted.text)
     assert successes == []
-    # Nothing the rejected requests carried was enqueued (the granted ones add 2 jobs).
-    assert client.get("/v1/stats", headers=bearer(ADMIN)).json()["total"] == before + 2
+    # Nothing the rejected requests carried was enqueued (the granted ones add 3 jobs:
+    # two enqueues and a schedule's trigger).
+    assert client.get("/v1/stats", headers=bearer(ADMIN)).json()["total"] == before + 3
 
 
 def test_health_checks_and_docs_need_no_token(client: Client) -> None:
