@@ -44,6 +44,9 @@ class QueuesController(Controller):
                     r.cancelled,
                     r.oldest_available_age_seconds,
                     r.paused,
+                    r.concurrency_limit,
+                    r.rate_limit,
+                    r.rate_period_seconds,
                 )
                 for r in rows
             ]

@@ -248,6 +248,10 @@ class QueueOut(msgspec.Struct):
     cancelled: int
     oldest_available_age_seconds: float
     paused: bool
+    # Limits (broker.configure_queue); None: unlimited.
+    concurrency_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: float | None = None
 
 
 class QueueList(msgspec.Struct):

@@ -16,7 +16,7 @@ from broker.errors import (
 )
 from broker.lease import Failure
 from broker.spec import JobSpec
-from broker.task import Fail, JobContext, Retry, task
+from broker.task import Fail, JobContext, Retry, Snooze, task
 from broker.types import (
     Enqueued,
     HeartbeatOutcome,
@@ -52,6 +52,7 @@ __all__ = [
     "Reaped",
     "Retry",
     "Settings",
+    "Snooze",
     "WriteOutcome",
     "task",
 ]

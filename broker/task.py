@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from broker.errors import ConfigError
+from broker.lease import DEFAULT_MAX_SNOOZES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,16 @@ class Fail(Exception):
     """Raise from a handler to fail the job now, without further attempts."""
 
 
+class Snooze(Exception):
+    """Raise from a handler to run this job again after `delay` seconds (database time),
+    without counting an attempt. A job may snooze its task's `max_snoozes` times (100 by
+    default); the snooze after that fails it, saying so."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"snooze for {delay}s")
+        self.delay = delay
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """A registered handler and its policy."""
@@ -52,6 +63,7 @@ class Task:
     retry: RetryPolicy = True
     is_async: bool = False
     wants_ctx: bool = False
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
 
     def retry_delay(self, attempt: int) -> float | None:
         """Delay before the next attempt under this task's policy (None: database backoff)."""
@@ -76,6 +88,7 @@ def task(
     max_attempts: int | None = None,
     timeout: float | None = None,
     retry: RetryPolicy = True,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
 ) -> Callable[[F], F]: ...
 
 
@@ -86,19 +99,21 @@ def task(
     max_attempts: int | None = None,
     timeout: float | None = None,
     retry: RetryPolicy = True,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
 ) -> F | Callable[[F], F]:
     """Register a handler for jobs of `kind` (default: the function's qualified name).
 
     `queue` is where the task's jobs usually go (workers started without --queues serve
     the queues of their tasks); `max_attempts` caps attempts on the worker side, on top
-    of the job's own max_attempts; `timeout` (seconds) applies when the job sets none.
+    of the job's own max_attempts; `timeout` (seconds) applies when the job sets none;
+    `max_snoozes` is how many times a job may `Snooze` before the next snooze fails it.
     Raises ConfigError when another function already holds the kind.
     """
     if callable(kind):
         return _register(kind, None, "default", None, None, True)
 
     def decorate(fn: F) -> F:
-        return _register(fn, kind, queue, max_attempts, timeout, retry)
+        return _register(fn, kind, queue, max_attempts, timeout, retry, max_snoozes)
 
     return decorate
 
@@ -110,8 +125,11 @@ def _register(
     max_attempts: int | None,
     timeout: float | None,
     retry: RetryPolicy,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
 ) -> F:
     name = kind or f"{fn.__module__}.{fn.__qualname__}"
+    if max_snoozes < 0:
+        raise ConfigError(f"task {name!r}: max_snoozes must not be negative")
     if max_attempts is not None and max_attempts < 1:
         raise ConfigError(f"task {name!r}: max_attempts must be at least 1")
     if timeout is not None and timeout <= 0:
@@ -126,6 +144,7 @@ def _register(
         retry=retry,
         is_async=inspect.iscoroutinefunction(fn),
         wants_ctx="ctx" in params,
+        max_snoozes=max_snoozes,
     )
     with _registry_lock:
         existing = _registry.get(name)
