@@ -72,6 +72,11 @@ class InvalidTransition(BrokerError):
         self.action = action
 
 
+class InvalidQueueSettings(BrokerError):
+    """A queue limit out of bounds (below 1, a period that is not positive, a rate_limit
+    without a rate_period) or a bad queue name."""
+
+
 class DatabaseUnavailable(BrokerError):
     """PostgreSQL could not be reached or dropped the connection."""
 
@@ -81,6 +86,7 @@ SQLSTATE_IDEMPOTENCY_CONFLICT = "PB001"
 SQLSTATE_INVALID_JOB = "PB002"
 SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
+SQLSTATE_INVALID_QUEUE_SETTINGS = "PB010"
 
 
 def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
@@ -108,6 +114,8 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
         # The message reads "cannot <action> job <id>: it is <state>".
         action = (diag.message_primary or "cannot change").split()[1]
         return InvalidTransition(int(diag.message_hint or 0), diag.message_detail or "", action)
+    if state == SQLSTATE_INVALID_QUEUE_SETTINGS:
+        return InvalidQueueSettings(diag.message_primary or "invalid queue settings")
     if state is not None and (state.startswith("40") or state == "57014"):
         # Serialization failures, deadlocks (class 40) and statement timeouts: the server
         # is fine and the caller may retry; keep psycopg's precise error. (psycopg's
