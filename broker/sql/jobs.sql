@@ -26,6 +26,8 @@ FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 -- turns with the queue's other claimers and counts with fresh snapshots; the plain path
 -- leaves them out, and never takes a keyed job. With no such queue the function returns
 -- at once and the plain path is the claim it always was (decision 014 has the figures).
+-- The keyed-jobs probes end in OFFSET 0 so they stay one index lookup per queue: pulled
+-- up into an anti-join they read all of jobs_keyed_idx on every claim.
 -- Jobs past their deadline are never started (the reaper expires them).
 -- FOR NO KEY UPDATE is enough to own the row and does not block foreign-key checks.
 WITH flow AS (
@@ -36,7 +38,7 @@ WITH flow AS (
           AND (c.concurrency_limit IS NOT NULL OR c.rate_limit IS NOT NULL
                OR EXISTS (SELECT 1 FROM {schema}.jobs k
                           WHERE k.state = 'queued' AND k.queue = u.name
-                            AND k.concurrency_key IS NOT NULL))
+                            AND k.concurrency_key IS NOT NULL OFFSET 0))
         ORDER BY u.ord), %(limit)s, %(worker_id)s, %(ttl)s) f
 ), next AS (
     SELECT c.id
@@ -47,7 +49,7 @@ WITH flow AS (
                                    OR p.rate_limit IS NOT NULL))
             AND NOT EXISTS (SELECT 1 FROM {schema}.jobs k
                             WHERE k.state = 'queued' AND k.queue = u.name
-                              AND k.concurrency_key IS NOT NULL)) q
+                              AND k.concurrency_key IS NOT NULL OFFSET 0)) q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
