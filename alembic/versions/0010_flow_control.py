@@ -161,7 +161,8 @@ BEGIN
         SELECT j.id, j.priority, j.run_at FROM {s}.jobs j
         WHERE j.state = 'queued' AND j.queue = qname AND j.concurrency_key = keys.k
           AND j.run_at <= now() AND (j.deadline IS NULL OR j.deadline > now())
-        ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1) h
+        ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1
+        FOR NO KEY UPDATE SKIP LOCKED) h
       WHERE keys.k IS NOT NULL
         AND NOT EXISTS (SELECT 1 FROM {s}.jobs r
                         WHERE r.lease_expires_at IS NOT NULL AND r.concurrency_key IS NOT NULL
@@ -171,19 +172,16 @@ BEGIN
       WHERE j.state = 'queued' AND j.queue = qname AND j.run_at <= now()
         AND j.concurrency_key IS NULL AND (j.deadline IS NULL OR j.deadline > now())
       ORDER BY j.priority DESC, j.run_at, j.id LIMIT free
+      FOR NO KEY UPDATE SKIP LOCKED
     ), pick AS (
       SELECT c.id FROM (SELECT * FROM plain UNION ALL SELECT * FROM heads) c
       ORDER BY c.priority DESC, c.run_at, c.id LIMIT free
-    ), locked AS (
-      SELECT j.id FROM {s}.jobs j
-      WHERE j.id IN (SELECT pick.id FROM pick) AND j.state = 'queued'
-      FOR NO KEY UPDATE SKIP LOCKED
     ), claimed AS (
       UPDATE {s}.jobs j
       SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
           lease_expires_at = now() + make_interval(secs => ttl), worker_id = worker,
           started_at = now()
-      FROM locked WHERE j.id = locked.id
+      FROM pick WHERE j.id = pick.id
       RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
                 j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout
     ), ev AS (

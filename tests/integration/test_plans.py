@@ -240,7 +240,8 @@ def _nested_plans(conn: psycopg.Connection[Any], run: Callable[[], Any]) -> list
     def collect(diag: psycopg.errors.Diagnostic) -> None:
         text = diag.message_primary or ""
         if "plan:" in text:
-            plans.append(json.loads(text.split("plan:", 1)[1])["Plan"])
+            logged = json.loads(text.split("plan:", 1)[1])
+            plans.append({**logged["Plan"], "Query Text": logged.get("Query Text")})
 
     conn.add_notice_handler(collect)
     conn.execute("LOAD 'auto_explain'")
@@ -292,7 +293,7 @@ def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode
     # Every read is a lookup or range on an allowed index, but for the running count of a
     # limited queue: all of jobs_lease_idx, which holds running jobs only (decision 014).
     bad = [
-        v
+        f"{v} in {plan['Query Text']}"
         for plan in plans
         for v in access_path_violations(plan, FLOW_ALLOWED)
         if not v.startswith("Index Scan on jobs_lease_idx (condition None)")
