@@ -26,30 +26,29 @@ FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 -- turns with the queue's other claimers and counts with fresh snapshots; the plain path
 -- leaves them out, and never takes a keyed job. With no such queue the function returns
 -- at once and the plain path is the claim it always was (decision 014 has the figures).
--- The keyed-jobs probes end in OFFSET 0 so they stay one index lookup per queue: pulled
--- up into an anti-join they read all of jobs_keyed_idx on every claim.
+-- The keyed-jobs probe ends in OFFSET 0 so it stays one index lookup per queue: without
+-- it the planner may turn it into a join or a hashed subplan reading all of
+-- jobs_keyed_idx on every claim (the generic plan did).
 -- Jobs past their deadline are never started (the reaper expires them).
 -- FOR NO KEY UPDATE is enough to own the row and does not block foreign-key checks.
-WITH flow AS (
-    SELECT f.* FROM {schema}._claim_flow(ARRAY(
-        SELECT u.name FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS u(name, ord)
-        LEFT JOIN {schema}.queues c ON c.name = u.name
-        WHERE NOT coalesce(c.paused, false)
-          AND (c.concurrency_limit IS NOT NULL OR c.rate_limit IS NOT NULL
-               OR EXISTS (SELECT 1 FROM {schema}.jobs k
-                          WHERE k.state = 'queued' AND k.queue = u.name
-                            AND k.concurrency_key IS NOT NULL OFFSET 0))
-        ORDER BY u.ord), %(limit)s, %(worker_id)s, %(ttl)s) f
+WITH q AS MATERIALIZED (
+    -- The queues asked for, but paused ones; `flow`: limited, or holding keyed jobs.
+    SELECT u.name, u.ord,
+           c.concurrency_limit IS NOT NULL OR c.rate_limit IS NOT NULL
+           OR EXISTS (SELECT 1 FROM {schema}.jobs k
+                      WHERE k.state = 'queued' AND k.queue = u.name
+                        AND k.concurrency_key IS NOT NULL OFFSET 0) AS flow
+    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS u(name, ord)
+    LEFT JOIN {schema}.queues c ON c.name = u.name
+    WHERE NOT coalesce(c.paused, false)
+), flow AS (
+    SELECT f.* FROM (SELECT array_agg(name ORDER BY ord) AS names FROM q WHERE flow) fq
+    CROSS JOIN LATERAL {schema}._claim_flow(fq.names, %(limit)s, %(worker_id)s, %(ttl)s) f
+    -- No such queue (the usual case): the function is not called at all.
+    WHERE fq.names IS NOT NULL
 ), next AS (
     SELECT c.id
-    FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
-          WHERE NOT EXISTS (SELECT 1 FROM {schema}.queues p
-                            WHERE p.name = u.name
-                              AND (p.paused OR p.concurrency_limit IS NOT NULL
-                                   OR p.rate_limit IS NOT NULL))
-            AND NOT EXISTS (SELECT 1 FROM {schema}.jobs k
-                            WHERE k.state = 'queued' AND k.queue = u.name
-                              AND k.concurrency_key IS NOT NULL OFFSET 0)) q
+    FROM (SELECT name FROM q WHERE NOT flow) q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
@@ -155,7 +154,7 @@ WITH applied AS (
          AS d(id, epoch, result, outcome, error, retryable, delay, cap)
     WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
     RETURNING j.id, j.lease_epoch, j.state, j.queue, j.attempts, j.run_at, d.outcome, d.error,
-              j.snoozes, d.delay
+              j.snoozes, d.delay, j.concurrency_key
 ), ev AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
     SELECT id,
@@ -184,9 +183,15 @@ WITH applied AS (
     WHERE (SELECT count(*) FROM applied) < cardinality(%(ids)s::bigint[])
       AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
 ), notified AS (
-    -- Wake workers for jobs runnable at once: released ones, retries without a delay.
+    -- Wake workers for jobs runnable at once: released ones, retries without a delay, and
+    -- those an ended job held back: the next of its concurrency_key, or of its queue's
+    -- concurrency_limit (one lookup per distinct queue of the batch).
     SELECT count(pg_notify(%(channel)s, q.queue)) AS n
-    FROM (SELECT DISTINCT queue FROM applied WHERE state = 'queued' AND run_at <= now()) q
+    FROM (SELECT DISTINCT queue FROM applied
+          WHERE (state = 'queued' AND run_at <= now()) OR concurrency_key IS NOT NULL
+          UNION
+          SELECT a.queue FROM (SELECT DISTINCT queue FROM applied) a
+          JOIN {schema}.queues c ON c.name = a.queue AND c.concurrency_limit IS NOT NULL) q
 )
 -- `notified` is a plain SELECT: it runs only because it is referenced here.
 SELECT id, state FROM applied CROSS JOIN notified;
