@@ -258,6 +258,33 @@ class QueueList(msgspec.Struct):
     queues: list[QueueOut]
 
 
+class QueuePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Limits to set; a field left out keeps its value, null makes it unlimited."""
+
+    concurrency_limit: int | msgspec.UnsetType | None = msgspec.UNSET
+    rate_limit: int | msgspec.UnsetType | None = msgspec.UNSET
+    rate_period_seconds: float | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class QueueSettingsOut(msgspec.Struct):
+    queue: str
+    concurrency_limit: int | None
+    rate_limit: int | None
+    rate_period_seconds: float | None
+    paused: bool
+
+
+class PauseIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str | None = None
+
+
+class QueuePauseOut(msgspec.Struct):
+    queue: str
+    paused: bool
+    # False when the queue already was in that state (resume of a running queue).
+    changed: bool
+
+
 class WorkerOut(msgspec.Struct):
     worker_id: str
     host_id: str

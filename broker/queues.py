@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from broker.errors import InvalidQueueSettings
 from broker.lease import Statement
-from broker.spec import MAX_DURATION_SECONDS
+from broker.spec import _NAME, MAX_DURATION_SECONDS, QUEUE_MAX_LENGTH, QUEUE_RULE, check_text
+
+MAX_LIMIT = 2_147_483_647
 
 # Marks a setting `configure` leaves as stored (None means unlimited, so it cannot).
 UNCHANGED: object = object()
@@ -34,8 +36,8 @@ def _limit(value: object, name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidQueueSettings(f"{name} must be an integer (or null: unlimited)")
-    if not 1 <= value <= 2_147_483_647:
-        raise InvalidQueueSettings(f"{name} must be at least 1 (or null: unlimited)")
+    if not 1 <= value <= MAX_LIMIT:
+        raise InvalidQueueSettings(f"{name} must be between 1 and {MAX_LIMIT} (or null: unlimited)")
     return value
 
 
@@ -51,6 +53,12 @@ def _period(value: object) -> float | None:
     return float(value)
 
 
+def _queue(queue: object) -> str:
+    if not (isinstance(queue, str) and len(queue) <= QUEUE_MAX_LENGTH and _NAME.fullmatch(queue)):
+        raise InvalidQueueSettings(QUEUE_RULE)
+    return queue
+
+
 def configure(
     queue: str,
     *,
@@ -62,7 +70,7 @@ def configure(
     in seconds. Raises InvalidQueueSettings for a limit below 1, a period that is not
     positive, or a rate_limit without a rate_period."""
     params = {
-        "queue": queue,
+        "queue": _queue(queue),
         "set_concurrency": concurrency_limit is not UNCHANGED,
         "concurrency_limit": None
         if concurrency_limit is UNCHANGED
@@ -75,11 +83,16 @@ def configure(
     return Statement("queue_configure", params, lambda rows: QueueSettings(*rows[0]))
 
 
-def pause(queue: str, reason: str | None = None) -> Statement[None]:
-    """Stop claims from `queue` (running jobs finish; enqueues still land)."""
-    return Statement("queue_pause", {"queue": queue, "reason": reason}, lambda rows: None)
+def pause(queue: str, reason: str | None = None) -> Statement[bool]:
+    """Stop claims from `queue` (running jobs finish; enqueues still land); False when it
+    was paused already (its reason is replaced)."""
+    if reason is not None:
+        check_text(reason, "reason")
+    return Statement(
+        "queue_pause", {"queue": _queue(queue), "reason": reason}, lambda rows: bool(rows[0][0])
+    )
 
 
 def resume(queue: str) -> Statement[bool]:
     """Let workers claim from `queue` again and wake them; False when it was not paused."""
-    return Statement("queue_resume", {"queue": queue}, lambda rows: bool(rows[0][0]))
+    return Statement("queue_resume", {"queue": _queue(queue)}, lambda rows: bool(rows[0][0]))

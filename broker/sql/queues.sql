@@ -16,7 +16,9 @@ FROM {schema}.configure_queue(
 ) q;
 
 -- name: queue_pause
-SELECT {schema}.pause_queue(%(queue)s::text, %(reason)s::text);
+-- Whether the queue was running before (pause_queue() itself returns nothing).
+SELECT NOT coalesce((SELECT paused FROM {schema}.queues WHERE name = %(queue)s::text), false),
+       {schema}.pause_queue(%(queue)s::text, %(reason)s::text);
 
 -- name: queue_resume
 SELECT {schema}.resume_queue(%(queue)s::text);

@@ -3,6 +3,7 @@ and Snooze raised by handlers."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -78,12 +79,15 @@ def test_handlers_snooze(runs: str, broker: Broker, tmp_path: Path) -> None:
             runs, "SELECT started FROM public.test_runs WHERE job_id = %s ORDER BY id", (twice,)
         )
     ]
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert len(gaps) == 2 and all(g >= 0.3 for g in gaps), gaps
     gave_up = broker.get_job(forever)
     assert gave_up.state == "failed"
     assert gave_up.last_error == "snoozed 2 times (max_snoozes); not snoozed again"
-    events = [r[0] for r in query(
-        runs, "SELECT event FROM broker.job_events WHERE job_id = %s ORDER BY id", (forever,)
-    )]
+    events = [
+        r[0]
+        for r in query(
+            runs, "SELECT event FROM broker.job_events WHERE job_id = %s ORDER BY id", (forever,)
+        )
+    ]
     assert events.count("snoozed") == 2 and events[-1] == "failed"

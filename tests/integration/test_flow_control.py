@@ -74,7 +74,7 @@ def test_concurrency_limit_holds_under_concurrent_claimers(
                     if n > limit:
                         seen_over.append(n)
                     mine.complete_many([(h, None) for h in got])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(claimers)]
@@ -124,7 +124,7 @@ def test_rate_limit_holds_over_several_periods(broker: Broker, conn: Conn) -> No
         assert broker.claim(["rated"], 10, "w:1") == []  # half a period later: still spent
         advance_db_time(conn, 5.1)
     [last] = broker.claim(["rated"], 10, "w:1")
-    assert len(set(claimed + [last.job_id])) == 10
+    assert len({*claimed, last.job_id}) == 10
     # Only the current window is kept.
     row = conn.execute("SELECT count(*) FROM broker.queue_starts WHERE queue = 'rated'").fetchone()
     assert row == (1,)
@@ -208,7 +208,7 @@ def test_keys_hold_under_concurrent_claimers(broker: Broker, db_url: str, conn: 
                         for h in got:
                             live[f"key{jobs[h.job_id].args['k']}"] -= 1
                     mine.complete_many([(h, None) for h in got])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(claimers)]
@@ -285,8 +285,9 @@ def test_snooze_requeues_later_without_counting_the_attempt(broker: Broker, conn
     [out] = broker.finish_many([lease.snoozed(held, 30)])
     assert out.applied and out.state == "queued"
     row = conn.execute(
-        "SELECT state, attempts, snoozes, run_at - now() BETWEEN interval '29 s' AND interval '31 s',"
-        " finished_at FROM broker.jobs WHERE id = %s",
+        "SELECT state, attempts, snoozes,"
+        " run_at - now() BETWEEN interval '29 s' AND interval '31 s', finished_at"
+        " FROM broker.jobs WHERE id = %s",
         (job.id,),
     ).fetchone()
     assert row == ("queued", 0, 1, True, None)
@@ -314,9 +315,12 @@ def test_snooze_cap_fails_the_job(broker: Broker, conn: Conn) -> None:
         "SELECT state, snoozes, last_error FROM broker.jobs WHERE id = %s", (job.id,)
     ).fetchone()
     assert row == ("failed", 2, "snoozed 2 times (max_snoozes); not snoozed again")
-    events = [r[0] for r in conn.execute(
-        "SELECT event FROM broker.job_events WHERE job_id = %s ORDER BY id", (job.id,)
-    ).fetchall()]
+    events = [
+        r[0]
+        for r in conn.execute(
+            "SELECT event FROM broker.job_events WHERE job_id = %s ORDER BY id", (job.id,)
+        ).fetchall()
+    ]
     assert events == ["enqueued", "claimed", "snoozed", "claimed", "snoozed", "claimed", "failed"]
 
 
@@ -337,8 +341,7 @@ def test_job_past_its_deadline_is_never_claimed_and_expires(broker: Broker, conn
     conn.execute("UPDATE broker.jobs SET deadline = now() - interval '1 s' WHERE id = %s", (late,))
     conn.execute("UPDATE broker.jobs SET deadline = now() + interval '1 h' WHERE id = %s", (fine,))
     conn.execute(
-        "UPDATE broker.jobs SET state = 'waiting', deadline = now() - interval '1 s'"
-        " WHERE id = %s",
+        "UPDATE broker.jobs SET state = 'waiting', deadline = now() - interval '1 s' WHERE id = %s",
         (waiting,),
     )
     [held] = broker.claim(["default"], 10, "w:1")

@@ -1,9 +1,10 @@
 """A Hypothesis stateful test of the lease state machine against a real database.
 
 Random interleavings of enqueue, claim, heartbeat, complete, fail, snooze, cancel, reap,
-deadlines passing (and the reaper expiring those jobs) and a jumping database clock, with writes made both under the current lease and under stale
-ones (older epochs) the model remembers. The model predicts every job's state, attempts
-and epoch; after each step the database must agree and the invariants hold:
+deadlines passing (and the reaper expiring those jobs) and a jumping database clock, with
+writes made both under the current lease and under stale ones (older epochs) the model
+remembers. The model predicts every job's state, attempts, snoozes and epoch; after each
+step the database must agree and the invariants hold:
 
 - at most one live lease per job: a running job's epoch is its latest (and count of)
   `claimed` events;
