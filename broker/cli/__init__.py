@@ -1,6 +1,6 @@
 """The `broker` command line: one-line errors on stderr and non-zero exit codes.
 
-Commands live by area (_admin, _enqueue, _jobs, _views); how every one of them fails is
+Commands live by area (_admin, _enqueue, _jobs, _queues, _views); how every one of them fails is
 decided once, in _errors (with the codes of broker._exits)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from broker.cli import _admin, _enqueue, _jobs, _views
+from broker.cli import _admin, _enqueue, _jobs, _queues, _views
 from broker.cli._errors import EXIT_CODES_HELP, BrokerGroup
 
 
@@ -21,5 +21,11 @@ def main() -> None:
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
-for command in (*_admin.COMMANDS, *_enqueue.COMMANDS, *_jobs.COMMANDS, *_views.COMMANDS):
+for command in (
+    *_admin.COMMANDS,
+    *_enqueue.COMMANDS,
+    *_jobs.COMMANDS,
+    *_queues.COMMANDS,
+    *_views.COMMANDS,
+):
     main.add_command(command)
