@@ -12,39 +12,27 @@ from broker.cli._options import echo_json, json_option, open_client
 UNLIMITED = ("none", "unlimited")
 
 
-class LimitType(click.ParamType):
+def _limit(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """A whole number, or `none` (unlimited). Its bounds are broker.queues' to check."""
-
-    name = "N|none"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or isinstance(value, int):
-            return value
-        if str(value).lower() in UNLIMITED:
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a whole number or 'none'", param, ctx)
+    if value is None or value.lower() in UNLIMITED:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a whole number or 'none'") from None
 
 
-class PeriodType(click.ParamType):
+def _period(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """A duration (3600, 90s, 5m, 1h, 1d), or `none`."""
+    from broker.errors import ConfigError
+    from broker.pruner import parse_duration
 
-    name = "DURATION|none"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from broker.errors import ConfigError
-        from broker.pruner import parse_duration
-
-        if value is None or isinstance(value, float):
-            return value
-        if str(value).lower() in UNLIMITED:
-            return None
-        try:
-            return parse_duration(str(value), "--rate-period")
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
+    if value is None or value.lower() in UNLIMITED:
+        return None
+    try:
+        return parse_duration(value, "--rate-period")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(cls=OneLineGroup)
@@ -93,11 +81,16 @@ def queues_ls(as_json: bool) -> None:
 @click.argument("queue")
 @click.option(
     "--concurrency-limit",
-    type=LimitType(),
+    metavar="N|none",
+    callback=_limit,
     help="At most N of the queue's jobs running at once, across all workers; none: unlimited.",
 )
-@click.option("--rate-limit", type=LimitType(), help="At most N starts per --rate-period.")
-@click.option("--rate-period", type=PeriodType(), help="The rate window: 1s, 1m, 1h ...")
+@click.option(
+    "--rate-limit", metavar="N|none", callback=_limit, help="At most N starts per --rate-period."
+)
+@click.option(
+    "--rate-period", metavar="DURATION", callback=_period, help="The rate window: 1s, 1m, 1h ..."
+)
 @json_option
 def queues_set(
     queue: str,
