@@ -450,6 +450,11 @@ BEGIN
     cfg := NULL;
     SELECT * INTO cfg FROM {s}.queues c WHERE c.name = qname;
     CONTINUE WHEN cfg.paused;
+    -- The time of this turn, not the statement's start (now()), which may be long before
+    -- the lock was ours: starts, leases and the rate window are stamped with it, so a
+    -- start is never stamped before the finish that made room for it, and the window log
+    -- stays ordered (under the lock the clock only moves forward).
+    t := clock_timestamp();
     free := budget;
     IF cfg.concurrency_limit IS NOT NULL THEN
       SELECT count(*) INTO n FROM {s}.jobs j
@@ -457,8 +462,6 @@ BEGIN
       free := least(free, cfg.concurrency_limit - n);
     END IF;
     IF cfg.rate_limit IS NOT NULL THEN
-      -- Under the lock the clock only moves forward, so the window log stays ordered.
-      t := clock_timestamp();
       DELETE FROM {s}.queue_starts s WHERE s.queue = qname AND s.started_at <= t - cfg.rate_period;
       SELECT count(*) INTO n FROM {s}.queue_starts s WHERE s.queue = qname;
       free := least(free, cfg.rate_limit - n);
@@ -479,7 +482,7 @@ BEGIN
       CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM {s}.jobs j
         WHERE j.state = 'queued' AND j.queue = qname AND j.concurrency_key = keys.k
-          AND j.run_at <= now() AND (j.deadline IS NULL OR j.deadline > now())
+          AND j.run_at <= t AND (j.deadline IS NULL OR j.deadline > t)
         ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1
         FOR NO KEY UPDATE SKIP LOCKED) h
       WHERE keys.k IS NOT NULL
@@ -488,8 +491,8 @@ BEGIN
                           AND r.queue = qname AND r.concurrency_key = keys.k)
     ), plain AS (
       SELECT j.id, j.priority, j.run_at FROM {s}.jobs j
-      WHERE j.state = 'queued' AND j.queue = qname AND j.run_at <= now()
-        AND j.concurrency_key IS NULL AND (j.deadline IS NULL OR j.deadline > now())
+      WHERE j.state = 'queued' AND j.queue = qname AND j.run_at <= t
+        AND j.concurrency_key IS NULL AND (j.deadline IS NULL OR j.deadline > t)
       ORDER BY j.priority DESC, j.run_at, j.id LIMIT free
       FOR NO KEY UPDATE SKIP LOCKED
     ), pick AS (
@@ -498,8 +501,8 @@ BEGIN
     ), claimed AS (
       UPDATE {s}.jobs j
       SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
-          lease_expires_at = now() + make_interval(secs => ttl), worker_id = worker,
-          started_at = now()
+          lease_expires_at = t + make_interval(secs => ttl), worker_id = worker,
+          started_at = t
       FROM pick WHERE j.id = pick.id
       RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
                 j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout

@@ -240,9 +240,9 @@ def test_limit_and_keys_together(broker: Broker, conn: Conn) -> None:
 @pytest.mark.parametrize(
     ("limits", "message"),
     [
-        ({"concurrency_limit": 0}, "concurrency_limit must be at least 1"),
-        ({"concurrency_limit": -3}, "concurrency_limit must be at least 1"),
-        ({"rate_limit": 0, "rate_period": 1}, "rate_limit must be at least 1"),
+        ({"concurrency_limit": 0}, "concurrency_limit must be between 1"),
+        ({"concurrency_limit": -3}, "concurrency_limit must be between 1"),
+        ({"rate_limit": 0, "rate_period": 1}, "rate_limit must be between 1"),
         ({"rate_limit": 5}, "rate_limit needs a rate_period"),
         ({"rate_limit": 5, "rate_period": 0}, "rate_period must be positive"),
         ({"rate_limit": 5, "rate_period": -1}, "rate_period must be positive"),
