@@ -93,16 +93,20 @@ BEGIN
 END
 $$;
 
--- The claim for queues that need flow control: limited ones, and those holding jobs with
--- a concurrency_key. Called by job_claim (broker/sql/jobs.sql) with such queues in the
--- worker's order; claims at most `lim` jobs in all. Each queue's claimers take turns on a
--- transaction-level advisory lock (taken for all of them first, in name order, so two
--- claimers never wait on each other crosswise), and every statement after it takes a new
--- snapshot (READ COMMITTED), so it counts the jobs the previous holder claimed: the
--- running count, the starts in the rate window and the running keys are exact. At most one
--- job per key is taken, its key's first in claim order, and none of a key already running
--- (jobs_key_running_idx would refuse a second). Keys are found with a loose scan of
--- jobs_keyed_idx: one probe per distinct key, not one per queued job.
+-- The claim for queues that need flow control: limited ones (broker.queues), and those
+-- holding queued jobs with a concurrency_key. Called by every job_claim (broker/sql/
+-- jobs.sql) with the queues it asks for; returns one row with a NULL id for every queue it
+-- owns (paused, or needing flow control), which the plain claim then leaves alone, and the
+-- jobs it claimed, at most `lim` in all, the worker's queue order first. Each owned queue's
+-- claimers take turns on a transaction-level advisory lock (taken for all of them first,
+-- in name order, so two claimers never wait on each other crosswise), and every statement
+-- after it takes a new snapshot (READ COMMITTED), so it counts the jobs the previous holder
+-- claimed: the running count, the starts in the rate window and the running keys are
+-- exact. At most one job per key is taken, its key's first in claim order, and none of a
+-- key already running (jobs_key_running_idx would refuse a second). Keys are found with a
+-- loose scan of jobs_keyed_idx: one probe per distinct key, not one per queued job.
+-- The keyed probe ends in OFFSET 0 so it stays one index lookup per queue (as a join or a
+-- hashed subplan it would read all of jobs_keyed_idx).
 CREATE FUNCTION {s}._claim_flow(p_queues text[], lim integer, worker text, ttl double precision)
 RETURNS TABLE (id bigint, lease_epoch bigint, queue text, kind text, args jsonb,
                priority integer, attempts integer, max_attempts integer,
@@ -110,6 +114,8 @@ RETURNS TABLE (id bigint, lease_epoch bigint, queue text, kind text, args jsonb,
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
+  owned text[];
+  flowing text[];
   qname text;
   cfg {s}.queues;
   budget integer := lim;
@@ -117,16 +123,32 @@ DECLARE
   n integer;
   t timestamptz;
 BEGIN
-  IF coalesce(cardinality(p_queues), 0) = 0 THEN
+  SELECT coalesce(array_agg(u.name ORDER BY u.ord), '{{}}'),
+         coalesce(array_agg(u.name ORDER BY u.ord) FILTER (WHERE NOT coalesce(c.paused, false)),
+                  '{{}}')
+  INTO owned, flowing
+  FROM unnest(p_queues) WITH ORDINALITY AS u(name, ord)
+  LEFT JOIN {s}.queues c ON c.name = u.name
+  WHERE coalesce(c.paused, false) OR c.concurrency_limit IS NOT NULL OR c.rate_limit IS NOT NULL
+     OR EXISTS (SELECT 1 FROM {s}.jobs k
+                WHERE k.state = 'queued' AND k.queue = u.name AND k.concurrency_key IS NOT NULL
+                OFFSET 0);
+  IF cardinality(owned) = 0 THEN
+    RETURN;
+  END IF;
+  RETURN QUERY SELECT NULL::bigint, NULL::bigint, o.name, NULL::text, NULL::jsonb,
+                      NULL::integer, NULL::integer, NULL::integer, NULL::float8
+               FROM unnest(owned) AS o(name);
+  IF cardinality(flowing) = 0 THEN
     RETURN;
   END IF;
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION USING ERRCODE = 'PB010',
       MESSAGE = 'claiming from a limited queue or jobs with a concurrency_key needs READ COMMITTED isolation';
   END IF;
-  PERFORM pg_advisory_xact_lock(hashtext('{s}.queues'), hashtext(u.name))
-  FROM (SELECT DISTINCT name FROM unnest(p_queues) AS x(name) ORDER BY 1) u;
-  FOREACH qname IN ARRAY p_queues LOOP
+  PERFORM pg_advisory_xact_lock(hashtext('{s}.queues'), hashtext(x.name))
+  FROM (SELECT DISTINCT name FROM unnest(flowing) AS f(name) ORDER BY 1) x;
+  FOREACH qname IN ARRAY flowing LOOP
     EXIT WHEN budget <= 0;
     cfg := NULL;
     SELECT * INTO cfg FROM {s}.queues c WHERE c.name = qname;

@@ -20,35 +20,21 @@ FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 -- row on each claim (10 ms per claim at 20k queued, measured). SKIP LOCKED sits inside
 -- each subquery so concurrent claimers pass over each other's rows instead of coming
 -- back empty; rows locked but not chosen by the outer LIMIT are released at commit.
--- Paused queues (broker.queues) are skipped.
--- Queues that need flow control (a concurrency or rate limit in broker.queues, or
--- queued jobs with a concurrency_key) are claimed first, by _claim_flow(), which takes
--- turns with the queue's other claimers and counts with fresh snapshots; the plain path
--- leaves them out, and never takes a keyed job. With no such queue the function returns
--- at once and the plain path is the claim it always was (decision 014 has the figures).
--- The keyed-jobs probe ends in OFFSET 0 so it stays one index lookup per queue: without
--- it the planner may turn it into a join or a hashed subplan reading all of
--- jobs_keyed_idx on every claim (the generic plan did).
--- Jobs past their deadline are never started (the reaper expires them).
+-- _claim_flow() goes first: it owns the paused queues (skipped) and those that need flow
+-- control (a concurrency or rate limit in broker.queues, or queued jobs with a
+-- concurrency_key), claims from the latter taking turns with their other claimers, and
+-- names every queue it owns in a row with a NULL id. The plain path takes the rest, and
+-- never a keyed job. Deciding ownership in one place keeps the two paths on disjoint
+-- queues whatever changes between their snapshots. With no such queue the function costs
+-- one lookup per queue and the plain path is the claim it always was (decision 014 has
+-- the figures). Jobs past their deadline are never started (the reaper expires them).
 -- FOR NO KEY UPDATE is enough to own the row and does not block foreign-key checks.
-WITH q AS MATERIALIZED (
-    -- The queues asked for, but paused ones; `flow`: limited, or holding keyed jobs.
-    SELECT u.name, u.ord,
-           c.concurrency_limit IS NOT NULL OR c.rate_limit IS NOT NULL
-           OR EXISTS (SELECT 1 FROM {schema}.jobs k
-                      WHERE k.state = 'queued' AND k.queue = u.name
-                        AND k.concurrency_key IS NOT NULL OFFSET 0) AS flow
-    FROM unnest(%(queues)s::text[]) WITH ORDINALITY AS u(name, ord)
-    LEFT JOIN {schema}.queues c ON c.name = u.name
-    WHERE NOT coalesce(c.paused, false)
-), flow AS (
-    SELECT f.* FROM (SELECT array_agg(name ORDER BY ord) AS names FROM q WHERE flow) fq
-    CROSS JOIN LATERAL {schema}._claim_flow(fq.names, %(limit)s, %(worker_id)s, %(ttl)s) f
-    -- No such queue (the usual case): the function is not called at all.
-    WHERE fq.names IS NOT NULL
+WITH flow AS (
+    SELECT * FROM {schema}._claim_flow(%(queues)s::text[], %(limit)s, %(worker_id)s, %(ttl)s)
 ), next AS (
     SELECT c.id
-    FROM (SELECT name FROM q WHERE NOT flow) q
+    FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
+          WHERE NOT EXISTS (SELECT 1 FROM flow f WHERE f.id IS NULL AND f.queue = u.name)) q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
@@ -58,7 +44,7 @@ WITH q AS MATERIALIZED (
         FOR NO KEY UPDATE SKIP LOCKED
     ) c
     ORDER BY c.priority DESC, c.run_at, c.id
-    LIMIT %(limit)s - (SELECT count(*) FROM flow)
+    LIMIT %(limit)s - (SELECT count(id) FROM flow)
 ), claimed AS (
     UPDATE {schema}.jobs j
     SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
@@ -75,7 +61,7 @@ SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, tim
 FROM claimed
 UNION ALL
 SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout
-FROM flow
+FROM flow WHERE id IS NOT NULL
 ORDER BY priority DESC, id;
 
 -- name: job_heartbeat_many

@@ -39,9 +39,9 @@ CHANNEL = "broker_jobs"
 # indexes, each with an index condition (a lookup or a range, never a full index scan).
 Build = Callable[[list[Lease]], Statement[Any]]
 ROLES: dict[str, tuple[set[str], list[Build]]] = {
-    # The keyed-jobs probe (which queues need _claim_flow) reads jobs_keyed_idx.
+    # _claim_flow's own statements are checked by test_flow_claim_keeps_its_access_path.
     "claim": (
-        {"jobs_claim_idx", "jobs_keyed_idx", "jobs_pkey"},
+        {"jobs_claim_idx", "jobs_pkey"},
         [lambda held: lease.claim(["default", "other"], 100, WORKER, 15.0)],
     ),
     "heartbeat": ({"jobs_pkey"}, [lambda held: lease.heartbeat(held, 15.0)]),
