@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Meta
 
 from broker.inspection import MAX_PAGE_SIZE
+from broker.lease import DEFAULT_MAX_SNOOZES
 from broker.spec import JobSpec, QueueName
 from broker.types import Job, JobEvent, JobState, LogLine
 
@@ -212,6 +213,16 @@ class FailIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     error: Annotated[str, Meta(min_length=1, max_length=MAX_ERROR_LENGTH)]
     retryable: bool = True
     delay: Seconds | None = None
+
+
+class SnoozeIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Run the job again after `delay` seconds without counting the attempt; once it has
+    snoozed `max_snoozes` times the next snooze fails it."""
+
+    worker_id: WorkerId
+    lease_epoch: Epoch
+    delay: Seconds
+    max_snoozes: Annotated[int, Meta(ge=0, le=1_000_000)] = DEFAULT_MAX_SNOOZES
 
 
 class LogsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
