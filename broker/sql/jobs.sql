@@ -171,13 +171,15 @@ WITH applied AS (
 ), notified AS (
     -- Wake workers for jobs runnable at once: released ones, retries without a delay, and
     -- those an ended job held back: the next of its concurrency_key, or of its queue's
-    -- concurrency_limit (one lookup per distinct queue of the batch).
+    -- concurrency_limit (driven from the few limited queues, so a batch of unlimited
+    -- queues reads no more than an empty scan of broker.queues).
     SELECT count(pg_notify(%(channel)s, q.queue)) AS n
     FROM (SELECT DISTINCT queue FROM applied
           WHERE (state = 'queued' AND run_at <= now()) OR concurrency_key IS NOT NULL
           UNION
-          SELECT a.queue FROM (SELECT DISTINCT queue FROM applied) a
-          JOIN {schema}.queues c ON c.name = a.queue AND c.concurrency_limit IS NOT NULL) q
+          SELECT c.name FROM {schema}.queues c
+          WHERE c.concurrency_limit IS NOT NULL
+            AND EXISTS (SELECT 1 FROM applied a WHERE a.queue = c.name)) q
 )
 -- `notified` is a plain SELECT: it runs only because it is referenced here.
 SELECT id, state FROM applied CROSS JOIN notified;
