@@ -23,10 +23,11 @@ from api.schemas import (
     LeaseList,
     LeaseOut,
     LeaseRequest,
+    SnoozeIn,
     WriteOut,
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
-from broker import Failure, LeaseLost
+from broker import Failure, LeaseLost, lease
 from broker.types import Fence
 
 
@@ -149,6 +150,37 @@ class LeasesController(Controller):
         if not outcome.applied:
             runtime.metrics.lease_lost.inc("fail")
             raise LeaseLost(job_id, data.lease_epoch, "fail")
+        state = outcome.state or "queued"
+        runtime.metrics.completed.inc(state)
+        return WriteOut(job_id, data.lease_epoch, state)
+
+    @post(
+        "/jobs/{job_id:str}/snooze",
+        status_code=200,
+        dto=StrictJSON[SnoozeIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        summary="Run the job again later without counting the attempt",
+        description=(
+            "The job is queued again `delay` seconds from now (database time), its attempt "
+            "not counted; once it has snoozed `max_snoozes` times (default 100) the snooze "
+            "fails it instead, and a requested cancel wins. The answer gives the new state."
+        ),
+    )
+    async def snooze(
+        self,
+        request: Request[Any, Any, Any],
+        job_id: JobId,
+        data: JSONBody[SnoozeIn],
+        client: BrokerClient,
+    ) -> WriteOut:
+        runtime = runtime_of(request)
+        held = Fence(job_id, data.lease_epoch, data.worker_id)
+        row = lease.snoozed(held, data.delay, data.max_snoozes)
+        outcome = (await client.finish_many([row]))[0]
+        if not outcome.applied:
+            runtime.metrics.lease_lost.inc("snooze")
+            raise LeaseLost(job_id, data.lease_epoch, "snooze")
         state = outcome.state or "queued"
         runtime.metrics.completed.inc(state)
         return WriteOut(job_id, data.lease_epoch, state)

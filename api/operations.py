@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import JSONBody, PathParameter
 
 from api.auth import require
 from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import (
     HostOut,
+    PauseIn,
     QueueList,
     QueueOut,
+    QueuePatch,
+    QueuePauseOut,
+    QueueSettingsOut,
     StatsOut,
     WorkerList,
     WorkerOut,
 )
+from api.strict import StrictJSON
 from broker import inspection as views
+from broker import queues as settings
 
 PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+QueueName = Annotated[str, PathParameter(description="Queue name.")]
 
 
 class QueuesController(Controller):
@@ -45,10 +55,68 @@ class QueuesController(Controller):
                     r.cancelled,
                     r.oldest_available_age_seconds,
                     r.paused,
+                    r.concurrency_limit,
+                    r.rate_limit,
+                    r.rate_period_seconds,
                 )
                 for r in rows
             ]
         )
+
+    @patch(
+        "/{name:str}",
+        dto=StrictJSON[QueuePatch],
+        return_dto=None,
+        responses=responses(400, 401, 403, 415, 422, 503),
+        summary="Set a queue's concurrency and rate limits",
+        description=(
+            "At most concurrency_limit of the queue's jobs run at once, across all workers; "
+            "at most rate_limit start per rate_period_seconds; both enforced by the claim in "
+            "database time. A field left out keeps its value, null means unlimited; a limit "
+            "below 1, a period that is not positive, or a rate_limit without a period is 422."
+        ),
+    )
+    async def configure(
+        self, name: QueueName, data: JSONBody[QueuePatch], client: BrokerClient
+    ) -> QueueSettingsOut:
+        given = {
+            field: value
+            for field, value in (
+                ("concurrency_limit", data.concurrency_limit),
+                ("rate_limit", data.rate_limit),
+                ("rate_period", data.rate_period_seconds),
+            )
+            if value is not msgspec.UNSET
+        }
+        s = await client.run(settings.configure(name, **given))
+        return QueueSettingsOut(
+            s.queue, s.concurrency_limit, s.rate_limit, s.rate_period_seconds, s.paused
+        )
+
+    @post(
+        "/{name:str}/pause",
+        status_code=200,
+        dto=StrictJSON[PauseIn],
+        return_dto=None,
+        responses=responses(400, 401, 403, 415, 422, 503),
+        summary="Pause a queue: no more claims from it; running jobs finish",
+    )
+    async def pause(
+        self, name: QueueName, client: BrokerClient, data: JSONBody[PauseIn | None] = None
+    ) -> QueuePauseOut:
+        reason = data.reason if data is not None else None
+        changed = await client.run(settings.pause(name, reason))
+        return QueuePauseOut(name, True, changed)
+
+    @post(
+        "/{name:str}/resume",
+        status_code=200,
+        responses=responses(400, 401, 403, 422, 503),
+        summary="Resume a paused queue and wake its workers",
+    )
+    async def resume(self, name: QueueName, client: BrokerClient) -> QueuePauseOut:
+        changed = await client.run(settings.resume(name))
+        return QueuePauseOut(name, False, changed)
 
 
 class WorkersController(Controller):

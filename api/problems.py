@@ -23,6 +23,7 @@ from broker.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJobError,
+    InvalidQueueSettings,
     InvalidTransition,
     JobNotFound,
     LeaseLost,
@@ -37,6 +38,7 @@ log = logging.getLogger("api")
 # Broker exception -> (HTTP status, problem type slug).
 _BROKER_ERRORS: tuple[tuple[type[BrokerError], int, str], ...] = (
     (InvalidJobError, 422, "invalid-job"),
+    (InvalidQueueSettings, 422, "invalid-queue-settings"),
     (IdempotencyConflict, 422, "idempotency-conflict"),
     (JobNotFound, 404, "job-not-found"),
     (ScheduleNotFound, 404, "schedule-not-found"),

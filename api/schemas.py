@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Meta
 
 from broker.inspection import MAX_PAGE_SIZE
+from broker.lease import DEFAULT_MAX_SNOOZES
 from broker.spec import JobSpec, QueueName
 from broker.types import Job, JobEvent, JobState, LogLine
 
@@ -223,6 +224,16 @@ class FailIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     delay: Seconds | None = None
 
 
+class SnoozeIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Run the job again after `delay` seconds without counting the attempt; once it has
+    snoozed `max_snoozes` times the next snooze fails it."""
+
+    worker_id: WorkerId
+    lease_epoch: Epoch
+    delay: Seconds
+    max_snoozes: Annotated[int, Meta(ge=0, le=1_000_000)] = DEFAULT_MAX_SNOOZES
+
+
 class LogsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Lines a running job logged; stored only while the lease is held."""
 
@@ -258,10 +269,41 @@ class QueueOut(msgspec.Struct):
     cancelled: int
     oldest_available_age_seconds: float
     paused: bool
+    # Limits (broker.configure_queue); None: unlimited.
+    concurrency_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: float | None = None
 
 
 class QueueList(msgspec.Struct):
     queues: list[QueueOut]
+
+
+class QueuePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Limits to set; a field left out keeps its value, null makes it unlimited."""
+
+    concurrency_limit: int | msgspec.UnsetType | None = msgspec.UNSET
+    rate_limit: int | msgspec.UnsetType | None = msgspec.UNSET
+    rate_period_seconds: float | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class QueueSettingsOut(msgspec.Struct):
+    queue: str
+    concurrency_limit: int | None
+    rate_limit: int | None
+    rate_period_seconds: float | None
+    paused: bool
+
+
+class PauseIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str | None = None
+
+
+class QueuePauseOut(msgspec.Struct):
+    queue: str
+    paused: bool
+    # False when the queue already was in that state (resume of a running queue).
+    changed: bool
 
 
 class WorkerOut(msgspec.Struct):

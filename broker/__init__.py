@@ -10,13 +10,14 @@ from broker.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJobError,
+    InvalidQueueSettings,
     InvalidTransition,
     JobNotFound,
     LeaseLost,
 )
 from broker.lease import Failure
 from broker.spec import JobSpec
-from broker.task import Fail, JobContext, Retry, task
+from broker.task import Fail, JobContext, Retry, Snooze, task
 from broker.types import (
     Enqueued,
     HeartbeatOutcome,
@@ -40,6 +41,7 @@ __all__ = [
     "HeartbeatOutcome",
     "IdempotencyConflict",
     "InvalidJobError",
+    "InvalidQueueSettings",
     "InvalidTransition",
     "Job",
     "JobContext",
@@ -52,6 +54,7 @@ __all__ = [
     "Reaped",
     "Retry",
     "Settings",
+    "Snooze",
     "WriteOutcome",
     "task",
 ]

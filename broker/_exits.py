@@ -33,13 +33,13 @@ def exit_rules() -> tuple[ExitRule, ...]:
     import psycopg
 
     from broker._jobfile import JobFileError
-    from broker.errors import BrokerError, InvalidJobError
+    from broker.errors import BrokerError, InvalidJobError, InvalidQueueSettings
     from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
 
     return (
         ExitRule((WorkerIdInUse,), EXIT_ID_IN_USE),
         ExitRule((ClockSkewTooLarge,), EXIT_CLOCK_SKEW),
-        ExitRule((InvalidJobError, JobFileError), EXIT_BAD_INPUT),
+        ExitRule((InvalidJobError, InvalidQueueSettings, JobFileError), EXIT_BAD_INPUT),
         ExitRule((BrokerError, psycopg.Error), EXIT_FAILED),
     )
 

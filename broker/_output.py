@@ -125,7 +125,7 @@ def log_json(line: LogLine) -> dict[str, Any]:
 
 
 def queue_json(q: QueueStats) -> dict[str, Any]:
-    """A queue as GET /v1/queues shows it, plus its pause."""
+    """A queue as GET /v1/queues shows it (limits included), plus its pause."""
     return {
         "queue": q.queue,
         "waiting": q.waiting,
@@ -140,6 +140,9 @@ def queue_json(q: QueueStats) -> dict[str, Any]:
         "paused": q.paused,
         "paused_at": q.paused_at,
         "pause_reason": q.pause_reason,
+        "concurrency_limit": q.concurrency_limit,
+        "rate_limit": q.rate_limit,
+        "rate_period_seconds": q.rate_period_seconds,
     }
 
 

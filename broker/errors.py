@@ -81,6 +81,11 @@ class ScheduleNotFound(BrokerError, LookupError):
         self.name = name
 
 
+class InvalidQueueSettings(BrokerError):
+    """A queue limit out of bounds (below 1, a period that is not positive, a rate_limit
+    without a rate_period) or a bad queue name."""
+
+
 class DatabaseUnavailable(BrokerError):
     """PostgreSQL could not be reached or dropped the connection."""
 
@@ -91,6 +96,7 @@ SQLSTATE_INVALID_JOB = "PB002"
 SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
 SQLSTATE_SCHEDULE_NOT_FOUND = "PB005"
+SQLSTATE_INVALID_QUEUE_SETTINGS = "PB010"
 
 
 def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
@@ -123,6 +129,8 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
         return InvalidTransition(
             int(diag.message_hint or 0), diag.message_detail or "", action, diag.message_primary
         )
+    if state == SQLSTATE_INVALID_QUEUE_SETTINGS:
+        return InvalidQueueSettings(diag.message_primary or "invalid queue settings")
     if state is not None and (state.startswith("40") or state == "57014"):
         # Serialization failures, deadlocks (class 40) and statement timeouts: the server
         # is fine and the caller may retry; keep psycopg's precise error. (psycopg's

@@ -29,8 +29,9 @@ class JobFilter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """A queue's jobs per state, how long its oldest runnable job waited, and its pause
-    (paused queues are listed even when they hold no jobs)."""
+    """A queue's jobs per state, how long its oldest runnable job waited, its pause and its
+    limits (None: unlimited; paused or limited queues are listed even when they hold no
+    jobs)."""
 
     queue: str
     queued: int
@@ -45,6 +46,9 @@ class QueueStats:
     paused_at: datetime | None = None
     pause_reason: str | None = None
     waiting: int = 0  # jobs whose dependencies have not all succeeded
+    concurrency_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

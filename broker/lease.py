@@ -8,6 +8,8 @@ gives the whole lifecycle (docs/state-machine.md draws it):
                  ^                  |  \\--fail (retryable, attempts left)--> queued
                  |                  |   \\-fail (final) --> failed
                  +--reap/release----+    \\-cancel ack --> cancelled
+                 +--snooze----------+
+    queued/waiting --expire (deadline passed)--> cancelled
 
 Every write a worker makes after the claim is fenced by (job id, lease epoch) and
 `state = 'running'`; a write that matches nothing is rejected and recorded as
@@ -46,6 +48,8 @@ T = TypeVar("T")
 Row = tuple[Any, ...]
 
 DEFAULT_REAP_LIMIT = 1000
+# How many times a job may snooze before its next snooze fails it (`@task(max_snoozes=)`).
+DEFAULT_MAX_SNOOZES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +219,18 @@ class Released:
     lease: Held
 
 
-Finish = Completed | Failed | CancelAcked | Released
+@dataclass(frozen=True, slots=True)
+class Snoozed:
+    """The handler asked to run again after `delay` seconds: queued with run_at = now() +
+    delay, the attempt not counted, `snoozes` + 1; once the job has snoozed `max_snoozes`
+    times it fails instead."""
+
+    lease: Held
+    delay: float
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
+
+
+Finish = Completed | Failed | CancelAcked | Released | Snoozed
 
 
 def completed(held: Held, result: Any = None) -> Completed:
@@ -238,6 +253,11 @@ def released(held: Held) -> Released:
     return Released(held)
 
 
+def snoozed(held: Held, delay: float, max_snoozes: int = DEFAULT_MAX_SNOOZES) -> Snoozed:
+    """A handler that asked to be run again after `delay` seconds, its attempt uncounted."""
+    return Snoozed(held, delay, max_snoozes)
+
+
 def _retry_delay(delay: float | None) -> float | None:
     """A delay the database can add to now(): NaN means the default backoff, and the rest
     is clamped to [0, 100 years], so one odd handler value cannot fail a whole batch."""
@@ -250,22 +270,25 @@ def _result_json(result: Any) -> str:
     return "null" if result is None else contract.encode_json(result, "result").decode()
 
 
-def _ending(row: Finish) -> tuple[str, str | None, bool | None, float | None]:
-    """(outcome, error, retryable, delay) of a row other than a completion."""
+def _ending(row: Finish) -> tuple[str, str | None, bool | None, float | None, int | None]:
+    """(outcome, error, retryable, delay, snooze cap) of a row other than a completion."""
     match row:
         case Failed(failure=f):
             contract.check_text(f.error, "error")
-            return "fail", f.error, f.retryable, _retry_delay(f.delay)
+            return "fail", f.error, f.retryable, _retry_delay(f.delay), None
         case CancelAcked(reason=reason):
             contract.check_text(reason, "reason")
-            return "cancel", reason, None, None
+            return "cancel", reason, None, None, None
         case Released():
-            return "release", None, None, None
+            return "release", None, None, None, None
+        case Snoozed(delay=delay, max_snoozes=cap):
+            why = f"snoozed {cap} times (max_snoozes); not snoozed again"
+            return "snooze", why, None, _retry_delay(delay) or 0.0, max(int(cap), 0)
     raise TypeError(f"not a finish row: {row!r}")
 
 
 def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]]:
-    """End attempts (completed, failed, cancel_acked, released) in one fenced statement,
+    """End attempts (completed, failed, cancel_acked, released, snoozed) in one fenced statement,
     under each caller's epoch only; `channel` wakes workers for jobs runnable at once.
 
     Completions, the common row, send only (id, epoch, result): the other rows go first
@@ -284,6 +307,7 @@ def finish(rows: Sequence[Finish], channel: str) -> Statement[list[WriteOutcome]
         "errors": [e[1] for e in endings],
         "retryable": [e[2] for e in endings],
         "delays": [e[3] for e in endings],
+        "caps": [e[4] for e in endings],
     }
     return Statement("job_finish_many", params, _outcomes([row.lease for row in rows]))
 
@@ -309,6 +333,13 @@ def append_logs(lines: Sequence[tuple[Held, str]]) -> Statement[int]:
 def reap(limit: int = DEFAULT_REAP_LIMIT) -> Statement[list[Reaped]]:
     """Return expired leases (database clock): queued with backoff, failed, or cancelled."""
     return Statement("job_reap", {"limit": limit}, lambda rows: [Reaped(r[0], r[1]) for r in rows])
+
+
+def expire(limit: int = DEFAULT_REAP_LIMIT) -> Statement[list[Reaped]]:
+    """Cancel queued and waiting jobs past their deadline (database clock), event `expired`."""
+    return Statement(
+        "job_expire", {"limit": limit}, lambda rows: [Reaped(r[0], r[1]) for r in rows]
+    )
 
 
 def cancel(job_id: int) -> Statement[str]:

@@ -169,6 +169,31 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Index("jobs_waiting_idx", "queue", postgresql_where=text("state = 'waiting'")),
         # A group's counts per state (GET /v1/groups/{group}) without a table scan (0009).
         Index("jobs_group_idx", "group", "state", postgresql_where=text('"group" IS NOT NULL')),
+        # Flow control (migration 0010). Keyed queued jobs in claim order per key, for
+        # _claim_flow's loose scan of the keys.
+        Index(
+            "jobs_keyed_idx",
+            "queue",
+            "concurrency_key",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            postgresql_where=text("state = 'queued' AND concurrency_key IS NOT NULL"),
+        ),
+        # At most one running job per (queue, concurrency_key), whatever races.
+        Index(
+            "jobs_key_running_idx",
+            "queue",
+            "concurrency_key",
+            unique=True,
+            postgresql_where=text("lease_expires_at IS NOT NULL AND concurrency_key IS NOT NULL"),
+        ),
+        # The reaper expires jobs not started by their deadline.
+        Index(
+            "jobs_deadline_idx",
+            "deadline",
+            postgresql_where=text("deadline IS NOT NULL AND state IN ('queued', 'waiting')"),
+        ),
     )
 
     # Which jobs wait for which (migration 0009): one row per (job, dependency), kept for
@@ -220,12 +245,34 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Column("n", BigInteger, nullable=False),
     )
 
+    # Configured queues: limits (NULL: unlimited) and the pause (migration 0010).
     Table(
-        "queue_pauses",
+        "queues",
         md,
-        Column("queue", Text, primary_key=True),
-        Column("paused_at", _tstz(), nullable=False, server_default=text("now()")),
-        Column("reason", Text),
+        Column("name", Text, primary_key=True),
+        Column("concurrency_limit", Integer),
+        Column("rate_limit", Integer),
+        Column("rate_period", Interval),
+        Column("paused", Boolean, nullable=False, server_default=text("false")),
+        Column("paused_at", _tstz()),
+        Column("pause_reason", Text),
+        Column("updated_at", _tstz(), nullable=False, server_default=text("now()")),
+        CheckConstraint("concurrency_limit >= 1", name="queues_concurrency_limit_check"),
+        CheckConstraint("rate_limit >= 1", name="queues_rate_limit_check"),
+        CheckConstraint(
+            "rate_period > interval '0' AND (rate_limit IS NULL OR rate_period IS NOT NULL)",
+            name="queues_rate_period_check",
+        ),
+    )
+
+    # Recent starts of rate-limited queues, written and trimmed by the claim under the
+    # queue's lock (_claim_flow). No key: rows are only counted and deleted by range.
+    Table(
+        "queue_starts",
+        md,
+        Column("queue", Text, nullable=False),
+        Column("started_at", _tstz(), nullable=False),
+        Index("queue_starts_idx", "queue", "started_at"),
     )
 
     # Periodic jobs (migration 0008): what to enqueue and when; next_run_at in database

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from broker.errors import ConfigError, InvalidJobError
+from broker.lease import DEFAULT_MAX_SNOOZES
 
 if TYPE_CHECKING:
     from broker.schedules import ScheduleSpec
@@ -47,6 +48,16 @@ class Fail(Exception):
     """Raise from a handler to fail the job now, without further attempts."""
 
 
+class Snooze(Exception):
+    """Raise from a handler to run this job again after `delay` seconds (database time),
+    without counting an attempt. A job may snooze its task's `max_snoozes` times (100 by
+    default); the snooze after that fails it, saying so."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"snooze for {delay}s")
+        self.delay = delay
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """A registered handler and its policy."""
@@ -61,6 +72,7 @@ class Task:
     wants_ctx: bool = False
     # Set for a periodic task: the schedule its workers declare (named after the kind).
     schedule: ScheduleSpec | None = None
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
 
     def retry_delay(self, attempt: int) -> float | None:
         """Delay before the next attempt under this task's policy (None: database backoff)."""
@@ -90,6 +102,7 @@ def task(
     tz: str | None = None,
     args: dict[str, Any] | None = None,
     backfill: int | None = None,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
 ) -> Callable[[F], F]: ...
 
 
@@ -105,12 +118,14 @@ def task(
     tz: str | None = None,
     args: dict[str, Any] | None = None,
     backfill: int | None = None,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
 ) -> F | Callable[[F], F]:
     """Register a handler for jobs of `kind` (default: the function's qualified name).
 
     `queue` is where the task's jobs usually go (workers started without --queues serve
     the queues of their tasks); `max_attempts` caps attempts on the worker side, on top
-    of the job's own max_attempts; `timeout` (seconds) applies when the job sets none.
+    of the job's own max_attempts; `timeout` (seconds) applies when the job sets none;
+    `max_snoozes` is how many times a job may `Snooze` before the next snooze fails it.
 
     Periodic tasks: `cron` (five fields, read in time zone `tz`, default UTC) or `every`
     (seconds, at least 1) declares a schedule named after the kind, enqueuing a job with
@@ -129,7 +144,7 @@ def task(
             )
         elif args is not None:
             raise InvalidJobError("task args= is for periodic tasks: give cron= or every=")
-        return _register(fn, kind, queue, max_attempts, timeout, retry, periodic)
+        return _register(fn, kind, queue, max_attempts, timeout, retry, periodic, max_snoozes)
 
     return decorate
 
@@ -170,8 +185,11 @@ def _register(
     timeout: float | None,
     retry: RetryPolicy,
     periodic: ScheduleSpec | None,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
 ) -> F:
     name = kind or f"{fn.__module__}.{fn.__qualname__}"
+    if max_snoozes < 0:
+        raise ConfigError(f"task {name!r}: max_snoozes must not be negative")
     if max_attempts is not None and max_attempts < 1:
         raise ConfigError(f"task {name!r}: max_attempts must be at least 1")
     if timeout is not None and timeout <= 0:
@@ -187,6 +205,7 @@ def _register(
         is_async=inspect.iscoroutinefunction(fn),
         wants_ctx="ctx" in params,
         schedule=periodic,
+        max_snoozes=max_snoozes,
     )
     with _registry_lock:
         existing = _registry.get(name)

@@ -9,7 +9,7 @@ per 300. broker.waiting (Broker.wait, AsyncBroker.wait, GET /v1/jobs/{id}?wait=)
 The transition table is the one jobs_count_update already has PostgreSQL capture.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-02
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

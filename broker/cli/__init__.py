@@ -1,7 +1,7 @@
 """The `broker` command line: one-line errors on stderr and non-zero exit codes.
 
-Commands live by area (_admin, _enqueue, _jobs, _schedules, _views); how every one of them fails is
-decided once, in _errors (with the codes of broker._exits)."""
+Commands live by area (_admin, _enqueue, _groups, _jobs, _queues, _schedules, _views); how
+every one of them fails is decided once, in _errors (with the codes of broker._exits)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from broker.cli import _admin, _enqueue, _groups, _jobs, _schedules, _views
+from broker.cli import _admin, _enqueue, _groups, _jobs, _queues, _schedules, _views
 from broker.cli._errors import EXIT_CODES_HELP, BrokerGroup
 
 
@@ -25,6 +25,7 @@ for command in (
     *_admin.COMMANDS,
     *_enqueue.COMMANDS,
     *_jobs.COMMANDS,
+    *_queues.COMMANDS,
     *_views.COMMANDS,
     *_schedules.COMMANDS,
 ):

@@ -12,7 +12,7 @@ from broker._exits import error_line as _error_line
 from broker.errors import first_line
 
 EXIT_CODES_HELP = f"""\b
-Exit codes (enqueue, jobs, stats, workers):
+Exit codes (enqueue, jobs, queues, stats, workers):
   {EXIT_OK}  done
   {EXIT_FAILED}  refused or failed: job not found, cannot cancel/retry in its state,
      idempotency conflict, database unreachable or erroring

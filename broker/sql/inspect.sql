@@ -24,14 +24,18 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: queues_list
--- queue_stats, plus paused queues that hold no jobs (the view only lists queues with jobs).
-SELECT coalesce(s.queue, p.queue) AS queue,
+-- queue_stats, plus configured queues (paused or limited) that hold no jobs (the view only
+-- lists queues with jobs), with their limits.
+SELECT coalesce(s.queue, p.name) AS queue,
        coalesce(s.queued, 0), coalesce(s.available, 0), coalesce(s.scheduled, 0),
        coalesce(s.running, 0), coalesce(s.succeeded, 0), coalesce(s.failed, 0),
        coalesce(s.cancelled, 0), coalesce(s.oldest_available_age_seconds, 0),
-       p.queue IS NOT NULL AS paused, p.paused_at, p.reason, coalesce(s.waiting, 0)
+       coalesce(p.paused, false) AS paused, p.paused_at, p.pause_reason, coalesce(s.waiting, 0),
+       p.concurrency_limit, p.rate_limit, extract(epoch FROM p.rate_period)::float8
 FROM {schema}.queue_stats s
-FULL JOIN {schema}.queue_pauses p ON p.queue = s.queue
+FULL JOIN (SELECT * FROM {schema}.queues
+           WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL) p
+  ON p.name = s.queue
 ORDER BY 1;
 
 -- name: workers_list

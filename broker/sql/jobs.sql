@@ -23,21 +23,31 @@ FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 -- row on each claim (10 ms per claim at 20k queued, measured). SKIP LOCKED sits inside
 -- each subquery so concurrent claimers pass over each other's rows instead of coming
 -- back empty; rows locked but not chosen by the outer LIMIT are released at commit.
--- Paused queues (broker.queue_pauses) are skipped.
+-- _claim_flow() goes first: it owns the paused queues (skipped) and those that need flow
+-- control (a concurrency or rate limit in broker.queues, or queued jobs with a
+-- concurrency_key), claims from the latter taking turns with their other claimers, and
+-- names every queue it owns in a row with a NULL id. The plain path takes the rest, and
+-- never a keyed job. Deciding ownership in one place keeps the two paths on disjoint
+-- queues whatever changes between their snapshots. With no such queue the function costs
+-- one lookup per queue and the plain path is the claim it always was (decision 014 has
+-- the figures). Jobs past their deadline are never started (the reaper expires them).
 -- FOR NO KEY UPDATE is enough to own the row and does not block foreign-key checks.
-WITH next AS (
+WITH flow AS (
+    SELECT * FROM {schema}._claim_flow(%(queues)s::text[], %(limit)s, %(worker_id)s, %(ttl)s)
+), next AS (
     SELECT c.id
     FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
-          WHERE NOT EXISTS (SELECT 1 FROM {schema}.queue_pauses p WHERE p.queue = u.name)) q
+          WHERE NOT EXISTS (SELECT 1 FROM flow f WHERE f.id IS NULL AND f.queue = u.name)) q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+          AND concurrency_key IS NULL AND (deadline IS NULL OR deadline > now())
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
         FOR NO KEY UPDATE SKIP LOCKED
     ) c
     ORDER BY c.priority DESC, c.run_at, c.id
-    LIMIT %(limit)s
+    LIMIT %(limit)s - (SELECT count(id) FROM flow)
 ), claimed AS (
     UPDATE {schema}.jobs j
     SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
@@ -51,7 +61,11 @@ WITH next AS (
     SELECT id, 'claimed', lease_epoch, %(worker_id)s FROM claimed
 )
 SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout
-FROM claimed ORDER BY priority DESC, id;
+FROM claimed
+UNION ALL
+SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout
+FROM flow WHERE id IS NOT NULL
+ORDER BY priority DESC, id;
 
 -- name: job_heartbeat_many
 -- Every fenced write has this shape: apply where (id, epoch) still holds a running lease,
@@ -79,56 +93,72 @@ SELECT id, state, cancel_requested FROM applied;
 
 -- name: job_finish_many
 -- Every way a lease holder ends its attempt, in one fenced statement: `outcome` per row is
--- NULL for a completion, else fail, cancel or release (broker.lease.completed/failed/
--- cancel_acked/released). finish_state() decides the next state once for the rest (a
--- requested cancel wins over a retry or a release; a failure retries while attempts
--- remain and it is retryable). Results arrive as JSON texts ('null' for none) so they
--- unnest with the ids.
+-- NULL for a completion, else fail, cancel, release or snooze (broker.lease.completed/
+-- failed/cancel_acked/released/snoozed). finish_state() decides the next state once for
+-- the rest (a requested cancel wins over a retry, a release or a snooze; a failure
+-- retries while attempts remain and it is retryable; a snooze requeues while the job has
+-- snoozed fewer than its `cap` times, else fails it). Results arrive as JSON texts
+-- ('null' for none) so they unnest with the ids.
 -- Completions are most rows, so they cost least: broker.lease.finish sends the other rows
 -- first and the outcome columns cover only those; unnest() pads the shorter arrays with
 -- NULL, and each CASE tests for the NULL outcome first (decision 010 has the figures).
+-- A release or a requeued snooze does not count its attempt.
 -- The fence has the heartbeat's shape (see there): unnest() directly in UPDATE ... FROM.
 WITH applied AS (
     UPDATE {schema}.jobs j
     SET state = CASE WHEN d.outcome IS NULL THEN 'succeeded'
-                     ELSE {schema}.finish_state(d.outcome, d.retryable,
+                     ELSE {schema}.finish_state(d.outcome, coalesce(d.retryable, j.snoozes < d.cap),
                                                 j.cancel_requested_at IS NOT NULL,
                                                 j.attempts, j.max_attempts) END,
         result = CASE WHEN d.outcome IS NULL THEN nullif(d.result::jsonb, 'null'::jsonb)
                       ELSE j.result END,
-        last_error = CASE WHEN d.outcome IN ('fail', 'cancel') THEN d.error ELSE j.last_error END,
-        attempts = CASE WHEN d.outcome = 'release' THEN greatest(j.attempts - 1, 0)
+        last_error = CASE WHEN d.outcome IN ('fail', 'cancel') THEN d.error
+                          WHEN d.outcome = 'snooze' AND j.snoozes >= d.cap
+                               AND j.cancel_requested_at IS NULL THEN d.error
+                          ELSE j.last_error END,
+        attempts = CASE WHEN d.outcome IS NULL THEN j.attempts
+                        WHEN d.outcome = 'release' OR (d.outcome = 'snooze' AND j.snoozes < d.cap)
+                          THEN greatest(j.attempts - 1, 0)
                         ELSE j.attempts END,
+        snoozes = CASE WHEN d.outcome IS NULL THEN j.snoozes
+                       WHEN d.outcome = 'snooze' AND j.snoozes < d.cap THEN j.snoozes + 1
+                       ELSE j.snoozes END,
         run_at = CASE WHEN d.outcome IS NULL THEN j.run_at
                       WHEN d.outcome = 'release' THEN now()
-                      WHEN {schema}.finish_state(d.outcome, d.retryable,
+                      WHEN {schema}.finish_state(d.outcome, coalesce(d.retryable, j.snoozes < d.cap),
                                                  j.cancel_requested_at IS NOT NULL,
                                                  j.attempts, j.max_attempts) <> 'queued'
                         THEN j.run_at
                       ELSE now() + coalesce(make_interval(secs => d.delay),
                                             {schema}.retry_backoff(j.attempts)) END,
         finished_at = CASE WHEN d.outcome IS NULL THEN now()
-                           WHEN {schema}.finish_state(d.outcome, d.retryable,
+                           WHEN {schema}.finish_state(d.outcome, coalesce(d.retryable, j.snoozes < d.cap),
                                                       j.cancel_requested_at IS NOT NULL,
                                                       j.attempts, j.max_attempts) <> 'queued'
                            THEN now() END,
         lease_expires_at = NULL
     FROM unnest(%(ids)s::bigint[], %(epochs)s::bigint[], %(results)s::text[],
                 %(outcomes)s::text[], %(errors)s::text[], %(retryable)s::bool[],
-                %(delays)s::float8[])
-         AS d(id, epoch, result, outcome, error, retryable, delay)
+                %(delays)s::float8[], %(caps)s::integer[])
+         AS d(id, epoch, result, outcome, error, retryable, delay, cap)
     WHERE j.id = d.id AND j.lease_epoch = d.epoch AND j.state = 'running'
-    RETURNING j.id, j.lease_epoch, j.state, j.queue, j.attempts, j.run_at, d.outcome, d.error
+    RETURNING j.id, j.lease_epoch, j.state, j.queue, j.attempts, j.run_at, d.outcome, d.error,
+              j.snoozes, d.delay, j.concurrency_key
 ), ev AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id, detail)
     SELECT id,
            CASE WHEN outcome IS NULL OR state <> 'queued' THEN state
-                WHEN outcome = 'fail' THEN 'attempt_failed' ELSE 'released' END,
+                WHEN outcome = 'fail' THEN 'attempt_failed'
+                WHEN outcome = 'snooze' THEN 'snoozed' ELSE 'released' END,
            lease_epoch, %(worker_id)s,
            CASE WHEN outcome = 'fail' THEN
              jsonb_build_object('error', error, 'attempt', attempts)
              || CASE WHEN state = 'queued' THEN jsonb_build_object('retry_at', run_at)
                      ELSE '{{}}'::jsonb END
+                WHEN outcome = 'snooze' AND state = 'queued' THEN
+             jsonb_build_object('delay', delay, 'snoozes', snoozes, 'run_at', run_at)
+                WHEN outcome = 'snooze' AND state = 'failed' THEN
+             jsonb_build_object('error', error, 'snoozes', snoozes)
            END
     FROM applied
 ), rejected AS (
@@ -142,9 +172,17 @@ WITH applied AS (
     WHERE (SELECT count(*) FROM applied) < cardinality(%(ids)s::bigint[])
       AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.id = d.id)
 ), notified AS (
-    -- Wake workers for jobs runnable at once: released ones, retries without a delay.
+    -- Wake workers for jobs runnable at once: released ones, retries without a delay, and
+    -- those an ended job held back: the next of its concurrency_key, or of its queue's
+    -- concurrency_limit (driven from the few limited queues, so a batch of unlimited
+    -- queues reads no more than an empty scan of broker.queues).
     SELECT count(pg_notify(%(channel)s, q.queue)) AS n
-    FROM (SELECT DISTINCT queue FROM applied WHERE state = 'queued' AND run_at <= now()) q
+    FROM (SELECT DISTINCT queue FROM applied
+          WHERE (state = 'queued' AND run_at <= now()) OR concurrency_key IS NOT NULL
+          UNION
+          SELECT c.name FROM {schema}.queues c
+          WHERE c.concurrency_limit IS NOT NULL
+            AND EXISTS (SELECT 1 FROM applied a WHERE a.queue = c.name)) q
 )
 -- `notified` is a plain SELECT: it runs only because it is referenced here.
 SELECT id, state FROM applied CROSS JOIN notified;
@@ -180,6 +218,28 @@ WITH expired AS (
     ) x ORDER BY x.id, x.step
 )
 SELECT id, state FROM reaped ORDER BY id;
+
+-- name: job_expire
+-- Cancel queued and waiting jobs whose deadline passed (database clock), with event
+-- `expired`; the claim never starts them meanwhile. Walks jobs_deadline_idx, which holds
+-- only jobs with a deadline that have not started; SKIP LOCKED and the state re-check make
+-- it safe to run in every worker at once.
+WITH due AS (
+    SELECT id FROM {schema}.jobs
+    WHERE deadline IS NOT NULL AND state IN ('queued', 'waiting') AND deadline <= now()
+    ORDER BY deadline
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE {schema}.jobs j
+    SET state = 'cancelled', finished_at = now(), last_error = 'deadline passed'
+    FROM due WHERE j.id = due.id AND j.state IN ('queued', 'waiting')
+    RETURNING j.id, j.state, j.deadline
+), ev AS (
+    INSERT INTO {schema}.job_events (job_id, event, detail)
+    SELECT id, 'expired', jsonb_build_object('deadline', deadline) FROM expired
+)
+SELECT id, state FROM expired ORDER BY id;
 
 -- name: job_cancel
 SELECT id, state FROM {schema}.cancel_job(%(id)s);

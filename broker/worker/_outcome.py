@@ -4,7 +4,7 @@ The runtime invokes a handler and hands what came back (a result, or the excepti
 raised) to `outcome`, which decides which fenced write ends the attempt: completed,
 failed and retried per the task's policy, or failed for good. `stopped` decides the same
 for a handler the worker stopped before it returned. Every retry rule of a task
-(Retry, Fail, timeouts, its max_attempts and retry policy) has its home here. (Statements
+(Snooze, Retry, Fail, timeouts, its max_attempts and retry policy) has its home here. (Statements
 themselves run in broker/_executor.py, which is a different thing.)
 """
 
@@ -16,7 +16,7 @@ from broker import lease
 from broker import spec as contract
 from broker.errors import InvalidJobError
 from broker.lease import Failure, Finish
-from broker.task import Fail, Retry, Task
+from broker.task import Fail, Retry, Snooze, Task
 from broker.types import Lease, StopReason
 
 # Longest error text stored for one attempt; a traceback keeps its end (the raise site).
@@ -48,7 +48,9 @@ def outcome(
     the exception it `raised` (TimedOut for a timeout). A returned exception object is a
     result like any other (one JSON cannot hold).
 
-    Retry asks for another attempt (a task's max_attempts caps it); Fail and a result
+    Snooze asks to run again later without counting the attempt (the task's max_snoozes
+    caps it, in the finish statement); Retry asks for another attempt (a task's
+    max_attempts caps it); Fail and a result
     the database cannot store fail the job for good; any other exception fails the
     attempt, retried unless the task's policy or its max_attempts says otherwise.
     """
@@ -58,6 +60,8 @@ def outcome(
         )
     if isinstance(raised, TimedOut):
         return _failure(task, held, str(raised))
+    if isinstance(raised, Snooze):
+        return lease.snoozed(held, raised.delay, task.max_snoozes)
     if isinstance(raised, Retry):
         # A task's own max_attempts caps retries it asks for, as it caps failures.
         reason = contract.storable_text(raised.reason)

@@ -1,4 +1,5 @@
-"""The reaper service: returns expired leases to the queue on an interval, in every worker.
+"""The reaper service: returns expired leases to the queue and expires jobs past their
+deadline, on an interval, in every worker.
 
 Expiry is judged by the database clock alone and the reap statement skips rows another
 reaper holds (SKIP LOCKED), so any number of processes may run it at once; running it
@@ -52,15 +53,17 @@ class Reaper:
         self.reaped = 0
 
     async def run_once(self) -> int:
-        """Reap until no expired lease is left; returns how many jobs were returned."""
+        """Reap until no expired lease is left, then expire jobs past their deadline until
+        none is left; returns how many jobs were moved."""
         total = 0
-        while True:
-            reaped = await self.conn.run(lease.reap(self.config.limit))
-            for r in reaped:
-                log.info("reaped job %s (lease expired) -> %s", r.job_id, r.state)
-            total += len(reaped)
-            if len(reaped) < self.config.limit:
-                break
+        for build, why in ((lease.reap, "lease expired"), (lease.expire, "deadline passed")):
+            while True:
+                moved = await self.conn.run(build(self.config.limit))
+                for r in moved:
+                    log.info("reaped job %s (%s) -> %s", r.job_id, why, r.state)
+                total += len(moved)
+                if len(moved) < self.config.limit:
+                    break
         self.reaped += total
         return total
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from broker import Fail, JobContext, Retry, task
+from broker import Fail, JobContext, Retry, Snooze, task
 
 # Few connections per worker process: the test server is shared with other test runs, and
 # one connection per handler thread (x concurrency x processes) would exhaust it.
@@ -158,3 +158,36 @@ def unstorable_error(ctx: JobContext) -> None:
     """Logs and fails with text PostgreSQL cannot store (NUL, a lone surrogate)."""
     ctx.log("log \x00 line \udc80")
     raise RuntimeError("bad \x00 text \ud800")
+
+
+DB_START = (
+    "INSERT INTO public.test_runs (job_id, epoch, attempt, pid, worker_id, started)"
+    " VALUES (%s, %s, %s, %s, %s, clock_timestamp()) RETURNING id"
+)
+DB_FINISH = "UPDATE public.test_runs SET finished = clock_timestamp(), outcome = %s WHERE id = %s"
+
+
+@task("db_timed")
+def db_timed(ctx: JobContext, seconds: float = 0.0) -> None:
+    """Record start and end in database time (clock_timestamp()), for overlap checks that
+    no host clock can skew."""
+    [(run_id,)] = _execute(DB_START, (ctx.id, ctx.epoch, ctx.attempt, os.getpid(), ctx.worker_id))
+    time.sleep(seconds)
+    _execute(DB_FINISH, ("done", run_id))
+
+
+@task("snooze_twice", max_snoozes=5)
+def snooze_twice(ctx: JobContext) -> int:
+    """Snoozes 0.3 s on its first two runs, then succeeds with the number of runs."""
+    [(run_id,)] = _execute(DB_START, (ctx.id, ctx.epoch, ctx.attempt, os.getpid(), ctx.worker_id))
+    [(runs,)] = _execute("SELECT count(*) FROM public.test_runs WHERE job_id = %s", (ctx.id,))
+    _execute(DB_FINISH, ("snoozed" if runs < 3 else "done", run_id))
+    if runs < 3:
+        raise Snooze(0.3)
+    return int(runs)
+
+
+@task("snooze_forever", max_snoozes=2)
+def snooze_forever() -> None:
+    """Always snoozes: its third snooze fails it."""
+    raise Snooze(0)

@@ -453,6 +453,9 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
         "paused": True,
         "paused_at": a["paused_at"],
         "pause_reason": "deploy",
+        "concurrency_limit": None,
+        "rate_limit": None,
+        "rate_period_seconds": None,
     }
     assert a["oldest_available_age_seconds"] >= 0 and a["paused_at"] is not None
     assert body["queues"][1]["paused"] is False and body["queues"][1]["paused_at"] is None

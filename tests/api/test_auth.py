@@ -31,12 +31,17 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/jobs/{job_id}/logs", "submit", None),
     ("POST", "/v1/jobs/{job_id}/cancel", "submit", None),
     ("POST", "/v1/jobs/{job_id}/retry", "submit", None),
+    ("GET", "/v1/groups/{group}", "submit", None),
     ("POST", "/v1/leases", "work", {"worker_id": "w:1", "queues": ["default"]}),
     ("POST", "/v1/jobs/{job_id}/heartbeat", "work", LEASE),
     ("POST", "/v1/jobs/{job_id}/complete", "work", LEASE),
     ("POST", "/v1/jobs/{job_id}/fail", "work", {**LEASE, "error": "e"}),
     ("POST", "/v1/jobs/{job_id}/logs", "work", {**LEASE, "lines": ["x"]}),
+    ("POST", "/v1/jobs/{job_id}/snooze", "work", {**LEASE, "delay": 1}),
     ("GET", "/v1/queues", "admin", None),
+    ("PATCH", "/v1/queues/{name}", "admin", {"concurrency_limit": 5}),
+    ("POST", "/v1/queues/{name}/pause", "admin", None),
+    ("POST", "/v1/queues/{name}/resume", "admin", None),
     ("GET", "/v1/workers", "admin", None),
     ("GET", "/v1/stats", "admin", None),
     ("GET", "/metrics", "admin", None),
@@ -76,7 +81,7 @@ def test_unauthorized_requests_never_succeed(client: Client) -> None:
     ]
     successes = []
     for method, path, scope, body in ENDPOINTS:
-        url = path.format(job_id=job_id, name="s")
+        url = path.format(job_id=job_id, name="s", group="g")
         for headers, status in [*wrong, (bearer(LACKING[scope]), 403)]:
             r = client.request(method, url, json=body, headers=headers)
             if r.status_code < 400:

@@ -191,3 +191,23 @@ def test_logs_over_http_are_fenced(client: Client) -> None:
     )
     lines = client.get(f"/v1/jobs/{job_id}/logs", headers=bearer(SUBMIT)).json()["lines"]
     assert [line["line"] for line in lines] == ["a", "b"]
+
+
+def test_snooze_requeues_without_an_attempt(client: Client) -> None:
+    job_id = client.post(
+        "/v1/jobs", json={"kind": "k", "queue": "s"}, headers=bearer(SUBMIT)
+    ).json()["id"]
+    held = claim(client, "s")[0]
+    body = {"worker_id": "http:1", "lease_epoch": held["lease_epoch"], "delay": 0}
+    r = client.post(f"/v1/jobs/{job_id}/snooze", json={**body, "max_snoozes": 1}, headers=W)
+    assert r.status_code == 200 and r.json()["state"] == "queued", r.text
+    assert client.post(f"/v1/jobs/{job_id}/snooze", json=body, headers=W).status_code == 409
+    held = claim(client, "s")[0]
+    assert held["attempt"] == 1
+    body["lease_epoch"] = held["lease_epoch"]
+    r = client.post(f"/v1/jobs/{job_id}/snooze", json={**body, "max_snoozes": 1}, headers=W)
+    assert r.json()["state"] == "failed"
+    job = client.get(f"/v1/jobs/{job_id}", headers=bearer(SUBMIT)).json()
+    assert job["last_error"] == "snoozed 1 times (max_snoozes); not snoozed again"
+    bad = {**body, "delay": -1}
+    assert client.post(f"/v1/jobs/{job_id}/snooze", json=bad, headers=W).status_code == 400

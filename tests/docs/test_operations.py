@@ -96,5 +96,5 @@ def test_every_sql_block_runs(broker: Broker, conn: psycopg.Connection[Any]) -> 
     assert "cleanup/cancelled" not in states  # pruned by the doc
     assert "resize/succeeded" not in states  # pruned (finished two hours ago)
     assert states["send_email/succeeded"] == 1  # finished just now: kept
-    paused = conn.execute("SELECT count(*) FROM broker.queue_pauses").fetchone()
+    paused = conn.execute("SELECT count(*) FROM broker.queues WHERE paused").fetchone()
     assert paused == (0,)  # paused, then resumed by the doc

@@ -39,6 +39,7 @@ CHANNEL = "broker_jobs"
 # indexes, each with an index condition (a lookup or a range, never a full index scan).
 Build = Callable[[list[Lease]], Statement[Any]]
 ROLES: dict[str, tuple[set[str], list[Build]]] = {
+    # _claim_flow's own statements are checked by test_flow_claim_keeps_its_access_path.
     "claim": (
         {"jobs_claim_idx", "jobs_pkey"},
         [lambda held: lease.claim(["default", "other"], 100, WORKER, 15.0)],
@@ -56,7 +57,8 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
                         lease.failed(h, Failure("boom")),
                         lease.cancel_acked(h, "cancelled"),
                         lease.released(h),
-                    ][i % 4]
+                        lease.snoozed(h, 5.0),
+                    ][i % 5]
                     for i, h in enumerate(held)
                 ],
                 CHANNEL,
@@ -64,6 +66,7 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
         ],
     ),
     "reap": ({"jobs_lease_idx", "jobs_pkey"}, [lambda held: lease.reap()]),
+    "expire": ({"jobs_deadline_idx", "jobs_pkey"}, [lambda held: lease.expire()]),
     "log": ({"jobs_pkey"}, [lambda held: lease.append_logs([(h, "line") for h in held])]),
 }
 # Operator reads that must not grow with the history: they may read only the indexes that
@@ -218,3 +221,82 @@ def test_the_check_catches_a_state_predicate_index(
         )
         violations = access_path_violations(plan, {"jobs_pkey"})
     assert any("jobs_running_idx" in v for v in violations), json.dumps(plan, indent=1)
+
+
+FLOW_ALLOWED = {
+    "jobs_claim_idx",
+    "jobs_keyed_idx",
+    "jobs_key_running_idx",
+    "jobs_lease_idx",
+    "jobs_pkey",
+}
+
+
+def _nested_plans(conn: psycopg.Connection[Any], run: Callable[[], Any]) -> list[dict[str, Any]]:
+    """The plans of every statement `run` executes, functions' statements included
+    (auto_explain, logged to this client as notices)."""
+    plans: list[dict[str, Any]] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        text = diag.message_primary or ""
+        if "plan:" in text:
+            logged = json.loads(text.split("plan:", 1)[1])
+            plans.append({**logged["Plan"], "Query Text": logged.get("Query Text")})
+
+    conn.add_notice_handler(collect)
+    conn.execute("LOAD 'auto_explain'")
+    for name, value in (
+        ("log_min_duration", "0"),
+        ("log_nested_statements", "on"),
+        ("log_format", "json"),
+        ("log_level", "notice"),
+    ):
+        conn.execute(f"SET auto_explain.{name} = {value}")
+    try:
+        run()
+    finally:
+        conn.execute("SET auto_explain.log_min_duration = -1")
+        conn.remove_notice_handler(collect)
+    return plans
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode: str) -> None:
+    # _claim_flow's statements run inside a plpgsql function, where EXPLAIN of the claim
+    # cannot see them: auto_explain shows each, under both plan modes (plpgsql prepares them
+    # after the fifth run, as psycopg does).
+    url, _ = history
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT broker.configure_queue('flow', concurrency_limit => 1000,"
+            " rate_limit => 100000, rate_period => '1 hour')"
+        )
+        conn.execute(
+            "INSERT INTO broker.jobs (kind, queue, concurrency_key)"
+            " SELECT 'flow', 'flow', CASE WHEN g % 2 = 0 THEN 'k' || (g % 10) END"
+            " FROM generate_series(1, 200) g"
+        )
+        conn.execute(f"SET plan_cache_mode = {mode}")
+        stmt = lease.claim(["flow", "default"], 3, WORKER, 15.0)
+        text = queries("broker")[stmt.query]
+        try:
+            with conn.transaction(force_rollback=True):
+                for _ in range(6):
+                    conn.execute(text, dict(stmt.params), prepare=False)
+                plans = _nested_plans(
+                    conn, lambda: conn.execute(text, dict(stmt.params), prepare=False)
+                )
+        finally:
+            conn.execute("DELETE FROM broker.jobs WHERE queue = 'flow'")
+            conn.execute("DELETE FROM broker.queues WHERE name = 'flow'")
+    assert len(plans) >= 4, "auto_explain logged no nested statements"
+    # Every read is a lookup or range on an allowed index, but for the running count of a
+    # limited queue: all of jobs_lease_idx, which holds running jobs only (decision 014).
+    bad = [
+        f"{v} in {plan['Query Text']}"
+        for plan in plans
+        for v in access_path_violations(plan, FLOW_ALLOWED)
+        # Any scan form (index, index-only, bitmap) of the whole index.
+        if not v.endswith("on jobs_lease_idx (condition None)")
+    ]
+    assert bad == [], json.dumps(plans, indent=1)

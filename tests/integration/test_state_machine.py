@@ -1,10 +1,11 @@
 """A Hypothesis stateful test of the lease state machine against a real database.
 
 Random interleavings of enqueue (with and without dependencies), claim, heartbeat,
-complete, fail, cancel, reap and a jumping database clock, with writes made both under the
-current lease and under stale ones (older epochs) the model remembers. The model predicts
-every job's state, attempts and epoch; after each step the database must agree and the
-invariants hold:
+complete, fail, snooze, cancel, reap, deadlines passing (and the reaper expiring those
+jobs) and a jumping database clock, with writes made both under the current lease and
+under stale ones (older epochs) the model remembers. The model predicts every job's state,
+attempts, snoozes and epoch; after each step the database must agree and the invariants
+hold:
 
 - at most one live lease per job: a running job's epoch is its latest (and count of)
   `claimed` events;
@@ -45,6 +46,7 @@ from hypothesis.stateful import (
 )
 
 from broker import Broker, InvalidTransition, JobNotFound, Lease, LeaseLost
+from broker.lease import expire, snoozed
 from broker.schema import JOB_STATES, TERMINAL_STATES
 from tests.dbtime import advance_db_time
 
@@ -62,6 +64,7 @@ BACKOFF_SQL = (
     f" LANGUAGE sql AS $$ SELECT make_interval(secs => {TICK} * attempt) $$"
 )
 FINAL_ROUNDS = 12
+MAX_SNOOZES = 2
 
 
 @dataclass
@@ -75,6 +78,8 @@ class ModelJob:
     epoch: int = 0
     cancel_requested: bool = False
     depends_on: tuple[int, ...] = ()
+    snoozes: int = 0
+    past_deadline: bool = False
 
 
 class LeaseMachine(RuleBasedStateMachine):
@@ -242,6 +247,7 @@ class LeaseMachine(RuleBasedStateMachine):
         for lease in claimed:
             job = self.jobs[lease.job_id]
             assert job.state == "queued", f"claimed job {lease.job_id} that is {job.state}"
+            assert not job.past_deadline, f"claimed job {lease.job_id} past its deadline"
             assert lease.queue in queues and lease.queue == job.queue
             assert lease.epoch == job.epoch + 1
             assert lease.attempt == job.attempts + 1 <= job.max_attempts
@@ -252,7 +258,8 @@ class LeaseMachine(RuleBasedStateMachine):
             # Nothing runnable may be left behind in the queues asked for.
             row = self.conn.execute(
                 "SELECT count(*) FROM broker.jobs WHERE state = 'queued'"
-                " AND queue = ANY(%s) AND run_at <= now()",
+                " AND queue = ANY(%s) AND run_at <= now()"
+                " AND (deadline IS NULL OR deadline > now())",
                 (list(queues),),
             ).fetchone()
             assert row == (0,)
@@ -347,6 +354,52 @@ class LeaseMachine(RuleBasedStateMachine):
                 self.broker.fail(lease, "late", retryable=retryable, delay=delay)
             self.expect_stale("fail", lease)
 
+    @precondition(lambda self: bool(self.leases))
+    @rule(data=st.data(), delay=st.sampled_from([0.0, TICK]))
+    def snooze(self, data: st.DataObject, delay: float) -> None:
+        """The handler raised Snooze: queued after `delay`, the attempt not counted; past
+        MAX_SNOOZES snoozes the job fails; a requested cancel wins."""
+        held = self.pick_lease(data)
+        [outcome] = self.broker.finish_many([snoozed(held, delay, MAX_SNOOZES)])
+        if not self.is_current(held):
+            assert not outcome.applied
+            self.expect_stale("snooze", held)
+            return
+        job = self.jobs[held.job_id]
+        if job.cancel_requested:
+            expected = "cancelled"
+        elif job.snoozes >= MAX_SNOOZES:
+            expected = "failed"
+        else:
+            expected = "queued"
+        if job.snoozes < MAX_SNOOZES:
+            job.snoozes += 1
+            job.attempts -= 1
+        assert outcome.applied and outcome.state == expected
+        job.state = expected
+
+    @precondition(lambda self: any(j.state == "queued" for j in self.jobs.values()))
+    @rule(data=st.data())
+    def deadline_passes(self, data: st.DataObject) -> None:
+        """A queued job's deadline passes: no claim starts it from now on."""
+        queued = sorted(i for i, j in self.jobs.items() if j.state == "queued")
+        job_id = data.draw(st.sampled_from(queued), label="late job")
+        self.conn.execute(
+            "UPDATE broker.jobs SET deadline = now() - interval '1 second' WHERE id = %s",
+            (job_id,),
+        )
+        self.jobs[job_id].past_deadline = True
+
+    @rule()
+    def expire(self) -> None:
+        """The reaper's other half: queued jobs past their deadline end cancelled."""
+        expired = self.broker.run(expire())
+        want = {i for i, j in self.jobs.items() if j.state == "queued" and j.past_deadline}
+        assert {r.job_id for r in expired} == want
+        assert all(r.state == "cancelled" for r in expired)
+        for job_id in want:
+            self.jobs[job_id].state = "cancelled"
+
     @precondition(lambda self: len({lease.job_id for lease in self.leases}) >= 2)
     @rule(data=st.data())
     def complete_batch(self, data: st.DataObject) -> None:
@@ -373,19 +426,20 @@ class LeaseMachine(RuleBasedStateMachine):
     def database_matches_model(self) -> None:
         rows = self.conn.execute(
             "SELECT id, state, attempts, max_attempts, lease_epoch, worker_id,"
-            " lease_expires_at IS NOT NULL, cancel_requested_at IS NOT NULL"
+            " lease_expires_at IS NOT NULL, cancel_requested_at IS NOT NULL, snoozes"
             " FROM broker.jobs ORDER BY id"
         ).fetchall()
         assert [r[0] for r in rows] == sorted(self.jobs)
-        for job_id, state, attempts, max_attempts, epoch, worker, has_expiry, cancel in rows:
+        for job_id, state, attempts, max_attempts, epoch, worker, has_expiry, cancel, sn in rows:
             job = self.jobs[job_id]
             assert state in JOB_STATES
             assert 0 <= attempts <= max_attempts
-            assert (state, attempts, max_attempts, epoch) == (
+            assert (state, attempts, max_attempts, epoch, sn) == (
                 job.state,
                 job.attempts,
                 job.max_attempts,
                 job.epoch,
+                job.snoozes,
             ), f"job {job_id}"
             if state == "running":
                 assert has_expiry and worker is not None
@@ -432,7 +486,7 @@ class LeaseMachine(RuleBasedStateMachine):
             "        WHERE c.job_id = e.job_id AND c.event = 'claimed' AND c.id < e.id)"
             " FROM broker.job_events e"
             " WHERE e.event IN ('succeeded', 'failed', 'cancelled', 'attempt_failed',"
-            "                   'lease_expired', 'cancel_requested')"
+            "                   'lease_expired', 'cancel_requested', 'snoozed')"
         ).fetchall()
         for job_id, event, epoch, current in rows:
             if epoch is None:
@@ -448,13 +502,17 @@ class LeaseMachine(RuleBasedStateMachine):
             "       array_agg(e.event ORDER BY e.id) FILTER (WHERE e.event IS NOT NULL),"
             "       array_agg(e.epoch ORDER BY e.id) FILTER (WHERE e.event IS NOT NULL)"
             " FROM broker.jobs j LEFT JOIN broker.job_events e ON e.job_id = j.id"
-            "   AND e.event IN ('succeeded', 'failed', 'cancelled', 'dependency_failed')"
+            "   AND e.event IN ('succeeded', 'failed', 'cancelled', 'dependency_failed',"
+            "                   'expired')"
             " GROUP BY j.id"
         ).fetchall()
         for job_id, state, epoch, events, epochs in rows:
             if state in TERMINAL_STATES:
-                # A job cancelled for its dependency records why, not `cancelled`.
-                ended = ["cancelled" if e == "dependency_failed" else e for e in events or []]
+                # A job cancelled for its dependency or its deadline records why.
+                ended = [
+                    "cancelled" if e in ("dependency_failed", "expired") else e
+                    for e in events or []
+                ]
                 assert ended == [state], f"job {job_id}"
                 assert epochs[0] in (epoch, None), f"job {job_id}"
             else:
@@ -490,6 +548,7 @@ class LeaseMachine(RuleBasedStateMachine):
             # Backoffs and leases left over from the random steps run out ...
             advance_db_time(self.conn, MAX_ATTEMPTS * TICK + max(TTLS) + TICK)
             self.broker.reap()
+            self.broker.run(expire())
             # ... and every claimed job now succeeds.
             while claimed := self.broker.claim(list(QUEUES), 50, WORKERS[0], max(TTLS)):
                 outcomes = self.broker.complete_many([(lease, "finally") for lease in claimed])

@@ -150,3 +150,22 @@ def test_a_stopped_handler_acks_a_cancel_releases_at_shutdown_and_drops_a_lost_l
 def test_the_decisions_do_no_io() -> None:
     # Its imports are the decision's inputs and outputs only.
     assert not {"asyncio", "psycopg"} & set(vars(_outcome))
+
+
+def test_snooze_asks_for_a_later_run_capped_by_the_task() -> None:
+    from broker.task import Snooze
+
+    job = held()
+    assert outcome(make_task(), job, raised=Snooze(30), worker_id=WORKER) == lease.snoozed(
+        job, 30, lease.DEFAULT_MAX_SNOOZES
+    )
+    capped = outcome(make_task(max_snoozes=3), job, raised=Snooze(0.5), worker_id=WORKER)
+    assert capped == lease.Snoozed(job, 0.5, 3)
+
+
+def test_snooze_rows_encode_delay_and_cap() -> None:
+    other = Lease(8, 1, "default", "k", {}, 0, 1, 5, None, WORKER)
+    stmt = lease.finish([lease.completed(held()), lease.snoozed(other, -5, 2)], "ch")
+    # A snooze row goes first; a negative delay is clamped to now.
+    assert stmt.params["outcomes"] == ["snooze"] and stmt.params["caps"] == [2]
+    assert stmt.params["delays"] == [0.0]
