@@ -36,6 +36,7 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/v1/jobs/{job_id}/complete", "work", LEASE),
     ("POST", "/v1/jobs/{job_id}/fail", "work", {**LEASE, "error": "e"}),
     ("POST", "/v1/jobs/{job_id}/logs", "work", {**LEASE, "lines": ["x"]}),
+    ("GET", "/v1/groups/{group}", "submit", None),
     ("GET", "/v1/queues", "admin", None),
     ("GET", "/v1/workers", "admin", None),
     ("GET", "/v1/stats", "admin", None),
@@ -69,7 +70,7 @@ def test_unauthorized_requests_never_succeed(client: Client) -> None:
     ]
     successes = []
     for method, path, scope, body in ENDPOINTS:
-        url = path.format(job_id=job_id)
+        url = path.format(job_id=job_id, group="g")
         for headers, status in [*wrong, (bearer(LACKING[scope]), 403)]:
             r = client.request(method, url, json=body, headers=headers)
             if r.status_code < 400:
