@@ -110,7 +110,9 @@ class JobsController(Controller):
             "Creates a job. With an idempotency key (Idempotency-Key header or body field), "
             "repeating the same request returns the original job with status 201 and "
             f"`{REPLAY_HEADER}: true`; the same key with a different request gets 422. "
-            "Keys are scoped to the API token."
+            "Keys are scoped to the API token. With `depends_on` the job is `waiting` until "
+            "those jobs have all succeeded (cancelled if one fails or is cancelled); an id "
+            "that names no job gets 422."
         ),
     )
     async def create(
@@ -158,7 +160,10 @@ class JobsController(Controller):
         return_dto=None,
         responses=responses(400, 401, 403, 413, 415, 422, 503),
         summary="Enqueue many jobs at once",
-        description="One transaction: all jobs are created or none is. Results keep input order.",
+        description=(
+            "One transaction: all jobs are created or none is. Results keep input order. "
+            "`depends_on` names jobs that exist already: a job of the same batch has no id yet."
+        ),
     )
     async def create_batch(
         self,

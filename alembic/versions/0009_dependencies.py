@@ -104,6 +104,33 @@ BEGIN
 END
 $$;
 
+-- At the commit of a transaction that added an edge (a job now waiting for another), the
+-- dependency as it stands then: a dependency that ended while that transaction was open
+-- could not see the uncommitted job, so it is resolved here. FOR SHARE waits for a
+-- completion still in flight (it holds the row) and, taken, makes one that starts later
+-- wait for this commit, after which the jobs trigger sees the edge. Held for the commit
+-- only, so an enqueue in a long transaction never holds up the dependency's heartbeats.
+CREATE FUNCTION {s}._dependency_added() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  ended text;
+BEGIN
+  SELECT state INTO ended FROM {s}.jobs WHERE id = NEW.depends_on FOR SHARE;
+  IF ended IN ('succeeded', 'failed', 'cancelled')
+     AND EXISTS (SELECT 1 FROM {s}.jobs WHERE id = NEW.job_id AND state = 'waiting') THEN
+    IF ended = 'succeeded' THEN
+      PERFORM {s}._resolve_dependents('{{}}', '{{}}', ARRAY[NEW.depends_on]);
+    ELSE
+      PERFORM {s}._resolve_dependents(ARRAY[NEW.depends_on], ARRAY[ended], '{{}}');
+    END IF;
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER job_dependencies_added AFTER INSERT ON {s}.job_dependencies
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}._dependency_added();
+
 -- Parse a JSON array of job specs, applying defaults, and hold each to the job contract
 -- (broker/spec.py: the same bounds at every door; docs/decisions/008-job-contract.md).
 -- Rules that are CHECK constraints on the jobs table (kind, queue and group names, args
@@ -235,11 +262,12 @@ $$;
 -- caller's transaction, once per queue.
 -- A spec with depends_on is born waiting (a dependency not yet succeeded), queued (all
 -- succeeded) or cancelled (one failed or was cancelled: event dependency_failed). Its
--- dependencies are locked FOR SHARE first, in id order, and read in the next statement:
--- a dependency cannot end while this transaction is open (its ending waits for our
--- commit, and the trigger that resolves its dependents then sees this job), and one that
--- ended before is seen ended. Every id must name an existing job; the batch's own jobs
--- have no ids yet, so a batch cannot refer to itself and no cycle can be built.
+-- dependencies are locked FOR KEY SHARE (they cannot be deleted or pruned before we
+-- commit, but workers still heartbeat and finish them) and read in the next statement.
+-- One that ends while this transaction is open cannot see our uncommitted job: the
+-- deferred trigger on job_dependencies settles that at our commit. Every id must name an
+-- existing job; the batch's own jobs have no ids yet, so a batch cannot refer to itself
+-- and no cycle can be built.
 CREATE FUNCTION {s}.enqueue_many(specs jsonb)
 RETURNS TABLE (ord bigint, job_id bigint, created boolean)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -271,7 +299,7 @@ BEGIN
   IF jsonb_path_exists(specs, '$[*].depends_on[*]') THEN
     SELECT array_agg(DISTINCT d ORDER BY d) INTO v_parents
     FROM {s}._parse_specs(specs) p CROSS JOIN LATERAL unnest(p.depends_on) d;
-    PERFORM 1 FROM {s}.jobs j WHERE j.id = ANY(v_parents) ORDER BY j.id FOR SHARE;
+    PERFORM 1 FROM {s}.jobs j WHERE j.id = ANY(v_parents) ORDER BY j.id FOR KEY SHARE;
     SELECT min(d) INTO v_missing FROM unnest(v_parents) d
     WHERE NOT EXISTS (SELECT 1 FROM {s}.jobs j WHERE j.id = d);
     IF v_missing IS NOT NULL THEN
@@ -440,7 +468,9 @@ DECLARE
 BEGIN
   -- Lock first and branch on the locked row: a transition committing between separate
   -- UPDATEs (a retrying fail, a release, the reaper) would otherwise lose the cancel.
-  SELECT * INTO j FROM {s}.jobs WHERE id = job_id FOR UPDATE;
+  -- NO KEY UPDATE, as the updates themselves take: an open enqueue of a dependent holds
+  -- the row FOR KEY SHARE, which must not hold up a cancel.
+  SELECT * INTO j FROM {s}.jobs WHERE id = job_id FOR NO KEY UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION USING ERRCODE = 'PB003', MESSAGE = format('job %s not found', job_id),
       HINT = job_id::text;
@@ -475,7 +505,7 @@ DECLARE
   blocker record;
   v_state text := 'queued';
 BEGIN
-  SELECT * INTO j FROM {s}.jobs WHERE id = job_id FOR UPDATE;
+  SELECT * INTO j FROM {s}.jobs WHERE id = job_id FOR NO KEY UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION USING ERRCODE = 'PB003', MESSAGE = format('job %s not found', job_id),
       HINT = job_id::text;
@@ -1038,6 +1068,8 @@ def downgrade() -> None:
     op.execute(f"DROP FUNCTION {s}._parse_specs(jsonb)")
     op.execute(f"DROP VIEW {s}.queue_stats")
     op.execute(_render(OLD_FUNCTIONS, s))
+    op.execute(f"DROP TRIGGER job_dependencies_added ON {s}.job_dependencies")
+    op.execute(f"DROP FUNCTION {s}._dependency_added()")
     op.execute(f"DROP FUNCTION {s}._resolve_dependents(bigint[], text[], bigint[])")
     op.execute(f"DROP FUNCTION {s}._dependency_failed(bigint, text)")
     # Jobs waiting for a dependency cannot be expressed without one: they run now.

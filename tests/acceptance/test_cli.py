@@ -43,6 +43,10 @@ JOB_KEYS = {
     "finished_at",
     "cancel_requested_at",
     "timeout",
+    "group",
+    "concurrency_key",
+    "deadline",
+    "depends_on",
 }
 
 
@@ -418,6 +422,7 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
     lines = table.stdout.splitlines()
     assert lines[0].split() == [
         "QUEUE",
+        "WAITING",
         "QUEUED",
         "AVAILABLE",
         "SCHEDULED",
@@ -429,11 +434,11 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
         "WAIT",
         "PAUSED",
     ]
-    assert lines[1].split()[:8] == ["a", "2", "1", "1", "0", "0", "0", "0"]
+    assert lines[1].split()[:9] == ["a", "0", "2", "1", "1", "0", "0", "0", "0"]
     assert lines[1].split()[-1] == "paused"
-    assert lines[2].split() == ["b", "0", "0", "0", "0", "1", "0", "0", "-"]
-    assert lines[3].split() == ["idle", "0", "0", "0", "0", "0", "0", "0", "-", "paused"]
-    assert lines[4].split()[:8] == ["(all)", "2", "1", "1", "0", "1", "0", "0"]
+    assert lines[2].split() == ["b", "0", "0", "0", "0", "0", "1", "0", "0", "-"]
+    assert lines[3].split() == ["idle", "0", "0", "0", "0", "0", "0", "0", "0", "-", "paused"]
+    assert lines[4].split()[:9] == ["(all)", "0", "2", "1", "1", "0", "1", "0", "0"]
     assert "workers alive: 0" in table.stdout
 
     body = json.loads(cli(db_url, "stats", "--json").stdout)
@@ -442,6 +447,7 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
     a = body["queues"][0]
     assert a == {
         "queue": "a",
+        "waiting": 0,
         "queued": 2,
         "available": 1,
         "scheduled": 1,
@@ -460,6 +466,7 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
     assert a["oldest_available_age_seconds"] >= 0 and a["paused_at"] is not None
     assert body["queues"][1]["paused"] is False and body["queues"][1]["paused_at"] is None
     assert body["totals"] == {
+        "waiting": 0,
         "queued": 2,
         "available": 1,
         "scheduled": 1,

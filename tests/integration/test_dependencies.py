@@ -349,28 +349,46 @@ def _wait_blocked(conn: Conn, pid: int) -> None:
 def test_a_dependency_completing_while_the_enqueue_is_open(
     broker: Broker, conn: Conn, db_url: str
 ) -> None:
-    """The enqueue holds its dependency FOR SHARE: the completion waits for its commit,
-    and the trigger that then runs sees the new job and releases it."""
+    """The enqueue's transaction stays open while the dependency completes: the
+    completion cannot see the new job (uncommitted), and is not held up by it (the
+    dependency is only FOR KEY SHARE locked, so its heartbeat and finish go through); the
+    deferred trigger on job_dependencies releases the job at the enqueue's commit."""
     parent = broker.enqueue("p").id
     held = claim_one(broker, parent)
-    with psycopg.connect(db_url) as enqueuer, psycopg.connect(db_url, autocommit=True) as done:
+    with psycopg.connect(db_url) as enqueuer:
         child = broker.enqueue("c", depends_on=[parent], conn=enqueuer).id  # still open
-        finisher_pid = done.info.backend_pid
-        thread, errors = _in_thread(
-            lambda: broker.run(lease.finish([lease.completed(held)], "broker_jobs"), done)
-        )
-        _wait_blocked(conn, finisher_pid)
+        assert broker.heartbeat([held]).extended == [held]
+        broker.complete(held)
+        assert state(conn, parent) == "succeeded"
         enqueuer.commit()
-        thread.join(15)
-        assert not errors
-    assert states(conn, parent, child) == ["succeeded", "queued"]
+    assert state(conn, child) == "queued"
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled"])
+def test_a_dependency_ending_badly_while_the_enqueue_is_open(
+    broker: Broker, conn: Conn, db_url: str, ending: str
+) -> None:
+    parent = broker.enqueue("p").id
+    held = claim_one(broker, parent)
+    with psycopg.connect(db_url) as enqueuer:
+        child = broker.enqueue("c", depends_on=[parent], conn=enqueuer).id
+        grandchild = broker.enqueue("g", depends_on=[child], conn=enqueuer).id
+        if ending == "failed":
+            broker.fail(held, "boom", retryable=False)
+        else:
+            broker.cancel(parent)
+            broker.run(lease.finish([lease.cancel_acked(held, "stop")], "broker_jobs"))
+        enqueuer.commit()
+    assert states(conn, child, grandchild) == ["cancelled", "cancelled"]
+    assert events(conn, child)[-1] == "dependency_failed"
 
 
 def test_an_enqueue_while_the_dependency_completion_is_open(
     broker: Broker, conn: Conn, db_url: str
 ) -> None:
-    """The reverse order: the completion has updated the row but not committed; the
-    enqueue waits for it on the FOR SHARE lock and then sees the dependency succeeded."""
+    """The reverse order: the completion has updated the row but not committed. The
+    enqueue sees the dependency running and makes the job wait; at its commit the deferred
+    trigger's FOR SHARE waits for the completion to commit, then sees it succeeded."""
     parent = broker.enqueue("p").id
     held = claim_one(broker, parent)
     with psycopg.connect(db_url) as done, psycopg.connect(db_url, autocommit=True) as enqueuer:
