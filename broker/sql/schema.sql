@@ -777,6 +777,14 @@ BEGIN
     -- anyone not using dependencies); only then one probe per job that ended.
     SELECT min(id), max(id) INTO lo, hi FROM new_rows
     WHERE state IN ('succeeded', 'failed', 'cancelled');
+    IF lo IS NOT NULL THEN
+      -- Waiters (broker.waiting) hear which jobs ended: their ids, 300 per payload (the
+      -- limit is 8,000 bytes), one notification per statement (migration 0011).
+      PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
+      FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows
+            WHERE state IN ('succeeded', 'failed', 'cancelled')) ended
+      GROUP BY chunk;
+    END IF;
     IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
        AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
                    AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
@@ -936,22 +944,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     ELSE 'failed'
   END
 $$;
-
--- Waiters (broker.waiting) are woken by NOTIFY: every statement that ends jobs notifies
--- `<schema>_done` with their ids, at most 300 per payload (migration 0011).
-CREATE FUNCTION {s}.notify_done() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
-  FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows
-        WHERE state IN ('succeeded', 'failed', 'cancelled')) ended
-  GROUP BY chunk;
-  RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER jobs_done_notify AFTER UPDATE ON {s}.jobs
-  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_done();
 
 -- === Periodic jobs (migration 0008): broker.schedules ===
 
