@@ -377,6 +377,7 @@ class LeaseMachine(RuleBasedStateMachine):
             job.attempts -= 1
         assert outcome.applied and outcome.state == expected
         job.state = expected
+        self.resolve()  # a snooze past the cap fails the job
 
     @precondition(lambda self: any(j.state == "queued" for j in self.jobs.values()))
     @rule(data=st.data())
@@ -399,6 +400,7 @@ class LeaseMachine(RuleBasedStateMachine):
         assert all(r.state == "cancelled" for r in expired)
         for job_id in want:
             self.jobs[job_id].state = "cancelled"
+        self.resolve()  # an expired job cancels its waiting dependents
 
     @precondition(lambda self: len({lease.job_id for lease in self.leases}) >= 2)
     @rule(data=st.data())
