@@ -27,7 +27,7 @@ from api.schemas import (
     WriteOut,
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
-from broker import Failure, LeaseLost, lease
+from broker import AsyncBroker, Failure, LeaseLost, lease
 from broker.types import Fence
 
 
@@ -114,14 +114,8 @@ class LeasesController(Controller):
         data: JSONBody[CompleteIn],
         client: BrokerClient,
     ) -> WriteOut:
-        runtime = runtime_of(request)
         held = Fence(job_id, data.lease_epoch, data.worker_id)
-        outcome = (await client.complete_many([(held, data.result)]))[0]
-        if not outcome.applied:
-            runtime.metrics.lease_lost.inc("complete")
-            raise LeaseLost(job_id, data.lease_epoch, "complete")
-        runtime.metrics.completed.inc("succeeded")
-        return WriteOut(job_id, data.lease_epoch, "succeeded")
+        return await _finish(request, client, lease.completed(held, data.result), "complete")
 
     @post(
         "/jobs/{job_id:str}/fail",
@@ -143,16 +137,9 @@ class LeasesController(Controller):
         data: JSONBody[FailIn],
         client: BrokerClient,
     ) -> WriteOut:
-        runtime = runtime_of(request)
         held = Fence(job_id, data.lease_epoch, data.worker_id)
         failure = Failure(data.error, data.retryable, data.delay)
-        outcome = (await client.fail_many([(held, failure)]))[0]
-        if not outcome.applied:
-            runtime.metrics.lease_lost.inc("fail")
-            raise LeaseLost(job_id, data.lease_epoch, "fail")
-        state = outcome.state or "queued"
-        runtime.metrics.completed.inc(state)
-        return WriteOut(job_id, data.lease_epoch, state)
+        return await _finish(request, client, lease.failed(held, failure), "fail")
 
     @post(
         "/jobs/{job_id:str}/snooze",
@@ -174,13 +161,22 @@ class LeasesController(Controller):
         data: JSONBody[SnoozeIn],
         client: BrokerClient,
     ) -> WriteOut:
-        runtime = runtime_of(request)
         held = Fence(job_id, data.lease_epoch, data.worker_id)
         row = lease.snoozed(held, data.delay, data.max_snoozes)
-        outcome = (await client.finish_many([row]))[0]
-        if not outcome.applied:
-            runtime.metrics.lease_lost.inc("snooze")
-            raise LeaseLost(job_id, data.lease_epoch, "snooze")
-        state = outcome.state or "queued"
-        runtime.metrics.completed.inc(state)
-        return WriteOut(job_id, data.lease_epoch, state)
+        return await _finish(request, client, row, "snooze")
+
+
+async def _finish(
+    request: Request[Any, Any, Any], client: AsyncBroker, row: lease.Finish, write: str
+) -> WriteOut:
+    """Apply one finish row (the worker protocol's complete, fail and snooze); a lost lease
+    is counted and answered 409. The job's new state is the answer."""
+    runtime = runtime_of(request)
+    held = row.lease
+    [outcome] = await client.finish_many([row])
+    if not outcome.applied:
+        runtime.metrics.lease_lost.inc(write)
+        raise LeaseLost(held.job_id, held.epoch, write)
+    assert outcome.state is not None, "an applied write returns its row's new state"
+    runtime.metrics.completed.inc(outcome.state)
+    return WriteOut(held.job_id, held.epoch, outcome.state)
