@@ -193,14 +193,16 @@ def test_after_downtime_only_the_latest_missed_ticks_are_enqueued(
     conn: Conn, broker: Broker, backfill: int, expected: int
 ) -> None:
     alive(conn, KIND)
-    start = put(broker, ScheduleSpec("b", KIND, every=10, backfill=backfill)).next_run_at
+    # An hourly period, so the test's own run time cannot carry now() across the next
+    # tick (with every=10 it did, one run in a few hundred, and an eleventh tick was due).
+    start = put(broker, ScheduleSpec("b", KIND, every=3600, backfill=backfill)).next_run_at
     assert start is not None
     # A whole number of periods, so the shifted ticks stay on the period's grid: the
-    # stored next tick moves to start - 100 s, and now() is within 10 s before start, so
-    # the ten ticks start - 100 s ... start - 10 s are due.
-    later(conn, 100, KIND)
+    # stored next tick moves to start - 10 h, and now() is within an hour before start,
+    # so the ten ticks start - 10 h ... start - 1 h are due.
+    later(conn, 36000, KIND)
     assert run_pass(conn, 100, "broker").enqueued == expected
-    ticks = [start - timedelta(seconds=100 - 10 * k) for k in range(10)][-expected:]
+    ticks = [start - timedelta(hours=10 - k) for k in range(10)][-expected:]
     assert [k for k, _ in jobs(conn)] == [sch.tick_key("b", t) for t in ticks]
     assert row(conn, "b")["next_run_at"] > db_now(conn)
 
