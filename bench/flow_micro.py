@@ -5,7 +5,9 @@ against the working tree's, on one connection, alternating, median of many round
 
 Each round claims `batch` jobs of an unlimited queue and completes them (the claim timed
 alone, then the finish alone), once with the base revision's SQL and once with the
-current SQL, in alternating order. Both run on the current schema; the base claim reads
+current SQL, in alternating order. The current claim runs with the worker's claim
+connection settings (broker/worker/_conn.py SESSION_SETTINGS: generic plans), the base
+claim and both finishes with --plan-mode. Both run on the current schema; the base claim reads
 broker.queue_pauses, so an empty one is created for it. Prints medians in microseconds.
 Uses BROKER_DATABASE_URL (default the local server) and a scratch database.
 """
@@ -25,6 +27,7 @@ from psycopg import sql
 
 from broker import lease
 from broker._queries import parse
+from broker.worker._conn import SESSION_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -51,6 +54,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--plan-mode", default="auto", help="plan_cache_mode for both")
+    parser.add_argument(
+        "--no-worker-sessions",
+        dest="worker_sessions",
+        action="store_false",
+        help="run the current claim under --plan-mode too, not the claim connection's settings",
+    )
     args = parser.parse_args()
     server = os.environ.get("BROKER_DATABASE_URL", DEFAULT_DSN)
     name = f"broker_micro_{os.getpid()}"
@@ -87,8 +96,19 @@ def run(url: str, args: argparse.Namespace) -> None:
             "new finish": [],
         }
 
+        mode = sql.SQL("SET plan_cache_mode = {}").format(sql.Identifier(args.plan_mode))
+
         def one(label: str, qs: dict[str, str], prepare: bool) -> None:
             claim = lease.claim(["default"], batch, "micro:1", 30.0)
+            # Each side's claim runs with its worker's claim-connection session: the base
+            # had none; the current one is SESSION_SETTINGS["claim"] (generic plans).
+            # Statements are prepared per text, so switching the mode between the two
+            # sides leaves each side's plan to its own mode.
+            if label == "new" and args.worker_sessions:
+                for setting in SESSION_SETTINGS.get("claim", ()):
+                    conn.execute(setting)
+            else:
+                conn.execute(mode)
             t0 = time.perf_counter()
             rows = conn.execute(qs["job_claim"], dict(claim.params), prepare=prepare).fetchall()
             t1 = time.perf_counter()
@@ -97,6 +117,7 @@ def run(url: str, args: argparse.Namespace) -> None:
             params = dict(fin.params)
             if label == "old":
                 params.pop("caps")
+            conn.execute(mode)
             t2 = time.perf_counter()
             conn.execute(qs["job_finish_many"], params, prepare=prepare).fetchall()
             t3 = time.perf_counter()

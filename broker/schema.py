@@ -275,6 +275,11 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Index("queue_starts_idx", "queue", "started_at"),
     )
 
+    # Queues that have held a job with a concurrency_key (migration 0012), listed by the
+    # jobs trigger in the inserting transaction: with broker.queues, the claim's gate
+    # before _claim_flow(). Never trimmed (decision 014).
+    Table("keyed_queues", md, Column("name", Text, primary_key=True))
+
     # Periodic jobs (migration 0008): what to enqueue and when; next_run_at in database
     # time, NULL until a scheduler pass computes it (a schedule created from SQL).
     Table(

@@ -28,12 +28,21 @@ FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 -- concurrency_key), claims from the latter taking turns with their other claimers, and
 -- names every queue it owns in a row with a NULL id. The plain path takes the rest, and
 -- never a keyed job. Deciding ownership in one place keeps the two paths on disjoint
--- queues whatever changes between their snapshots. With no such queue the function costs
--- one lookup per queue and the plain path is the claim it always was (decision 014 has
--- the figures). Jobs past their deadline are never started (the reaper expires them).
+-- queues whatever changes between their snapshots. The function is called only when one
+-- of the queues is paused or limited (broker.queues) or has ever held a keyed job
+-- (broker.keyed_queues, listed in the keyed job's own transaction): the gate is a
+-- one-time filter read in the statement's snapshot, so a claim that cannot see the
+-- setting or the keyed queue cannot see a job it would govern either (a keyed job is
+-- never on the plain path). Otherwise the plain path is the claim it always was
+-- (decision 014 has the figures). Jobs past their deadline are never started (the
+-- reaper expires them).
 -- FOR NO KEY UPDATE is enough to own the row and does not block foreign-key checks.
 WITH flow AS (
     SELECT * FROM {schema}._claim_flow(%(queues)s::text[], %(limit)s, %(worker_id)s, %(ttl)s)
+    WHERE EXISTS (SELECT 1 FROM {schema}.queues c
+                  WHERE c.name = ANY(%(queues)s::text[])
+                    AND (c.paused OR c.concurrency_limit IS NOT NULL OR c.rate_limit IS NOT NULL))
+       OR EXISTS (SELECT 1 FROM {schema}.keyed_queues k WHERE k.name = ANY(%(queues)s::text[]))
 ), next AS (
     SELECT c.id
     FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
@@ -53,7 +62,11 @@ WITH flow AS (
     SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
         lease_expires_at = now() + make_interval(secs => %(ttl)s), worker_id = %(worker_id)s,
         started_at = now()
-    FROM next WHERE j.id = next.id
+    -- = ANY(ARRAY(...)), not a join with `next`: the generic plan (the worker's claim
+    -- connection uses it, see broker/worker/_conn.py) guesses a tenth of the table for a
+    -- parameter LIMIT and would hash-join a sequential scan; an array is always probed
+    -- through the primary key.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
     RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
               j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout
 ), ev AS (

@@ -559,7 +559,9 @@ CREATE FUNCTION {s}._claim_flow(p_queues text[], lim integer, worker text, ttl d
 RETURNS TABLE (id bigint, lease_epoch bigint, queue text, kind text, args jsonb,
                priority integer, attempts integer, max_attempts integer,
                timeout double precision)
-LANGUAGE plpgsql VOLATILE AS $$
+-- Its statements are planned for their parameters whatever the caller's session asks
+-- (the worker's claim connection asks for generic plans: migration 0012).
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = auto AS $$
 #variable_conflict use_column
 DECLARE
   owned text[];
@@ -795,6 +797,18 @@ BEGIN
               WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY n.id),
         ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
               WHERE n.state = 'succeeded' AND o.state <> 'succeeded'));
+    END IF;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    -- The claim's gate (job_claim): a queue that has held a job with a concurrency_key is
+    -- listed once, by the statement that wrote the key (an enqueue, or an UPDATE by hand),
+    -- so no claim can see a keyed job and miss its queue. Once listed, a keyed write
+    -- only reads the list (no lock); a statement without keys scans its rows once.
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
+      INSERT INTO {s}.keyed_queues (name)
+      SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
+      ON CONFLICT DO NOTHING;
     END IF;
   END IF;
   RETURN NULL;

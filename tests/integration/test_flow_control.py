@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker import Broker, InvalidQueueSettings, lease
+from broker import Broker, InvalidQueueSettings, JobSpec, lease
 from broker import queues as queue_settings
 from tests.dbtime import advance_db_time
 
@@ -232,6 +232,33 @@ def test_limit_and_keys_together(broker: Broker, conn: Conn) -> None:
     [one] = broker.claim(["lim"], 10, "w:1")
     assert one.job_id == ids[0]
     assert broker.claim(["lim"], 10, "w:1") == []
+
+
+def keyed_queues(conn: Conn) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM broker.keyed_queues ORDER BY 1")]
+
+
+def test_the_statement_that_writes_a_key_lists_its_queue_for_the_claim(
+    broker: Broker, conn: Conn
+) -> None:
+    broker.enqueue("t", queue="plain")
+    assert keyed_queues(conn) == []  # plain queues never reach _claim_flow()
+    broker.enqueue("t", queue="k1", concurrency_key="a")
+    broker.enqueue_many([lease_spec("k2", "b"), lease_spec("k2", None), lease_spec("k3", "c")])
+    assert keyed_queues(conn) == ["k1", "k2", "k3"]
+    by_hand = broker.enqueue("t", queue="k4").id
+    keyed(conn, by_hand, "d")  # an operator's UPDATE lists the queue too
+    assert keyed_queues(conn) == ["k1", "k2", "k3", "k4"]
+    [held] = broker.claim(["k4"], 10, "w:1")
+    assert held.job_id == by_hand
+    # A keyed job enqueued in a transaction that rolls back leaves no listing behind.
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT broker.enqueue('t', queue => 'k5', concurrency_key => 'e')")
+    assert "k5" not in keyed_queues(conn)
+
+
+def lease_spec(queue: str, key: str | None) -> JobSpec:
+    return JobSpec("t", queue=queue, concurrency_key=key)
 
 
 # --- settings ---------------------------------------------------------------------------

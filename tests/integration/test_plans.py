@@ -303,3 +303,24 @@ def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode
         if not v.endswith("on jobs_lease_idx (condition None)")
     ]
     assert bad == [], json.dumps(plans, indent=1)
+
+
+def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None:
+    """The worker's claim connection runs its prepared claim on the generic plan this file
+    checks (SESSION_SETTINGS); the other services keep the server's default."""
+    import asyncio
+
+    from broker.worker._conn import Connection
+
+    async def mode(service: str) -> str:
+        conn = Connection(db_url, "broker", service)
+        try:
+            raw = await conn._open()
+            row = await (await raw.execute("SHOW plan_cache_mode")).fetchone()
+            assert row is not None
+            return str(row[0])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(mode("claim")) == "force_generic_plan"
+    assert asyncio.run(mode("write")) == "auto"
