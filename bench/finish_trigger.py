@@ -1,18 +1,25 @@
-"""What resolving dependents costs the finish statement of jobs that have none.
+"""What the jobs trigger costs the finish statement of jobs that have no dependents.
 
-Three scratch databases on one server, the same workload in each: enqueue 100 jobs,
-claim them (untimed), then time the one finish statement that completes all 100
-(`lease.finish`, the worker's write). The databases differ only in the jobs trigger:
+Scratch databases on one server, all migrated to head, the same workload in each: enqueue
+100 jobs, claim them (untimed), then time the one finish statement that completes all 100
+(`lease.finish`, the worker's write). The databases differ only in the jobs trigger
+function (_count_finished), replaced in place:
 
-    before   migrated to 0007: _count_finished keeps job_counts only
-    after    migrated to head: it also probes job_dependencies for every job that ended
-    edges    head, with EDGES waiting jobs (of other queues) and their edges in the table,
-             so the probes walk a populated index rather than an empty one
+    before     as it was before scheduling and flow control (git show d0188d8): job_counts
+    head       as migrated: also the dependency probes, the done NOTIFY for waiters
+               (migration 0011; since 0012 only for registered waiters) and the
+               keyed-queue check (0012); nobody waits
+    waiter     head while somebody waits for another job (one row in job_waiters)
+    notify_all head notifying every ended job, as 0011 did
+    no_notify  head without the done NOTIFY
+    no_keyed   head without the keyed-queue check
+    edges      head, with EDGES waiting jobs (of other queues) and their edges in the
+               table, so the probes walk a populated index rather than an empty one
 
-Rounds alternate the databases (rotating which goes first), so drift of the shared machine
-hits all three alike; the figure is the median of the per-statement times, client-side
-(round trip and commit included, synchronous_commit off), with the 10th and 90th
-percentiles.
+Rounds rotate the databases, so drift of the shared machine hits all alike; the figure is
+the median of the per-statement times, client-side (round trip and commit included,
+synchronous_commit off), with the 10th and 90th percentiles, and the server's own figures
+for the statement and its trigger (EXPLAIN ANALYZE of the next batch).
 
     python -m bench.finish_trigger                 # 200 rounds
     python -m bench.finish_trigger --rounds 30     # smoke run
@@ -21,9 +28,12 @@ percentiles.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import psycopg
 
@@ -31,12 +41,60 @@ from bench._scratch import scratch_database, settle
 from broker import Broker, JobSpec, lease
 from broker._queries import queries
 from broker.config import DEFAULT_SCHEMA
-from broker.migrate import downgrade
+from broker.migrate import schema_sql
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BATCH = 100
 EDGES = 20_000
 WORKER = "bench:1"
+
+
+BEFORE_REV = "d0188d8"
+NOTIFY_BLOCK = re.compile(r"\n    IF lo IS NOT NULL THEN\n.*?\n    END IF;(?=\n)", re.S)
+WAITER_CHECK = f"IF EXISTS (SELECT 1 FROM {DEFAULT_SCHEMA}.job_waiters) THEN"
+WAITER_JOIN = (
+    f"\n                AND EXISTS (SELECT 1 FROM {DEFAULT_SCHEMA}.job_waiters w"
+    " WHERE w.job_id = n.id)"
+)
+KEYED_BLOCK = re.compile(r"\n  IF TG_OP IN \('INSERT', 'UPDATE'\) THEN\n.*?\n  END IF;(?=\n)", re.S)
+
+
+def _trigger_function(text: str) -> str:
+    """The CREATE FUNCTION statement of _count_finished in a schema.sql text."""
+    start = text.index(f"CREATE FUNCTION {DEFAULT_SCHEMA}._count_finished()")
+    end = text.index("$$;", text.index("$$", start) + 2) + 3
+    return text[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+
+
+def _variants() -> dict[str, str | None]:
+    """Database name -> the trigger function to install (None: as migrated)."""
+    root = Path(__file__).resolve().parent.parent
+    old = subprocess.run(
+        ["git", "show", f"{BEFORE_REV}:broker/sql/schema.sql"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    s = DEFAULT_SCHEMA
+    before = _trigger_function(
+        old.format(s=s, jobs_channel="x", cancel_channel="x", done_channel="x")
+    )
+    head = _trigger_function(schema_sql(DEFAULT_SCHEMA))
+    no_notify, n = NOTIFY_BLOCK.subn("", head)
+    notify_all = head.replace(WAITER_CHECK, "IF true THEN").replace(WAITER_JOIN, "")
+    assert head.count(WAITER_CHECK) == 1 and head.count(WAITER_JOIN) == 1, "update the patterns"
+    no_keyed, k = KEYED_BLOCK.subn("", head)
+    assert n == 1 and k == 1, "the trigger function changed: update the patterns"
+    return {
+        "before": before,
+        "head": None,
+        "waiter": None,
+        "notify_all": notify_all,
+        "no_notify": no_notify,
+        "no_keyed": no_keyed,
+        "edges": None,
+    }
 
 
 def _fill_edges(url: str) -> None:
@@ -84,7 +142,8 @@ def main() -> None:
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--rounds", type=int, default=200)
     options = parser.parse_args()
-    names = ("before", "after", "edges")
+    variants = _variants()
+    names = tuple(variants)
     with ExitStack() as stack:
         urls = {
             name: stack.enter_context(
@@ -92,8 +151,16 @@ def main() -> None:
             )
             for name in names
         }
-        downgrade(urls["before"], DEFAULT_SCHEMA, "0007")
+        for name, function in variants.items():
+            if function is not None:
+                with psycopg.connect(urls[name], autocommit=True) as conn:
+                    conn.execute(function)  # type: ignore[arg-type]
         _fill_edges(urls["edges"])
+        with psycopg.connect(urls["waiter"], autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO broker.job_waiters (job_id, expires_at)"
+                " VALUES (0, now() + interval '1 day')"
+            )
         for url in urls.values():
             settle(url, DEFAULT_SCHEMA)
         # The commit's WAL flush costs the same everywhere and is the noisiest part on a
@@ -110,7 +177,7 @@ def main() -> None:
         triggers: dict[str, list[float]] = {name: [] for name in names}
         server: dict[str, list[float]] = {name: [] for name in names}
         for n in range(options.rounds):
-            order = names[n % 3 :] + names[: n % 3]
+            order = names[n % len(names) :] + names[: n % len(names)]
             for name in order:
                 elapsed, trigger, total = _round(brokers[name])
                 times[name].append(elapsed)
@@ -125,7 +192,7 @@ def main() -> None:
             p10, p90 = ms[len(ms) // 10], ms[len(ms) * 9 // 10]
             median = statistics.median(ms)
             print(
-                f"  {name:7} median {median:6.3f} ms  p10 {p10:6.3f}  p90 {p90:6.3f}"
+                f"  {name:9} median {median:6.3f} ms  p10 {p10:6.3f}  p90 {p90:6.3f}"
                 f"  ({median / (base * 1000) - 1:+.1%} vs before);"
                 f"  server: statement {statistics.median(server[name]):.3f} ms,"
                 f" trigger {statistics.median(triggers[name]):.3f} ms"

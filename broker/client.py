@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -304,15 +302,11 @@ class Broker(_Base):
         `timeout` seconds. Woken by NOTIFY on a connection of its own (broker.waiting),
         so the pool is not held while waiting. Raises JobNotFound."""
         _check_wait(timeout)
+        if self.get_job(job_id).state in TERMINAL_STATES:
+            return self.get_job(job_id)
         with psycopg.connect(_url_of(self.pool), autocommit=True) as conn:
             executor.configure(conn)
-
-            def finished() -> bool:
-                return self.get_job(job_id).state in TERMINAL_STATES
-
-            waiting.wait_for_job(
-                conn, self.settings, job_id, timeout, finished, sweep=self.wait_sweep
-            )
+            waiting.wait_for_job(conn, self.settings, job_id, timeout, sweep=self.wait_sweep)
         return self.get_job(job_id)
 
     def get_job(self, job_id: int) -> Job:
@@ -518,16 +512,14 @@ class AsyncBroker(_Base):
         this client shares one LISTEN connection (broker.waiting.Waiters). Raises
         JobNotFound."""
         _check_wait(timeout)
+        job = await self.get_job(job_id)
+        if job.state in TERMINAL_STATES:
+            return job
         if self._waiters is None:
             self._waiters = waiting.Waiters(
-                self._listen_connection, self.settings, sweep=self.wait_sweep
+                self._listen_connection, self.run, self.settings, sweep=self.wait_sweep
             )
-        async with self._waiters.watching(job_id) as done:
-            job = await self.get_job(job_id)
-            if job.state in TERMINAL_STATES:
-                return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(done), timeout)
+        await self._waiters.wait(job_id, timeout)
         return await self.get_job(job_id)
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:

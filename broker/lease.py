@@ -365,6 +365,43 @@ def finished_among(ids: Sequence[int]) -> Statement[set[int]]:
     return Statement("job_finished_among", {"ids": list(ids)}, lambda rows: {r[0] for r in rows})
 
 
+def wait_register(ids: Sequence[int], seconds: float) -> Statement[list[int]]:
+    """Register waits for `ids` lasting `seconds` (broker.waiting); the registrations' ids."""
+    return Statement(
+        "job_wait_register",
+        {"ids": list(ids), "seconds": seconds},
+        lambda rows: [r[0] for r in rows],
+    )
+
+
+def wait_unregister(registrations: Sequence[int]) -> Statement[None]:
+    """End the registrations `wait_register` returned."""
+    return Statement("job_wait_unregister", {"ids": list(registrations)}, lambda rows: None)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a registered waiter reads of its jobs (job_wait_settled)."""
+
+    missing: frozenset[int]  # no such job (deleted)
+    locked: frozenset[int]  # an update is in flight: read again when it is done
+    ended: frozenset[int]  # terminal
+
+
+def wait_settled(ids: Sequence[int]) -> Statement[Settled]:
+    """Read `ids` as a registered waiter must: a job whose row is locked for an update
+    counts as locked, not as its last committed state (see job_wait_settled)."""
+
+    def decode(rows: list[tuple[Any, ...]]) -> Settled:
+        return Settled(
+            missing=frozenset(r[0] for r in rows if not r[1]),
+            locked=frozenset(r[0] for r in rows if r[2]),
+            ended=frozenset(r[0] for r in rows if r[3]),
+        )
+
+    return Statement("job_wait_settled", {"ids": list(ids)}, decode)
+
+
 def events(job_id: int, after: int = 0, limit: int = 1000) -> Statement[list[JobEvent]]:
     """A job's events with id > after, oldest first."""
     return Statement(

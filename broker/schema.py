@@ -280,6 +280,19 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
     # before _claim_flow(). Never trimmed (decision 014).
     Table("keyed_queues", md, Column("name", Text, primary_key=True))
 
+    # Who waits for which job (migration 0012): registered by broker.waiting before it
+    # reads the job, so the jobs trigger notifies only these ids, and nothing while nobody
+    # waits. Unlogged (a crash ends every wait anyway); a row expires after its wait.
+    Table(
+        "job_waiters",
+        md,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("job_id", BigInteger, nullable=False),
+        Column("expires_at", _tstz(), nullable=False),
+        Index("job_waiters_job_idx", "job_id"),
+        prefixes=["UNLOGGED"],
+    )
+
     # Periodic jobs (migration 0008): what to enqueue and when; next_run_at in database
     # time, NULL until a scheduler pass computes it (a schedule created from SQL).
     Table(

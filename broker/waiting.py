@@ -1,17 +1,22 @@
 """Waiting for a job's outcome, woken by NOTIFY.
 
-Every transition into a terminal state notifies the channel `<schema>_done` with the job
-ids, comma-separated (a statement trigger on broker.jobs, so every writer does: the
-finish statement, the reaper, cancel_job(), a dependency cascade, an operator's SQL).
+A wait registers the job it waits for in broker.job_waiters (committed) before it reads
+the job; every transition of a registered job into a terminal state then notifies the
+channel `<schema>_done` with the job ids, comma-separated (a statement trigger on
+broker.jobs, so every writer does: the finish statement, the reaper, cancel_job(), a
+dependency cascade, an operator's SQL). While nobody waits, nothing is notified: a
+NOTIFY serializes committing transactions, and most finishes have no waiter (decision
+015). The read after the registration (lease.wait_settled) counts a job whose row is
+locked for an update as unsettled and reads it again shortly, since that update may end
+the job without having seen the registration; so a wait never misses its job's end.
 
 `Waiters` serves any number of waits in one async process (the API, an AsyncBroker) from
-one LISTEN connection: a wait registers its job id before it reads the job, so a
-notification sent after the read is never missed; the connection's own notifications
-wake the waits of their ids. When nobody waits the connection idles (a ping per
-`sweep` seconds); while somebody waits, each `sweep` seconds one query checks every
-waited id, which bounds the delay a lost notification (the LISTEN connection dropped
-and reconnected) can cause. `wait_for_job` is the same for one synchronous caller, on a
-connection of its own.
+one LISTEN connection, registering and reading through the caller's pool; the
+connection's notifications wake the waits of their ids. When nobody waits the connection
+idles (a ping per `sweep` seconds); while somebody waits, each `sweep` seconds one query
+checks every waited id, which bounds the delay a lost notification (the LISTEN
+connection dropped and reconnected) can cause. `wait_for_job` is the same for one
+synchronous caller, on a connection of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -38,6 +43,12 @@ MAX_WAIT_SECONDS = 86_400.0
 DEFAULT_SWEEP_SECONDS = 2.0
 # How long the LISTEN connection may take to open or answer before it is replaced.
 CONNECT_TIMEOUT = 5.0
+# How soon a wait reads its job again when the row was locked for an update.
+LOCKED_RECHECK_SECONDS = 0.02
+# A registration outlives its wait by this much before anyone may delete it as expired.
+REGISTRATION_MARGIN_SECONDS = 60.0
+
+Run = Callable[[lease.Statement[Any]], Awaitable[Any]]
 
 
 def parse_ids(payload: str) -> list[int]:
@@ -53,15 +64,18 @@ class Waiters:
     """Waits for jobs to end, for one async process, on one LISTEN connection.
 
     `connect` opens an autocommit connection (the caller's pool settings, keepalives);
-    the connection is opened on the first wait and reopened after a failure."""
+    the connection is opened on the first wait and reopened after a failure. `run` runs
+    a statement on the caller's pool (registrations and reads)."""
 
     def __init__(
         self,
         connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        run: Run,
         settings: Settings,
         sweep: float = DEFAULT_SWEEP_SECONDS,
     ) -> None:
         self._connect = connect
+        self._runner = run
         self._settings = settings
         self._sweep = sweep
         self._queries = queries(settings.schema)
@@ -69,21 +83,39 @@ class Waiters:
         self._ready: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
-    @contextlib.asynccontextmanager
-    async def watching(self, job_id: int) -> AsyncIterator[asyncio.Future[None]]:
-        """Register interest in `job_id`: the future resolves when the job ends. Read the
-        job inside the block: a notification sent after the registration is not missed."""
+    async def wait(self, job_id: int, timeout: float) -> None:
+        """Return once `job_id` is terminal or gone, or after `timeout` seconds."""
         await self._started()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        done: asyncio.Future[None] = loop.create_future()
         self._waiting.setdefault(job_id, []).append(done)
+        registrations: list[int] = []
         try:
-            yield done
+            registrations = await self._runner(
+                lease.wait_register([job_id], timeout + REGISTRATION_MARGIN_SECONDS)
+            )
+            while not done.done():
+                settled: lease.Settled = await self._runner(lease.wait_settled([job_id]))
+                if job_id in settled.ended or job_id in settled.missing:
+                    return
+                left = deadline - loop.time()
+                if left <= 0:
+                    return
+                if job_id in settled.locked:
+                    left = min(left, LOCKED_RECHECK_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(done), left)
         finally:
             futures = self._waiting.get(job_id, [])
             if done in futures:
                 futures.remove(done)
             if not futures:
                 self._waiting.pop(job_id, None)
+            if registrations:
+                # Left behind (the database is down), it expires on its own.
+                with contextlib.suppress(Exception):
+                    await self._runner(lease.wait_unregister(registrations))
 
     @property
     def waiting(self) -> int:
@@ -145,7 +177,9 @@ class Waiters:
         if not self._waiting:
             await conn.execute("SELECT 1")
             return
-        ended = await executor.arun(conn, lease.finished_among(list(self._waiting)))
+        ended = await executor.arun(
+            conn, lease.finished_among(list(self._waiting)), self._settings.schema
+        )
         self._wake(ended)
 
     def _wake(self, ids: Any) -> None:
@@ -160,22 +194,34 @@ def wait_for_job(
     settings: Settings,
     job_id: int,
     timeout: float,
-    is_finished: Callable[[], bool],
     sweep: float = DEFAULT_SWEEP_SECONDS,
 ) -> None:
-    """Return when `is_finished()` or after `timeout` seconds, on `conn` (autocommit, the
-    caller's own): LISTEN first, then check, then wait for a notification of `job_id`,
-    checking again every `sweep` seconds. Leaves `conn` listening to nothing."""
+    """Return once `job_id` is terminal or gone, or after `timeout` seconds, on `conn`
+    (autocommit, the caller's own): LISTEN, register, then read the job and wait for a
+    notification of it, reading again every `sweep` seconds. Leaves `conn` listening to
+    nothing and the registration removed."""
     rendered = queries(settings.schema)
+    schema = settings.schema
     conn.execute(rendered["job_wait_listen"])
+    registrations: list[int] = []
     try:
+        registrations = executor.run(
+            conn, lease.wait_register([job_id], timeout + REGISTRATION_MARGIN_SECONDS), schema
+        )
         deadline = time.monotonic() + timeout
-        while not is_finished():
+        while True:
+            settled = executor.run(conn, lease.wait_settled([job_id]), schema)
+            if job_id in settled.ended or job_id in settled.missing:
+                return
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            for notify in conn.notifies(timeout=min(left, sweep)):
+            pause = LOCKED_RECHECK_SECONDS if job_id in settled.locked else sweep
+            for notify in conn.notifies(timeout=min(left, pause)):
                 if notify.channel == settings.done_channel and job_id in parse_ids(notify.payload):
                     break
     finally:
+        if registrations and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                executor.run(conn, lease.wait_unregister(registrations), schema)
         conn.execute(rendered["job_wait_unlisten"])

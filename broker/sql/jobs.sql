@@ -292,6 +292,34 @@ $$;
 -- name: job_wait_unlisten
 UNLISTEN *;
 
+-- name: job_wait_register
+-- A waiter's registration (broker.job_waiters, migration 0012), committed before it reads
+-- the jobs: the jobs trigger notifies only registered ids. Expired rows (a waiter that
+-- died) go at the same time. Returns the registrations' ids, for job_wait_unregister.
+WITH expired AS (
+    DELETE FROM {schema}.job_waiters WHERE expires_at < now()
+)
+INSERT INTO {schema}.job_waiters (job_id, expires_at)
+SELECT id, now() + make_interval(secs => %(seconds)s)
+FROM unnest(%(ids)s::bigint[]) AS u(id)
+RETURNING id;
+
+-- name: job_wait_unregister
+DELETE FROM {schema}.job_waiters WHERE id = ANY(%(ids)s::bigint[]) RETURNING id;
+
+-- name: job_wait_settled
+-- A registered waiter's read of its jobs: (id, exists, locked, ended). A row another
+-- transaction has locked for an update (a finish, a heartbeat) reads as locked, not as
+-- its last committed state: that update may end the job after the trigger's check missed
+-- the registration, so the waiter looks again once the lock is gone (see _count_finished).
+SELECT u.id, j.id IS NOT NULL, j.id IS NOT NULL AND s.id IS NULL,
+       coalesce(s.state IN ('succeeded', 'failed', 'cancelled'), false)
+FROM unnest(%(ids)s::bigint[]) AS u(id)
+LEFT JOIN {schema}.jobs j ON j.id = u.id
+LEFT JOIN LATERAL (
+    SELECT l.id, l.state FROM {schema}.jobs l WHERE l.id = u.id FOR SHARE SKIP LOCKED
+) s ON true;
+
 -- name: job_finished_among
 -- Which of the waited-for jobs have ended (the waiters' sweep, in case a notification
 -- was missed while their connection was down).

@@ -780,12 +780,20 @@ BEGIN
     SELECT min(id), max(id) INTO lo, hi FROM new_rows
     WHERE state IN ('succeeded', 'failed', 'cancelled');
     IF lo IS NOT NULL THEN
-      -- Waiters (broker.waiting) hear which jobs ended: their ids, 300 per payload (the
-      -- limit is 8,000 bytes), one notification per statement (migration 0011).
-      PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
-      FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows
-            WHERE state IN ('succeeded', 'failed', 'cancelled')) ended
-      GROUP BY chunk;
+      -- Waiters (broker.waiting) hear which of the jobs they wait for ended: their ids,
+      -- 300 per payload (the limit is 8,000 bytes), one notification per statement, and
+      -- none while nobody waits (a NOTIFY serializes committing transactions; migration
+      -- 0012). A waiter registers in job_waiters before it reads the job, and this check
+      -- takes a snapshot of its own after every row of the statement is written, so a
+      -- registration it misses was committed after those rows were locked: the waiter's
+      -- read (job_wait_settled, FOR SHARE SKIP LOCKED) finds them locked and looks again.
+      IF EXISTS (SELECT 1 FROM {s}.job_waiters) THEN
+        PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
+        FROM (SELECT n.id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows n
+              WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+                AND EXISTS (SELECT 1 FROM {s}.job_waiters w WHERE w.job_id = n.id)) ended
+        GROUP BY chunk;
+      END IF;
     END IF;
     IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
        AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')

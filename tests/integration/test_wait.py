@@ -1,5 +1,6 @@
 """Waiting for a job's outcome: Broker.wait, AsyncBroker.wait and GET /v1/jobs/{id}?wait=,
-woken by the `<schema>_done` NOTIFY every terminal transition sends (migration 0011).
+woken by the `<schema>_done` NOTIFY a terminal transition of a job somebody waits for
+sends (migrations 0011, 0012).
 
 The waits here use a sweep far longer than their timeout, so only a notification can
 end them early: a wait that returns the finished job proves the NOTIFY woke it."""
@@ -31,15 +32,14 @@ def waiting_in_thread(
 
 
 def listening(conn: Conn, count: int = 1) -> None:
-    """Until `count` sessions LISTEN on broker_done (the waits have registered)."""
+    """Until `count` waits have registered (broker.job_waiters), i.e. listen and wait."""
     for _ in range(200):
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientRead'"
-            " AND query LIKE '%%LISTEN%%_done%%'"
-        ).fetchone()
+        row = conn.execute("SELECT count(*) FROM broker.job_waiters").fetchone()
+        conn.commit()
         if row and row[0] >= count:
             return
         time.sleep(0.02)
+    raise AssertionError(f"{count} waits never registered")
 
 
 def test_a_finished_job_is_returned_at_once(broker: Broker) -> None:
@@ -139,3 +139,88 @@ def test_async_waits_share_one_connection(db_url: str, conn: Conn) -> None:
             return [j.state for j in done]
 
     assert asyncio.run(go()) == ["succeeded"] * 50
+
+
+def notified(listener: Conn, seconds: float = 0.5) -> list[str]:
+    return [n.payload for n in listener.notifies(timeout=seconds)]
+
+
+def test_only_waited_for_jobs_are_notified_and_nothing_while_nobody_waits(
+    broker: Broker, conn: Conn, db_url: str
+) -> None:
+    broker.wait_sweep = NO_SWEEP
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN broker_done")
+        quiet, waited = broker.enqueue("k"), broker.enqueue("k")
+        for held in broker.claim(["default"], 1, "w:1"):
+            broker.complete(held)  # nobody waits: no NOTIFY at all
+        assert notified(listener) == []
+        other = broker.enqueue("k")
+        thread, got = waiting_in_thread(broker, waited.id, 30)
+        listening(conn)
+        held = {h.job_id: h for h in broker.claim(["default"], 2, "w:1")}
+        assert set(held) == {waited.id, other.id}
+        broker.complete_many([(h, None) for h in held.values()])
+        thread.join(30)
+        assert [j.state for j in got] == ["succeeded"]
+        assert notified(listener) == [str(waited.id)]  # only the waited-for id
+        assert quiet.id not in held
+    row = conn.execute("SELECT count(*) FROM broker.job_waiters").fetchone()
+    assert row == (0,), "a wait removes its registration"
+
+
+def test_a_wait_registered_while_its_job_is_being_finished_sees_the_end(
+    broker: Broker, conn: Conn, db_url: str
+) -> None:
+    """The finish's trigger ran before the registration existed, so it sends nothing;
+    the wait must find the row locked and read it again after the commit."""
+    broker.wait_sweep = NO_SWEEP
+    job = broker.enqueue("k")
+    [held] = broker.claim(["default"], 1, "w:1")
+    with psycopg.connect(db_url) as finisher:
+        finisher.execute(
+            "UPDATE broker.jobs SET state = 'succeeded', finished_at = now(),"
+            " lease_expires_at = NULL WHERE id = %s",
+            [held.job_id],
+        )  # trigger done, no waiter seen; the row stays locked until the commit
+        thread, got = waiting_in_thread(broker, job.id, 30)
+        listening(conn)
+        time.sleep(0.2)  # the wait has read the row (locked) at least once
+        assert got == []
+        finisher.commit()
+    thread.join(10)
+    assert [j.state for j in got] == ["succeeded"]
+
+
+def test_async_wait_registered_while_its_job_is_being_finished_sees_the_end(
+    db_url: str, conn: Conn
+) -> None:
+    async def go() -> str:
+        async with await AsyncBroker.connect(db_url, min_size=1, max_size=2) as client:
+            client.wait_sweep = NO_SWEEP
+            job = await client.enqueue("k")
+            [held] = await client.claim(["default"], 1, "w:1")
+            with psycopg.connect(db_url) as finisher:
+                finisher.execute(
+                    "UPDATE broker.jobs SET state = 'cancelled', finished_at = now(),"
+                    " lease_expires_at = NULL WHERE id = %s",
+                    [held.job_id],
+                )
+                wait = asyncio.create_task(client.wait(job.id, 30))
+                await asyncio.sleep(0.3)
+                assert not wait.done()
+                finisher.commit()
+            return (await asyncio.wait_for(wait, 10)).state
+
+    assert asyncio.run(go()) == "cancelled"
+
+
+def test_expired_registrations_are_removed_by_the_next_one(broker: Broker, conn: Conn) -> None:
+    conn.execute(
+        "INSERT INTO broker.job_waiters (job_id, expires_at) VALUES (1, now() - interval '1 s')"
+    )
+    conn.commit()
+    job = broker.enqueue("k")
+    assert broker.wait(job.id, 0.1).state == "queued"
+    row = conn.execute("SELECT count(*) FROM broker.job_waiters").fetchone()
+    assert row == (0,)
