@@ -15,12 +15,15 @@ The worker's claim connection now asks for generic plans (broker/worker/_conn.py
 _claim_flow() keeps plan_cache_mode=auto for its own statements, whose LIMIT and queue
 are plpgsql variables that a generic plan would guess at.
 
-The done NOTIFY (migration 0011) was sent by every statement that ended jobs, and a
-NOTIFY takes a database-wide lock at commit, so every finish of every worker queued
-behind the others' commits: 0.3-0.4 ms more per finish of 100 (bench/finish_trigger.py).
-Now waiters register the jobs they wait for in broker.job_waiters (unlogged: a restart
-ends every wait anyway; rows expire) before they read them, and the trigger notifies
-only registered ids, and nothing when the table is empty (decision 015).
+The done NOTIFY (migration 0011) was sent by every statement that ended jobs, and
+PostgreSQL serializes the commits of notifying transactions (one queue lock per
+database), so every worker's every finish did. Now waiters register the jobs they wait
+for in broker.job_waiters (unlogged: a restart ends every wait anyway; rows expire) before
+they read them; the trigger notifies only registered ids, and nothing while the table is
+empty (decision 015).
+
+The trigger function also reads its new rows once to learn whether any job ended or is
+keyed, so a claim or a heartbeat runs two small scans instead of five statements.
 
 Revision ID: 0012
 Revises: 0011
@@ -37,7 +40,7 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
-# The trigger function as 0011 left it; upgrade() lists keyed queues before its end (ANCHOR).
+# The trigger function as 0011 left it (the downgrade).
 BEFORE = r"""
 CREATE OR REPLACE FUNCTION {s}._count_finished() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -98,35 +101,52 @@ END
 $$;
 """
 
-ANCHOR = """  END IF;
-  RETURN NULL;
-"""
-
-KEYED = """  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    -- The claim's gate (job_claim): a queue that has held a job with a concurrency_key is
-    -- listed once, by the statement that wrote the key (an enqueue, or an UPDATE by hand),
-    -- so no claim can see a keyed job and miss its queue. Once listed, a keyed write
-    -- only reads the list (no lock); a statement without keys scans its rows once.
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
-      INSERT INTO {s}.keyed_queues (name)
-      SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
-      ON CONFLICT DO NOTHING;
+# The trigger function after: it lists keyed queues, notifies only registered waiters,
+# and gives a claim or a heartbeat (nothing ended, nothing keyed) two scans in all.
+AFTER = r"""
+CREATE OR REPLACE FUNCTION {s}._count_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  lo bigint;
+  hi bigint;
+  keyed boolean;
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    DELETE FROM {s}.job_counts;
+    DELETE FROM {s}.job_dependencies;
+    RETURN NULL;
+  ELSIF TG_OP = 'INSERT' THEN
+    INSERT INTO {s}.job_counts (queue, state, n)
+    SELECT queue, state, count(*) FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
+    SELECT bool_or(concurrency_key IS NOT NULL) INTO keyed FROM new_rows;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO {s}.job_counts (queue, state, n)
+    SELECT queue, state, -count(*) FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
+    DELETE FROM {s}.job_dependencies d USING old_rows o WHERE d.job_id = o.id;
+    IF EXISTS (SELECT 1 FROM old_rows o WHERE o.state <> 'succeeded'
+               AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = o.id)) THEN
+      PERFORM {s}._resolve_dependents(
+        ARRAY(SELECT id FROM old_rows WHERE state <> 'succeeded'),
+        ARRAY(SELECT 'deleted'::text FROM old_rows WHERE state <> 'succeeded'), '{{}}');
     END IF;
-  END IF;
-"""
-
-NOTIFY_BEFORE = """    IF lo IS NOT NULL THEN
-      -- Waiters (broker.waiting) hear which jobs ended: their ids, 300 per payload (the
-      -- limit is 8,000 bytes), one notification per statement (migration 0011).
-      PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
-      FROM (SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows
-            WHERE state IN ('succeeded', 'failed', 'cancelled')) ended
-      GROUP BY chunk;
+    RETURN NULL;
+  ELSE
+    -- One pass over the new rows says what else there is to do; a claim or a heartbeat
+    -- (nothing ended, nothing keyed) then reads the old rows once and is done.
+    SELECT min(id) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled')),
+           max(id) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled')),
+           bool_or(concurrency_key IS NOT NULL)
+    INTO lo, hi, keyed FROM new_rows;
+    IF lo IS NOT NULL OR EXISTS (SELECT 1 FROM old_rows
+                                 WHERE state IN ('succeeded', 'failed', 'cancelled')) THEN
+      INSERT INTO {s}.job_counts (queue, state, n)
+      SELECT queue, state, sum(d) FROM (
+        SELECT queue, state, 1 AS d FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
+        UNION ALL
+        SELECT queue, state, -1 FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
+      ) x GROUP BY 1, 2 HAVING sum(d) <> 0;
     END IF;
-"""
-
-NOTIFY_AFTER = """    IF lo IS NOT NULL THEN
+    IF lo IS NOT NULL THEN
       -- Waiters (broker.waiting) hear which of the jobs they wait for ended: their ids,
       -- 300 per payload (the limit is 8,000 bytes), one notification per statement, and
       -- none while nobody waits (a NOTIFY serializes committing transactions; migration
@@ -141,7 +161,35 @@ NOTIFY_AFTER = """    IF lo IS NOT NULL THEN
                 AND EXISTS (SELECT 1 FROM {s}.job_waiters w WHERE w.job_id = n.id)) ended
         GROUP BY chunk;
       END IF;
+      -- One range probe first: no edge names a job between the lowest and highest id
+      -- that ended here (always so for anyone not using dependencies); only then one
+      -- probe per job that ended.
+      IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
+         AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+                     AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
+        PERFORM {s}._resolve_dependents(
+          ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
+                WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY 1),
+          ARRAY(SELECT n.state FROM new_rows n JOIN old_rows o USING (id)
+                WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY n.id),
+          ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
+                WHERE n.state = 'succeeded' AND o.state <> 'succeeded'));
+      END IF;
     END IF;
+  END IF;
+  -- The claim's gate (job_claim): a queue that has held a job with a concurrency_key is
+  -- listed once, by the statement that wrote the key (an enqueue, or an UPDATE by hand),
+  -- so no claim can see a keyed job and miss its queue. Once listed, a keyed write only
+  -- reads the list (no lock).
+  IF keyed AND EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
+    INSERT INTO {s}.keyed_queues (name)
+    SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
+    ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NULL;
+END
+$$;
 """
 
 CLAIM_FLOW = "_claim_flow(text[], integer, text, double precision)"
@@ -169,10 +217,7 @@ def upgrade() -> None:
         prefixes=["UNLOGGED"],
     )
     op.create_index("job_waiters_job_idx", "job_waiters", ["job_id"], schema=s)
-    after = BEFORE.replace(ANCHOR, "  END IF;\n" + KEYED + "  RETURN NULL;\n", 1)
-    assert after.count(NOTIFY_BEFORE) == 1
-    after = after.replace(NOTIFY_BEFORE, NOTIFY_AFTER)
-    op.execute(after.format(s=s, done_channel=f"{s}_done"))
+    op.execute(AFTER.format(s=s, done_channel=f"{s}_done"))
     op.execute(f"ALTER FUNCTION {s}.{CLAIM_FLOW} SET plan_cache_mode = auto")
 
 

@@ -750,13 +750,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
   lo bigint;
   hi bigint;
+  keyed boolean;
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     DELETE FROM {s}.job_counts;
     DELETE FROM {s}.job_dependencies;
+    RETURN NULL;
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, count(*) FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
+    SELECT bool_or(concurrency_key IS NOT NULL) INTO keyed FROM new_rows;
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, -count(*) FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
@@ -767,18 +770,23 @@ BEGIN
         ARRAY(SELECT id FROM old_rows WHERE state <> 'succeeded'),
         ARRAY(SELECT 'deleted'::text FROM old_rows WHERE state <> 'succeeded'), '{{}}');
     END IF;
+    RETURN NULL;
   ELSE
-    INSERT INTO {s}.job_counts (queue, state, n)
-    SELECT queue, state, sum(d) FROM (
-      SELECT queue, state, 1 AS d FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
-      UNION ALL
-      SELECT queue, state, -1 FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
-    ) x GROUP BY 1, 2 HAVING sum(d) <> 0;
-    -- One range probe first: no edge names a job between the lowest and highest id that
-    -- ended here (always so for a claim or heartbeat, whose rows did not end, and for
-    -- anyone not using dependencies); only then one probe per job that ended.
-    SELECT min(id), max(id) INTO lo, hi FROM new_rows
-    WHERE state IN ('succeeded', 'failed', 'cancelled');
+    -- One pass over the new rows says what else there is to do; a claim or a heartbeat
+    -- (nothing ended, nothing keyed) then reads the old rows once and is done.
+    SELECT min(id) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled')),
+           max(id) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled')),
+           bool_or(concurrency_key IS NOT NULL)
+    INTO lo, hi, keyed FROM new_rows;
+    IF lo IS NOT NULL OR EXISTS (SELECT 1 FROM old_rows
+                                 WHERE state IN ('succeeded', 'failed', 'cancelled')) THEN
+      INSERT INTO {s}.job_counts (queue, state, n)
+      SELECT queue, state, sum(d) FROM (
+        SELECT queue, state, 1 AS d FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
+        UNION ALL
+        SELECT queue, state, -1 FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
+      ) x GROUP BY 1, 2 HAVING sum(d) <> 0;
+    END IF;
     IF lo IS NOT NULL THEN
       -- Waiters (broker.waiting) hear which of the jobs they wait for ended: their ids,
       -- 300 per payload (the limit is 8,000 bytes), one notification per statement, and
@@ -794,30 +802,31 @@ BEGIN
                 AND EXISTS (SELECT 1 FROM {s}.job_waiters w WHERE w.job_id = n.id)) ended
         GROUP BY chunk;
       END IF;
-    END IF;
-    IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
-       AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
-                   AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
-      PERFORM {s}._resolve_dependents(
-        ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
-              WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY 1),
-        ARRAY(SELECT n.state FROM new_rows n JOIN old_rows o USING (id)
-              WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY n.id),
-        ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
-              WHERE n.state = 'succeeded' AND o.state <> 'succeeded'));
+      -- One range probe first: no edge names a job between the lowest and highest id
+      -- that ended here (always so for anyone not using dependencies); only then one
+      -- probe per job that ended.
+      IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
+         AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+                     AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
+        PERFORM {s}._resolve_dependents(
+          ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
+                WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY 1),
+          ARRAY(SELECT n.state FROM new_rows n JOIN old_rows o USING (id)
+                WHERE n.state IN ('failed', 'cancelled') AND o.state <> n.state ORDER BY n.id),
+          ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
+                WHERE n.state = 'succeeded' AND o.state <> 'succeeded'));
+      END IF;
     END IF;
   END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    -- The claim's gate (job_claim): a queue that has held a job with a concurrency_key is
-    -- listed once, by the statement that wrote the key (an enqueue, or an UPDATE by hand),
-    -- so no claim can see a keyed job and miss its queue. Once listed, a keyed write
-    -- only reads the list (no lock); a statement without keys scans its rows once.
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
-      INSERT INTO {s}.keyed_queues (name)
-      SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
-      ON CONFLICT DO NOTHING;
-    END IF;
+  -- The claim's gate (job_claim): a queue that has held a job with a concurrency_key is
+  -- listed once, by the statement that wrote the key (an enqueue, or an UPDATE by hand),
+  -- so no claim can see a keyed job and miss its queue. Once listed, a keyed write only
+  -- reads the list (no lock).
+  IF keyed AND EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
+    INSERT INTO {s}.keyed_queues (name)
+    SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
+    ON CONFLICT DO NOTHING;
   END IF;
   RETURN NULL;
 END
