@@ -66,10 +66,36 @@ def test_docs_page_names_only_same_origin_assets(client: TestClient, page: str) 
             )
             assert len(asset.content) > 0
     assert fetched >= 2
-    # No other host anywhere in the page (scripts, styles, the favicon, fonts), except in
-    # the inlined schema Swagger renders, whose strings are data and not fetched.
-    markup = re.sub(r"spec: \{.*?\},\s*dom_id", "", r.text, flags=re.S)
-    assert re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}", markup) == []
+    assert other_hosts(r.text) == []
+
+
+def other_hosts(html: str) -> list[str]:
+    """Every host named in a page (scripts, styles, the favicon, fonts), leaving out the
+    schema Swagger UI inlines, whose strings are data and never fetched."""
+    markup = re.sub(r"spec: \{.*?\},\s*dom_id", "", html, flags=re.S)
+    return re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}", markup)
+
+
+def test_no_html_page_under_the_schema_path_names_another_host(client: TestClient) -> None:  # type: ignore[type-arg]
+    """Every page the OpenAPI router serves, the ones named above and any other
+    (Swagger UI's oauth2-redirect.html, a plugin added later)."""
+    paths = sorted(
+        {
+            path
+            for route in client.app.routes
+            for path in [route.path]
+            if path.startswith("/schema") and "{" not in path
+        }
+    )
+    assert set(DOC_PAGES) <= set(paths), paths
+    pages = 0
+    for path in paths:
+        r = client.get(path)
+        assert r.status_code == 200, path
+        if r.headers["content-type"].startswith("text/html"):
+            pages += 1
+            assert other_hosts(r.text) == [], path
+    assert pages >= len(DOC_PAGES) + 1  # the redirect page too
 
 
 def test_favicon_requests_nothing(client: TestClient) -> None:  # type: ignore[type-arg]
