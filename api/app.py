@@ -10,11 +10,10 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from psycopg_pool import AsyncConnectionPool
 
-from api import deps
+from api import deps, docs
 from api.auth import Authenticator
 from api.config import ApiSettings
 from api.groups import GroupsController
@@ -93,6 +92,7 @@ def create_app(
             StatsController,
             MetricsController,
             SchedulesController,
+            docs.static_router(),
         ],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "authenticator": Authenticator(api_settings)}),
@@ -110,7 +110,7 @@ def create_app(
                 "(application/problem+json). Authenticate with `Authorization: Bearer <token>`."
             ),
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=docs.render_plugins(),
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer"),

@@ -10,6 +10,7 @@ themselves run in broker/_executor.py, which is a different thing.)
 
 from __future__ import annotations
 
+import re
 import traceback
 
 from broker import lease
@@ -99,6 +100,31 @@ def _failure(task: Task, held: Lease, error: str) -> Finish:
     retryable = task.retry is not False and not _capped(task, held)
     error = contract.storable_text(error)[:MAX_ERROR_CHARS]
     return lease.failed(held, Failure(error, retryable, task.retry_delay(held.attempt)))
+
+
+_FRAME = '  File "'
+_GROUP_HEADER = "Exception Group Traceback (most recent call last):"
+_GROUP_LINE = re.compile(r"^  \| (\S.*)$")
+
+
+def error_line(error: str) -> str:
+    """The line of a stored error that names it, for a one-line report. For a traceback
+    (whole, chained, or cut at its start by MAX_ERROR_CHARS) the exception line after its
+    last frame (`ValueError: boom`, not `Traceback (most recent call last):`); for an
+    exception group, the group's own line; for any other text, its first non-blank line."""
+    lines = error.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(_FRAME)]
+    if frames:
+        for line in lines[frames[-1] + 1 :]:
+            if line and not line[0].isspace():
+                return line
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first.endswith(_GROUP_HEADER):
+        for line in lines:
+            found = _GROUP_LINE.match(line)
+            if found and not found.group(1).startswith("File "):
+                return found.group(1)
+    return first
 
 
 def _describe(exc: BaseException) -> str:

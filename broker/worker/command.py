@@ -16,7 +16,9 @@ import time
 
 import click
 
+from broker import _logging
 from broker._exits import EXIT_OK, error_line, exit_code
+from broker._logging import DEFAULT_LOG_FORMAT, LOG_FORMATS
 from broker.config import Settings
 from broker.errors import BrokerError, first_line
 from broker.worker import reaper
@@ -128,6 +130,14 @@ class _PassThrough(click.Command):
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option(
+    "--log-format",
+    envvar="BROKER_LOG_FORMAT",
+    default=DEFAULT_LOG_FORMAT,
+    show_default=True,
+    type=click.Choice(LOG_FORMATS),
+    help="text for people, json for one JSON object per line (a log shipper).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -141,16 +151,14 @@ def worker(
     shutdown_grace: float,
     max_clock_skew: float | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run jobs: claim from QUEUES, run the handlers registered in TASKS, report outcomes.
 
     SIGTERM/SIGINT stop claiming and give running jobs --shutdown-grace seconds; the
     rest are handed back to the queue (a second signal hands them back at once).
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-    )
+    _logging.configure(log_level, log_format)
     modules = _csv(tasks)
     if not modules:
         raise click.UsageError("no task modules: pass --tasks pkg.module or set BROKER_TASKS")

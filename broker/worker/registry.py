@@ -223,6 +223,8 @@ class Registration:
         self.max_clock_skew = max_clock_skew
         self.worker_id = ""
         self.skew: float | None = None
+        # Whether the last measured skew was beyond the tolerance (and warned about).
+        self.skewed = False
         self._host_id: uuid.UUID | None = None
         self._lock: IdentityLock | None = None
 
@@ -289,13 +291,25 @@ class Registration:
             raise ClockSkewTooLarge(
                 f"clock differs from the database's by {skew:+.3f}s (limit {limit}s)"
             )
-        if abs(skew) > self.settings.clock_skew_tolerance:
+        # Said once per change (every heartbeat measures it): beyond the tolerance, then
+        # back within it.
+        skewed = abs(skew) > self.settings.clock_skew_tolerance
+        if skewed and not self.skewed:
             log.warning(
                 "clock differs from the database's by %+.3fs (tolerance %ss); leases use "
                 "the database clock, but timestamps in logs will disagree",
                 skew,
                 self.settings.clock_skew_tolerance,
+                extra={"clock_skew": skew},
             )
+        elif self.skewed and not skewed:
+            log.info(
+                "clock back within %ss of the database's (%+.3fs)",
+                self.settings.clock_skew_tolerance,
+                skew,
+                extra={"clock_skew": skew},
+            )
+        self.skewed = skewed
 
     async def unregister(self) -> None:
         """Mark the row stopped; a failure is logged, never raised (the row then ages)."""

@@ -37,7 +37,7 @@ from broker.lease import Finish
 from broker.pruner import Runner, run_pruner
 from broker.task import JobContext, Task, declared_schedules, get_task
 from broker.types import Lease, StopReason, WriteOutcome
-from broker.worker import _outcome, registry
+from broker.worker import _joblog, _outcome, registry
 from broker.worker._conn import Backoff, Connection
 from broker.worker.config import WorkerConfig
 from broker.worker.heartbeat import Heartbeat
@@ -63,6 +63,8 @@ class _Held:
     handle: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     finished: bool = False
+    # Seconds the handler ran, once it returned (or was stopped).
+    duration: float | None = None
 
     def stop(self, reason: StopReason) -> None:
         if self.finished or self.stop_reason is not None:
@@ -330,11 +332,13 @@ class Worker:
 
     async def _run_job(self, held: _Held) -> None:
         outcome: Finish | None
+        started = self._loop.time()
         try:
             outcome = await self._invoke(held)
         except asyncio.CancelledError:
             outcome = _outcome.stopped(held.lease, held.stop_reason)
         finally:
+            held.duration = self._loop.time() - started
             held.finished = True
             self._active -= 1
             self._slot_free.set()
@@ -383,15 +387,12 @@ class Worker:
     def _written(self, row: Finish, outcome: WriteOutcome) -> None:
         held_lease = row.lease
         held = self._held.get(held_lease.job_id)
+        duration = None
         if held is not None and held.lease.epoch == held_lease.epoch:
+            duration = held.duration
             del self._held[held_lease.job_id]
-        if not outcome.applied:
-            log.warning(
-                "job %s epoch %s: %s outcome rejected, the lease was lost; discarded",
-                held_lease.job_id,
-                held_lease.epoch,
-                type(row).__name__,
-            )
+        # One line per outcome (INFO, or WARNING for a write rejected as stale).
+        _joblog.outcome_written(row, outcome, duration)
 
     def _drop(self, held: _Held) -> None:
         current = self._held.get(held.lease.job_id)

@@ -135,6 +135,12 @@ def boom() -> None:
     raise RuntimeError("boom")
 
 
+@task("value_error", retry=lambda attempt: 0.05)
+def value_error() -> None:
+    """Always fails the same way, retried quickly until the job's max_attempts."""
+    raise ValueError("boom")
+
+
 @task("capped", max_attempts=2, retry=lambda attempt: 0.1 * attempt)
 def capped() -> None:
     """Always fails: the task's own max_attempts (2) ends it before the job's (20)."""
