@@ -42,7 +42,7 @@ def server_url() -> str:
     return start_embedded(Settings.from_env().home)
 
 
-def scratch_database(server: str, name: str) -> str:
+def scratch_database(server: str, name: str, setup: str | None = None) -> str:
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -52,6 +52,9 @@ def scratch_database(server: str, name: str) -> str:
     from broker.migrate import upgrade
 
     upgrade(url)
+    if setup:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(setup)  # type: ignore[arg-type]
     return url
 
 
@@ -115,11 +118,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--setup-sql",
+        type=Path,
+        help="SQL file run in each scratch database after the migrations (experiments: swap a"
+        " function, drop a trigger)",
+    )
     args = parser.parse_args()
+    setup = args.setup_sql.read_text() if args.setup_sql else None
     server = server_url()
     name = f"broker_bench_{os.getpid()}"
     for processes in [int(p) for p in args.processes.split(",")]:
-        url = scratch_database(server, name)
+        url = scratch_database(server, name, setup)
         try:
             enqueue(url, args.jobs)
             state = Path(tempfile.mkdtemp(prefix="broker-bench-"))
