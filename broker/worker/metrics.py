@@ -28,7 +28,7 @@ from broker.types import Lease, WriteOutcome
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Histogram
 
 DEFAULT_METRICS_HOST = "0.0.0.0"
 # prometheus_client reads it when imported: the supervisor sets it for its children.
@@ -149,25 +149,42 @@ class PrometheusMetrics(Metrics):
             "Outcomes and log lines the writer dropped because they failed on their own.",
             registry=r,
         )
+        # labels() takes a lock and builds a key on every call: children are looked up
+        # once and kept (1.6 against 3.0 us of hooks per job, decision 017).
+        self._jobs: dict[tuple[str, str], Counter] = {}
+        self._runs: dict[str, Histogram] = {}
         for kind in kinds:
             for outcome in OUTCOMES:
-                self.jobs.labels(kind, outcome)
-            self.run_seconds.labels(kind)
+                self._count(kind, outcome, 0)
+            self._run(kind)
         for write in WRITES.values():
             self.stale_writes.labels(write)
+
+    def _count(self, kind: str, outcome: str, amount: int = 1) -> None:
+        child = self._jobs.get((kind, outcome))
+        if child is None:
+            child = self._jobs[kind, outcome] = self.jobs.labels(kind, outcome)
+        if amount:
+            child.inc(amount)
+
+    def _run(self, kind: str) -> Histogram:
+        child = self._runs.get(kind)
+        if child is None:
+            child = self._runs[kind] = self.run_seconds.labels(kind)
+        return child
 
     def claimed(self, jobs: int) -> None:
         self.claim_batch.observe(jobs)
 
     def ran(self, held: Lease, seconds: float, outcome: Finish | None) -> None:
-        self.run_seconds.labels(held.kind).observe(seconds)
+        self._run(held.kind).observe(seconds)
         if outcome is None:
-            self.jobs.labels(held.kind, "lost").inc()
+            self._count(held.kind, "lost")
 
     def written(self, row: Finish, outcome: WriteOutcome) -> None:
         # A worker's rows always hold whole leases (the HTTP protocol's hold only fences).
         kind = row.lease.kind if isinstance(row.lease, Lease) else ""
-        self.jobs.labels(kind, outcome_of(row, outcome)).inc()
+        self._count(kind, outcome_of(row, outcome))
         if not outcome.applied:
             self.stale_writes.labels(WRITES[type(row)]).inc()
 
