@@ -1,6 +1,7 @@
 """docs/grafana/pg-broker.json queries only metrics we export: every PromQL expression of
-the dashboard (panels and template variables) names metrics found in live scrapes of a
-real API app and of a real worker process's --metrics-port, never a hand-kept list."""
+the dashboard (panels and template variables), and of the `promql` blocks in
+docs/metrics.md, names metrics found in live scrapes of a real API app and of a real
+worker process's --metrics-port, never a hand-kept list."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from broker import Broker, JobSpec
 from broker.config import Settings
 
 DASHBOARD = ROOT / "docs" / "grafana" / "pg-broker.json"
+GUIDE = ROOT / "docs" / "metrics.md"
 TOKEN = "dashboard-test-token"
 
 # Words of PromQL that are not metric names: operators, modifiers, grouping keywords.
@@ -142,9 +144,18 @@ def exported(db_url: str, broker: Broker, tmp_path: Path) -> set[str]:
     return api_scrape(db_url) | worker_scrape(db_url, broker, tmp_path)
 
 
+def guide_expressions() -> list[str]:
+    """One expression per line of the guide's promql blocks, comments dropped."""
+    blocks = re.findall(r"```promql\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
+    lines = (line.split("#")[0].strip() for block in blocks for line in block.splitlines())
+    return [line for line in lines if line]
+
+
 def test_every_dashboard_query_names_exported_metrics(exported: set[str]) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = dashboard_expressions(dashboard)
+    assert guide_expressions(), "docs/metrics.md lost its promql examples"
+    exprs += guide_expressions()
     used: dict[str, list[str]] = {}
     for expr in exprs:
         names = metric_names(expr)
