@@ -29,7 +29,13 @@ from broker.worker.config import (
     DEFAULT_SHUTDOWN_GRACE,
     WorkerConfig,
 )
-from broker.worker.metrics import DEFAULT_METRICS_HOST, Metrics, MetricsServer
+from broker.worker.metrics import (
+    DEFAULT_METRICS_HOST,
+    Metrics,
+    MetricsServer,
+    PrometheusMetrics,
+    process_registry,
+)
 
 log = logging.getLogger("broker.worker")
 
@@ -285,7 +291,6 @@ def _metrics(
     an address; under a supervisor, records for the supervisor to serve (multiprocess mode,
     PROMETHEUS_MULTIPROC_DIR set by it). Raises ConfigError when the port cannot be bound."""
     from broker.task import registered
-    from broker.worker.metrics import PrometheusMetrics, process_registry
 
     if address is None:
         return None, None
