@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from psycopg_pool import AsyncConnectionPool
@@ -20,7 +21,7 @@ from api.groups import GroupsController
 from api.health import HealthController
 from api.jobs import JobsController
 from api.leases import LeasesController
-from api.metrics import Metrics
+from api.metrics import Metrics, RequestMetrics
 from api.operations import (
     MetricsController,
     QueuesController,
@@ -95,6 +96,7 @@ def create_app(
             docs.static_router(),
         ],
         lifespan=[lifespan],
+        middleware=[DefineMiddleware(RequestMetrics, metrics=runtime.metrics)],
         state=State({"runtime": runtime, "authenticator": Authenticator(api_settings)}),
         dependencies={
             "client": Provide(deps.client, sync_to_thread=False),

@@ -147,7 +147,7 @@ class JobsController(Controller):
         job = stored.job
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if stored.created:
-            runtime.metrics.enqueued.inc(job.queue)
+            runtime.metrics.enqueued.labels(job.queue).inc()
         else:
             headers[REPLAY_HEADER] = "true"
         return Response(JobOut.of(job, prefix), status_code=201, headers=headers)
@@ -180,7 +180,7 @@ class JobsController(Controller):
         runtime = runtime_of(request)
         for job, result in zip(data.jobs, enqueued, strict=True):
             if result.created:
-                runtime.metrics.enqueued.inc(job.queue)
+                runtime.metrics.enqueued.labels(job.queue).inc()
         return BatchOut([EnqueuedOut(e.id, e.created) for e in enqueued])
 
     @get(
@@ -339,7 +339,7 @@ class JobsController(Controller):
         stored = await client.append_logs([(held, line) for line in data.lines])
         if stored < len(data.lines):
             # Lines are kept only under the live lease; none were stored for a lost one.
-            runtime_of(request).metrics.lease_lost.inc("logs")
+            runtime_of(request).metrics.lease_lost.labels("logs").inc()
             raise LeaseLost(job_id, data.lease_epoch, "logs")
         return LogsStored(job_id, stored)
 

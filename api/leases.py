@@ -95,7 +95,7 @@ class LeasesController(Controller):
         ttl = data.lease_ttl or runtime.settings.lease_ttl
         outcome = await client.heartbeat([Fence(job_id, data.lease_epoch, data.worker_id)], ttl)
         if outcome.lost:
-            runtime.metrics.lease_lost.inc("heartbeat")
+            runtime.metrics.lease_lost.labels("heartbeat").inc()
             raise LeaseLost(job_id, data.lease_epoch, "heartbeat")
         return HeartbeatOut(job_id, data.lease_epoch, bool(outcome.cancel_requested))
 
@@ -175,8 +175,8 @@ async def _finish(
     held = row.lease
     [outcome] = await client.finish_many([row])
     if not outcome.applied:
-        runtime.metrics.lease_lost.inc(write)
+        runtime.metrics.lease_lost.labels(write).inc()
         raise LeaseLost(held.job_id, held.epoch, write)
     assert outcome.state is not None, "an applied write returns its row's new state"
-    runtime.metrics.completed.inc(outcome.state)
+    runtime.metrics.completed.labels(outcome.state).inc()
     return WriteOut(held.job_id, held.epoch, outcome.state)

@@ -1,112 +1,230 @@
-"""Prometheus metrics: this process's counters and histogram, plus job gauges from the database.
+"""Prometheus metrics of one API app: its counters, HTTP request metrics, and job gauges
+read from the database at scrape time (prometheus_client, on a registry of the app's own).
 
-The text exposition format is small enough to write directly; it keeps the API free of
-prometheus_client's global registry, which would leak state between apps in tests.
-Counters are per API process (Prometheus sums them across instances); job counts by
-queue and state are read from the database at scrape time.
+Every app gets its own CollectorRegistry, never prometheus_client's global REGISTRY, so
+several apps in one process (tests, or an embedding application) count separately and a
+second create_app() does not fail on duplicated names. That is also why the request
+metrics come from the small ASGI middleware here and not from Litestar's PrometheusPlugin,
+whose metrics live on the global registry (decision 017).
+
+Counters are per API process (Prometheus sums them across instances). The database gauges
+are read in one statement (broker.inspection.metrics_snapshot) at most once per
+`DB_CACHE_SECONDS`, however many scrapes arrive; while the database cannot be read,
+`broker_database_up` is 0, the database gauges are left out and the rest is served.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections.abc import Iterable
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterator
+
+import psycopg
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from broker import AsyncBroker, BrokerError
+from broker import inspection as views
+from broker.inspection import MetricsSnapshot
+from broker.types import JOB_STATES
+
+log = logging.getLogger(__name__)
 
 CLAIM_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+HTTP_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+# A scrape storm costs the database one query per this many seconds.
+DB_CACHE_SECONDS = 2.0
+# Longer than a healthy read by far, and short of Prometheus' default 10 s scrape timeout,
+# so a scrape while the database is down still answers (with broker_database_up 0).
+DB_READ_TIMEOUT = 2.0
+# Label values that exist before anything happened, so their series start at 0.
+API_END_STATES = ("queued", "succeeded", "failed", "cancelled")
+API_WRITES = ("heartbeat", "complete", "fail", "snooze", "logs")
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class DatabaseGauges:
+    """A prometheus_client collector of the gauges read from the database; `refresh()`
+    re-reads them when the last read is older than `ttl` seconds, one read at a time."""
 
+    def __init__(self, ttl: float = DB_CACHE_SECONDS, timeout: float = DB_READ_TIMEOUT) -> None:
+        self.ttl = ttl
+        self.timeout = timeout
+        self._snapshot: MetricsSnapshot | None = None
+        self._read_at = -math.inf
+        self._reading: asyncio.Future[None] | None = None
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + inner + "}" if inner else ""
+    async def refresh(self, client: AsyncBroker) -> None:
+        """Bring the snapshot up to date unless it is fresh. Concurrent callers share one
+        read; a read that fails leaves no snapshot (broker_database_up 0) for `ttl` too, so
+        an outage is not hit by every scrape either. Never raises for database errors."""
+        if time.monotonic() - self._read_at < self.ttl:
+            return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read(client))
+        # Shielded: a scrape that gives up does not cancel the read others wait for.
+        await asyncio.shield(self._reading)
 
+    async def _read(self, client: AsyncBroker) -> None:
+        snapshot: MetricsSnapshot | None
+        try:
+            snapshot = await asyncio.wait_for(client.run(views.metrics_snapshot()), self.timeout)
+        except TimeoutError:
+            log.warning("metrics: the database did not answer within %g s", self.timeout)
+            snapshot = None
+        except (BrokerError, psycopg.Error) as exc:
+            log.warning("metrics: cannot read the database: %s", exc)
+            snapshot = None
+        self._snapshot, self._read_at = snapshot, time.monotonic()
 
-class Counter:
-    """A monotonically increasing count, per label value."""
+    def describe(self) -> Iterator[Metric]:
+        """The families collect() yields (the registry checks their names for clashes)."""
+        return iter(self._families())
 
-    def __init__(self, name: str, help_text: str, label: str) -> None:
-        self.name, self.help, self.label = name, help_text, label
-        self._values: dict[str, float] = {}
-        self._lock = threading.Lock()
+    def collect(self) -> Iterator[Metric]:
+        up, jobs, oldest, alive = self._families()
+        snapshot = self._snapshot
+        up.add_metric([], 0 if snapshot is None else 1)
+        yield up
+        if snapshot is None:
+            return
+        for q in snapshot.queues:
+            for state in JOB_STATES:
+                jobs.add_metric([q.queue, state], q.jobs[state])
+            oldest.add_metric([q.queue], q.oldest_available_age_seconds)
+        alive.add_metric([], snapshot.workers_alive)
+        yield from (jobs, oldest, alive)
 
-    def inc(self, label_value: str, amount: float = 1) -> None:
-        with self._lock:
-            self._values[label_value] = self._values.get(label_value, 0) + amount
-
-    def value(self, label_value: str) -> float:
-        return self._values.get(label_value, 0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for value, count in sorted(self._values.items()):
-            lines.append(f"{self.name}{_labels([(self.label, value)])} {count:g}")
-        return lines
-
-
-class Histogram:
-    """Observations in cumulative buckets, as Prometheus expects."""
-
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help, self.buckets = name, help_text, buckets
-        self._counts = [0] * (len(buckets) + 1)
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._counts[bisect.bisect_left(self.buckets, value)] += 1
-            self._sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self._counts)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        running = 0
-        for bound, count in zip(self.buckets, self._counts, strict=False):
-            running += count
-            lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {running}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum {self._sum:g}")
-        lines.append(f"{self.name}_count {self.count}")
-        return lines
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        up = GaugeMetricFamily(
+            "broker_database_up",
+            "1 if the last read of the database for these metrics succeeded, else 0.",
+        )
+        jobs = GaugeMetricFamily(
+            "broker_jobs", "Jobs in the database by queue and state.", labels=["queue", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "broker_queue_oldest_age_seconds",
+            "Seconds the oldest runnable job of the queue has waited since its run_at, by "
+            "database time (0 when none waits).",
+            labels=["queue"],
+        )
+        alive = GaugeMetricFamily(
+            "broker_workers_alive",
+            "Workers alive: not stopped and seen within 30 s (the worker_status view).",
+        )
+        return up, jobs, oldest, alive
 
 
 class Metrics:
-    """Everything the API process counts."""
+    """Everything one API app exposes, on its own registry."""
 
     def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.enqueued = Counter(
-            "broker_api_jobs_enqueued_total", "Jobs created through the API.", "queue"
+            "broker_api_jobs_enqueued_total",
+            "Jobs created through the API.",
+            ["queue"],
+            registry=r,
         )
         self.completed = Counter(
             "broker_api_jobs_completed_total",
-            "Attempts ended through the API worker protocol, by outcome state.",
-            "state",
+            "Attempts ended through the API worker protocol, by the job's new state.",
+            ["state"],
+            registry=r,
         )
         self.lease_lost = Counter(
             "broker_api_lease_lost_total",
-            "Worker writes rejected because the lease was lost (stale epoch).",
-            "write",
+            "Worker writes rejected because the lease was lost (stale epoch), by write.",
+            ["write"],
+            registry=r,
         )
         self.claim_latency = Histogram(
             "broker_api_claim_duration_seconds",
             "Time to claim jobs for POST /v1/leases, in seconds.",
-            CLAIM_LATENCY_BUCKETS,
+            buckets=CLAIM_LATENCY_BUCKETS,
+            registry=r,
         )
+        self.requests = Counter(
+            "broker_api_http_requests_total",
+            "HTTP requests answered, by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "broker_api_http_request_duration_seconds",
+            "Seconds from a request's arrival to the start of its response, by method and "
+            "route template (a streamed body is not timed).",
+            ["method", "route"],
+            buckets=HTTP_DURATION_BUCKETS,
+            registry=r,
+        )
+        for state in API_END_STATES:
+            self.completed.labels(state)
+        for write in API_WRITES:
+            self.lease_lost.labels(write)
+        self.database = DatabaseGauges()
+        r.register(self.database)
 
-    def render(self, job_counts: list[tuple[str, str, int]]) -> str:
-        lines = [
-            "# HELP broker_jobs Jobs in the database by queue and state.",
-            "# TYPE broker_jobs gauge",
-        ]
-        for queue, state, count in job_counts:
-            lines.append(f"broker_jobs{_labels([('queue', queue), ('state', state)])} {count}")
-        for metric in (self.enqueued, self.completed, self.lease_lost):
-            lines.extend(metric.render())
-        lines.extend(self.claim_latency.render())
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The registry in the text exposition format (serve it as CONTENT_TYPE_LATEST)."""
+        return generate_latest(self.registry)
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered HTTP request."""
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_duration.labels(method, route).observe(seconds)
+
+
+class RequestMetrics:
+    """ASGI middleware counting every routed HTTP request by method, route template (never
+    the raw path, so the label stays bounded) and status, timed to its response's start.
+    Litestar runs middleware for routed requests only: a 404 for a path no route has, or a
+    405, is answered before it and not counted.
+
+    Install with `DefineMiddleware(RequestMetrics, metrics=...)`. A request whose handler
+    raised past every exception handler, or that ended without a response, counts as 500.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method = scope["method"]
+        route = scope.get("path_template", "")
+        counted = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start" and not counted:
+                counted = True
+                self.metrics.request(
+                    method, route, message["status"], time.perf_counter() - started
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if not counted:
+                self.metrics.request(method, route, 500, time.perf_counter() - started)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import JSONBody, PathParameter
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.auth import require
 from api.deps import BrokerClient, runtime_of
@@ -26,8 +27,6 @@ from api.schemas import (
 from api.strict import StrictJSON
 from broker import inspection as views
 from broker import queues as settings
-
-PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 QueueName = Annotated[str, PathParameter(description="Queue name.")]
 
@@ -223,12 +222,19 @@ class MetricsController(Controller):
 
     @get(
         "/",
-        media_type=PROMETHEUS_MEDIA_TYPE,
-        responses=responses(401, 403, 503),
+        media_type=CONTENT_TYPE_LATEST,
+        responses=responses(401, 403),
         summary="Prometheus metrics (text exposition format)",
+        description=(
+            "This process's counters and request metrics, and gauges read from the database "
+            "(cached for a few seconds). While the database cannot be read it still answers "
+            "200, with broker_database_up 0 and without the database gauges."
+        ),
     )
-    async def metrics(self, request: Request[Any, Any, Any], client: BrokerClient) -> Response[str]:
-        counts = await client.run(views.job_counts())
-        return Response(
-            runtime_of(request).metrics.render(counts), media_type=PROMETHEUS_MEDIA_TYPE
-        )
+    async def metrics(
+        self, request: Request[Any, Any, Any], client: BrokerClient
+    ) -> Response[bytes]:
+        metrics = runtime_of(request).metrics
+        await metrics.database.refresh(client)
+        # As a header: given only as media_type, Litestar appends a second charset to it.
+        return Response(metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})

@@ -195,7 +195,7 @@ def read_statements() -> dict[str, Statement[Any]]:
         "jobs_list tag=rare": listing(tag="rare"),
         "queues_list": inspection.queues(),
         "stats_overview": inspection.overview(),
-        "metrics_job_counts": inspection.job_counts(),
+        "metrics_snapshot": inspection.metrics_snapshot(),
         "workers_list": inspection.workers(),
         "prune_batch (nothing due)": prune_batch("succeeded", 30 * 86400, 1000),
     }

@@ -1,6 +1,10 @@
 """Worker throughput: N no-op jobs pre-queued, drained by 1 and by 2 worker processes.
 
     python bench/worker_throughput.py [--jobs 20000] [--processes 1,2] [--concurrency 100]
+                                      [--metrics]
+
+`--metrics` runs the workers with --metrics-port (a free port), to measure what recording
+the worker's Prometheus metrics costs a drain.
 
 Uses BROKER_DATABASE_URL's server (else an embedded one), in a scratch database per run.
 Prints jobs/s measured by the database: first claim to last completion. This file is
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -72,7 +77,9 @@ def enqueue(url: str, jobs: int) -> None:
             client.enqueue_many([JobSpec("bench_noop", queue="bench") for _ in range(count)])
 
 
-def drain(url: str, processes: int, concurrency: int, jobs: int, state_dir: Path) -> float:
+def drain(
+    url: str, processes: int, concurrency: int, jobs: int, state_dir: Path, metrics: bool = False
+) -> float:
     env = {
         **os.environ,
         "BROKER_DATABASE_URL": url,
@@ -93,6 +100,11 @@ def drain(url: str, processes: int, concurrency: int, jobs: int, state_dir: Path
         "--processes",
         str(processes),
     ]
+    if metrics:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, env=env)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -124,6 +136,7 @@ def main() -> None:
         help="SQL file run in each scratch database after the migrations (experiments: swap a"
         " function, drop a trigger)",
     )
+    parser.add_argument("--metrics", action="store_true", help="serve worker metrics")
     args = parser.parse_args()
     setup = args.setup_sql.read_text() if args.setup_sql else None
     server = server_url()
@@ -133,11 +146,12 @@ def main() -> None:
         try:
             enqueue(url, args.jobs)
             state = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-            seconds = drain(url, processes, args.concurrency, args.jobs, state)
+            seconds = drain(url, processes, args.concurrency, args.jobs, state, args.metrics)
         finally:
             drop_database(server, name)
         print(
-            f"{args.jobs} no-op jobs, {processes} process(es) x concurrency {args.concurrency}: "
+            f"{args.jobs} no-op jobs, {processes} process(es) x concurrency {args.concurrency}"
+            f"{' with metrics' if args.metrics else ''}: "
             f"{seconds:.2f} s, {args.jobs / seconds:,.0f} jobs/s"
         )
 

@@ -89,6 +89,24 @@ class Overview:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """A queue's jobs in every state (zeros included) and how long, in database time, its
+    oldest runnable job (queued, run_at reached) has waited since run_at (0 when none)."""
+
+    queue: str
+    jobs: dict[str, int]
+    oldest_available_age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """What the metrics endpoint reads from the database at once."""
+
+    workers_alive: int
+    queues: list[QueueGauges]
+
+
+@dataclass(frozen=True, slots=True)
 class GroupCounts:
     """A group's jobs per state (every state listed, zero included)."""
 
@@ -134,13 +152,19 @@ def overview() -> Statement[Overview]:
     return Statement("stats_overview", {}, lambda rows: Overview(*rows[0]))
 
 
-def job_counts() -> Statement[list[tuple[str, str, int]]]:
-    """(queue, state, jobs) for every non-empty combination."""
+def metrics_snapshot() -> Statement[MetricsSnapshot]:
+    """Live workers, and every listed queue's jobs per state (zeros included) and the age
+    of its oldest runnable job, read in one statement for the metrics endpoint."""
 
-    def decode(rows: list[Row]) -> list[tuple[str, str, int]]:
-        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+    def decode(rows: list[Row]) -> MetricsSnapshot:
+        queues = [
+            QueueGauges(str(r[1]), dict(zip(JOB_STATES, map(int, r[2:8]), strict=True)), r[8])
+            for r in rows
+            if r[1] is not None
+        ]
+        return MetricsSnapshot(int(rows[0][0]), queues)
 
-    return Statement("metrics_job_counts", {}, decode)
+    return Statement("metrics_snapshot", {}, decode)
 
 
 def group_counts(group: str) -> Statement[GroupCounts]:

@@ -62,15 +62,26 @@ SELECT coalesce(sum(queued), 0)::bigint AS queued,
        coalesce(sum(waiting), 0)::bigint AS waiting
 FROM {schema}.queue_stats;
 
--- name: metrics_job_counts
--- (queue, state, jobs) for every non-empty pair, from queue_stats (see stats_overview).
-SELECT s.queue, c.state, c.jobs
-FROM {schema}.queue_stats s
-CROSS JOIN LATERAL (VALUES ('waiting', s.waiting), ('queued', s.queued), ('running', s.running),
-                           ('succeeded', s.succeeded), ('failed', s.failed),
-                           ('cancelled', s.cancelled)) AS c(state, jobs)
-WHERE c.jobs > 0
-ORDER BY 1, 2;
+-- name: metrics_snapshot
+-- Everything /metrics reads from the database, in one statement: live workers, and per
+-- queue (the queues queues_list lists) its jobs in every state and how long its oldest
+-- runnable job has waited. With no queue at all there is still one row, NULL past the first
+-- column. Counts come from queue_stats, so the cost does not grow with the history.
+SELECT w.alive, q.queue, q.waiting, q.queued, q.running, q.succeeded, q.failed, q.cancelled,
+       q.oldest_available_age_seconds
+FROM (SELECT count(*) FROM {schema}.worker_status WHERE status = 'alive') AS w(alive)
+LEFT JOIN (
+  SELECT coalesce(s.queue, p.name) AS queue,
+         coalesce(s.waiting, 0) AS waiting, coalesce(s.queued, 0) AS queued,
+         coalesce(s.running, 0) AS running, coalesce(s.succeeded, 0) AS succeeded,
+         coalesce(s.failed, 0) AS failed, coalesce(s.cancelled, 0) AS cancelled,
+         coalesce(s.oldest_available_age_seconds, 0) AS oldest_available_age_seconds
+  FROM {schema}.queue_stats s
+  FULL JOIN (SELECT name FROM {schema}.queues
+             WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL) p
+    ON p.name = s.queue
+) q ON true
+ORDER BY q.queue;
 
 -- name: group_counts
 -- A group's jobs per state, from jobs_group_idx (an index-only scan of the group's rows).

@@ -31,6 +31,13 @@ from broker.worker.config import (
     DEFAULT_SHUTDOWN_GRACE,
     WorkerConfig,
 )
+from broker.worker.metrics import (
+    DEFAULT_METRICS_HOST,
+    Metrics,
+    MetricsServer,
+    PrometheusMetrics,
+    process_registry,
+)
 
 log = logging.getLogger("broker.worker")
 
@@ -124,6 +131,21 @@ class _PassThrough(click.Command):
     help="Refuse to start when this host's clock is off the database's by more seconds.",
 )
 @click.option(
+    "--metrics-port",
+    envvar="BROKER_METRICS_PORT",
+    type=click.IntRange(min=1, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (with --processes, the supervisor serves "
+    "the sum over its processes) [default: no metrics].",
+)
+@click.option(
+    "--metrics-host",
+    envvar="BROKER_METRICS_HOST",
+    default=DEFAULT_METRICS_HOST,
+    show_default=True,
+    help="Address the metrics server listens on.",
+)
+@click.option(
     "--log-level",
     envvar="BROKER_LOG_LEVEL",
     default=DEFAULT_LOG_LEVEL,
@@ -150,6 +172,8 @@ def worker(
     reap_interval: float,
     shutdown_grace: float,
     max_clock_skew: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -162,10 +186,14 @@ def worker(
     modules = _csv(tasks)
     if not modules:
         raise click.UsageError("no task modules: pass --tasks pkg.module or set BROKER_TASKS")
+    metrics = (metrics_host, metrics_port) if metrics_port is not None else None
     if processes > 1:
         from broker.worker.supervisor import Supervisor
 
-        sys.exit(Supervisor(processes, ctx.meta[ARGV]).run())
+        try:
+            sys.exit(Supervisor(processes, ctx.meta[ARGV], metrics).run())
+        except BrokerError as exc:
+            sys.exit(_report(exc))
 
     try:
         import_tasks(modules)
@@ -180,6 +208,7 @@ def worker(
         reap_interval,
         shutdown_grace,
         max_clock_skew,
+        metrics,
     )
     if not _threads_finished(THREAD_EXIT_GRACE):
         # A sync handler ignores its cancellation; its lease was handed back already,
@@ -209,6 +238,7 @@ def _run_one(
     reap_interval: float,
     shutdown_grace: float,
     max_clock_skew: float | None,
+    metrics: tuple[str, int] | None,
 ) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -239,9 +269,10 @@ def _run_one(
             version=pkg_version,
             supervisor_pid=_supervisor_pid(),
         )
+        recorder, server = _metrics(metrics, config.supervisor_pid is not None)
     except BrokerError as exc:
         return _report(exc)
-    runtime = Worker(config)
+    runtime = Worker(config, metrics=recorder)
 
     async def main() -> None:
         runtime.install_signal_handlers()
@@ -255,7 +286,29 @@ def _run_one(
         if exit_code(exc) is None:
             raise
         return _report(exc)
+    finally:
+        if server is not None:
+            server.stop()
     return EXIT_OK
+
+
+def _metrics(
+    address: tuple[str, int] | None, supervised: bool
+) -> tuple[Metrics | None, MetricsServer | None]:
+    """What records this process's metrics, and the server that serves them: none without
+    an address; under a supervisor, records for the supervisor to serve (multiprocess mode,
+    PROMETHEUS_MULTIPROC_DIR set by it). Raises ConfigError when the port cannot be bound."""
+    from broker.task import registered
+
+    if address is None:
+        return None, None
+    kinds = tuple(sorted(registered()))
+    if supervised:
+        return PrometheusMetrics(None, kinds), None
+    registry = process_registry()
+    recorder = PrometheusMetrics(registry, kinds)
+    host, port = address
+    return recorder, MetricsServer(registry, host, port)
 
 
 def _report(exc: Exception) -> int:

@@ -42,6 +42,7 @@ from broker.worker._conn import Backoff, Connection
 from broker.worker.config import WorkerConfig
 from broker.worker.heartbeat import Heartbeat
 from broker.worker.listener import Listener
+from broker.worker.metrics import Metrics
 from broker.worker.reaper import Reaper
 from broker.worker.scheduler import Scheduler, TransactionConnection
 from broker.worker.writer import OutcomeWriter
@@ -93,10 +94,17 @@ class Worker:
 
     `connect` opens each service's connection (default: a `_conn.Connection` to
     config.database_url); a test passes fakes to drive the runtime without PostgreSQL.
+    `metrics` receives what happens (broker.worker.metrics; default: recorded nowhere).
     """
 
-    def __init__(self, config: WorkerConfig, connect: ConnectionFactory | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        connect: ConnectionFactory | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.settings = config.settings
         self.worker_id = ""
         self._held: dict[int, _Held] = {}
@@ -121,7 +129,7 @@ class Worker:
         self._beats = connect("heartbeat")
         self._reaps = connect("reaper")
         self.writer = OutcomeWriter(
-            self._writes, self.settings.jobs_channel, self._written, config.writer
+            self._writes, self.settings.jobs_channel, self._written, config.writer, self.metrics
         )
         self.reaper = Reaper(self._reaps, config.reaper)
         self.registration = registry.Registration(
@@ -262,6 +270,7 @@ class Worker:
                 continue
             backoff.reset()
             self.claimed += len(leases)
+            self.metrics.claimed(len(leases))
             self._accept(leases)
             if not leases:
                 # The queues are drained for now: sleep until a notification or the poll.
@@ -342,6 +351,7 @@ class Worker:
             held.finished = True
             self._active -= 1
             self._slot_free.set()
+        self.metrics.ran(held.lease, held.duration, outcome)
         if outcome is None:
             self._drop(held)
         else:
@@ -385,6 +395,7 @@ class Worker:
     # --- outcomes and lost leases --------------------------------------------------------
 
     def _written(self, row: Finish, outcome: WriteOutcome) -> None:
+        self.metrics.written(row, outcome)
         held_lease = row.lease
         held = self._held.get(held_lease.job_id)
         duration = None
@@ -400,6 +411,7 @@ class Worker:
             del self._held[held.lease.job_id]
 
     def _lost(self, held: _Held) -> None:
+        self.metrics.lease_lost()
         log.warning(
             "job %s epoch %s: lease lost; stopping its handler", held.lease.job_id, held.lease.epoch
         )

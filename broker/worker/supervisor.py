@@ -5,6 +5,10 @@ supervisor's own arguments and environment, with `--processes 1 --seq N` appende
 last value of an option wins); SIGTERM/SIGINT are forwarded (a second one too,
 which makes the children hand their jobs back at once). A child that keeps dying soon
 after starting is restarted with a growing delay, so a broken deployment does not spin.
+
+With a metrics address (`--metrics-port`) the supervisor serves the metrics its children
+record in prometheus_client's multiprocess mode (broker/worker/metrics.py): it prepares the
+directory before the first child starts and hands it to them in PROMETHEUS_MULTIPROC_DIR.
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
+
+from broker.worker.metrics import (
+    MULTIPROC_ENV,
+    MetricsServer,
+    MultiprocessDir,
+    multiprocess_registry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +52,17 @@ class _Child:
 class Supervisor:
     """Starts and watches the worker processes; `run()` returns the exit code."""
 
-    def __init__(self, processes: int, argv: Sequence[str]) -> None:
-        """`argv`: the worker command's arguments, which every child runs with."""
+    def __init__(
+        self, processes: int, argv: Sequence[str], metrics: tuple[str, int] | None = None
+    ) -> None:
+        """`argv`: the worker command's arguments, which every child runs with; `metrics`:
+        the (host, port) to serve the children's metrics on, if any."""
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self.children = [_Child(seq) for seq in range(1, processes + 1)]
         self.argv = list(argv)
+        self.metrics = metrics
+        self._metrics_dir: MultiprocessDir | None = None
         self._signals = 0
 
     def command(self, seq: int) -> list[str]:
@@ -56,6 +72,8 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         env = {**os.environ, "BROKER_SUPERVISOR_PID": str(os.getpid())}
+        if self._metrics_dir is not None:
+            env[MULTIPROC_ENV] = str(self._metrics_dir.path)
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor only,
         # which forwards it once (a second copy would mean "hand back at once").
         child.proc = subprocess.Popen(self.command(child.seq), env=env, process_group=0)
@@ -69,6 +87,26 @@ class Supervisor:
                 child.proc.send_signal(signum)
 
     def run(self) -> int:
+        """Supervise until a signal stopped every child. Raises ConfigError, before any
+        child starts, when the metrics address cannot be served."""
+        server = None
+        if self.metrics is not None:
+            self._metrics_dir = MultiprocessDir()
+            host, port = self.metrics
+            try:
+                server = MetricsServer(multiprocess_registry(self._metrics_dir.path), host, port)
+            except BaseException:
+                self._metrics_dir.close()
+                raise
+        try:
+            return self._supervise()
+        finally:
+            if server is not None:
+                server.stop()
+            if self._metrics_dir is not None:
+                self._metrics_dir.close()
+
+    def _supervise(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         for child in self.children:
@@ -84,6 +122,8 @@ class Supervisor:
                 if self._signals:
                     continue
                 if proc is not None:
+                    if self._metrics_dir is not None:
+                        self._metrics_dir.process_died(proc.pid)
                     ran = now - child.started
                     child.delay = (
                         RESTART_DELAY_MIN

@@ -28,6 +28,7 @@ from broker.errors import BrokerError, DatabaseUnavailable
 from broker.lease import Finish
 from broker.types import Lease, WriteOutcome
 from broker.worker._conn import Backoff
+from broker.worker.metrics import Metrics
 
 if TYPE_CHECKING:
     from broker.pruner import Runner
@@ -58,9 +59,11 @@ class OutcomeWriter:
         jobs_channel: str,
         on_written: OnWritten,
         config: WriterConfig | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.conn = conn
         self.config = config or WriterConfig()
+        self.metrics = metrics or Metrics()
         self._jobs_channel = jobs_channel
         self._on_written = on_written
         # Keyed by job id: a newer epoch of the same job replaces an older, stale outcome.
@@ -117,6 +120,7 @@ class OutcomeWriter:
                     break
                 except DatabaseUnavailable as exc:
                     log.warning("writer: %s; retrying", exc)
+                    self.metrics.write_retried()
                     await backoff.sleep()
                     # Outcomes submitted meanwhile for the same job (a newer epoch) win.
                     for job_id in list(batch):
@@ -154,6 +158,7 @@ class OutcomeWriter:
                 return
             except (BrokerError, psycopg.Error, ValueError):
                 log.exception("writer: dropping %s", what)
+                self.metrics.write_dropped()
 
     async def _write(self, logs: list[tuple[Lease, str]], batch: dict[int, Finish]) -> None:
         """Write `logs`, then `batch` in one finish statement; what was written is removed
@@ -166,6 +171,7 @@ class OutcomeWriter:
         rows = list(batch.values())
         results = await self.conn.run(lease.finish(rows, self._jobs_channel))
         self.written += len(results)
+        self.metrics.flushed(len(results))
         batch.clear()
         for row, result in zip(rows, results, strict=True):
             self._on_written(row, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from litestar.exceptions import ValidationException
 from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.config import DEFAULT_MAX_BODY_BYTES, ApiSettings
@@ -23,30 +24,32 @@ def test_cursor_round_trip_and_rejects() -> None:
 
 
 def test_metrics_exposition() -> None:
+    """The app's own registry, without a database read yet: counters at their values,
+    histograms in cumulative buckets, broker_database_up 0 and no database gauges."""
     m = Metrics()
-    m.enqueued.inc("emails", 3)
-    m.lease_lost.inc("complete")
+    m.enqueued.labels("emails").inc(3)
+    m.enqueued.labels('we"ird').inc()
+    m.lease_lost.labels("complete").inc()
     for seconds in (0.0005, 0.003, 0.003, 7.0):
         m.claim_latency.observe(seconds)
-    text = m.render([("emails", "queued", 2), ('we"ird', "running", 1)])
-    lines = text.splitlines()
-    assert 'broker_jobs{queue="emails",state="queued"} 2' in lines
-    assert 'broker_jobs{queue="we\\"ird",state="running"} 1' in lines
-    assert 'broker_api_jobs_enqueued_total{queue="emails"} 3' in lines
-    assert 'broker_api_lease_lost_total{write="complete"} 1' in lines
-    assert 'broker_api_claim_duration_seconds_bucket{le="0.001"} 1' in lines
-    assert 'broker_api_claim_duration_seconds_bucket{le="0.005"} 3' in lines
-    assert 'broker_api_claim_duration_seconds_bucket{le="2.5"} 3' in lines
-    assert 'broker_api_claim_duration_seconds_bucket{le="+Inf"} 4' in lines
-    assert "broker_api_claim_duration_seconds_count 4" in lines
-    assert text.endswith("\n")
-    # Every sample line belongs to a metric declared with # TYPE.
-    declared = {line.split()[2] for line in lines if line.startswith("# TYPE")}
-    for line in lines:
-        if not line.startswith("#"):
-            name = line.split("{")[0].split()[0]
-            base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
-            assert name in declared or base in declared, line
+    text = m.render().decode()
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert found[("broker_api_jobs_enqueued_total", (("queue", "emails"),))] == 3
+    assert found[("broker_api_jobs_enqueued_total", (("queue", 'we"ird'),))] == 1
+    assert found[("broker_api_lease_lost_total", (("write", "complete"),))] == 1
+    assert found[("broker_api_lease_lost_total", (("write", "fail"),))] == 0
+    bucket = "broker_api_claim_duration_seconds_bucket"
+    assert found[(bucket, (("le", "0.001"),))] == 1
+    assert found[(bucket, (("le", "0.005"),))] == 3
+    assert found[(bucket, (("le", "2.5"),))] == 3
+    assert found[(bucket, (("le", "+Inf"),))] == 4
+    assert found[("broker_api_claim_duration_seconds_count", ())] == 4
+    assert found[("broker_database_up", ())] == 0
+    assert not [name for name, _ in found if name == "broker_jobs"]
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,7 +107,7 @@ def test_stale_epoch_gets_409_and_is_recorded(
     )
     assert r.status_code == 200
     metrics = client.get("/metrics", headers=bearer("admin-secret-token")).text
-    assert 'broker_api_lease_lost_total{write="complete"} 1' in metrics
+    assert 'broker_api_lease_lost_total{write="complete"} 1.0' in metrics
 
 
 def test_fail_retries_then_fails(client: Client) -> None:

@@ -74,7 +74,7 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
 READS: dict[str, Callable[[], Statement[Any]]] = {
     "queues_list": inspection.queues,
     "stats_overview": inspection.overview,
-    "metrics_job_counts": inspection.job_counts,
+    "metrics_snapshot": inspection.metrics_snapshot,
     "workers_list": inspection.workers,
 }
 LIVE_INDEXES = {"jobs_claim_idx", "jobs_lease_idx", "jobs_waiting_idx"}

@@ -9,7 +9,7 @@ import click
 import pytest
 
 from broker._logging import DEFAULT_LOG_FORMAT
-from broker.worker import config, reaper
+from broker.worker import config, metrics, reaper
 from broker.worker.command import ARGV, worker
 from broker.worker.supervisor import Supervisor
 
@@ -24,6 +24,8 @@ def test_the_options_default_to_the_named_constants(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("BROKER_REAP_INTERVAL", raising=False)
     monkeypatch.delenv("BROKER_LOG_LEVEL", raising=False)
     monkeypatch.delenv("BROKER_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("BROKER_METRICS_PORT", raising=False)
+    monkeypatch.delenv("BROKER_METRICS_HOST", raising=False)
     params = parsed([]).params
     assert params["concurrency"] == config.DEFAULT_CONCURRENCY
     assert params["processes"] == config.DEFAULT_PROCESSES
@@ -33,6 +35,9 @@ def test_the_options_default_to_the_named_constants(monkeypatch: pytest.MonkeyPa
     assert params["shutdown_grace"] == config.DEFAULT_SHUTDOWN_GRACE
     assert params["log_level"] == config.DEFAULT_LOG_LEVEL
     assert params["log_format"] == DEFAULT_LOG_FORMAT
+    # No metrics server unless asked for.
+    assert params["metrics_port"] is None
+    assert params["metrics_host"] == metrics.DEFAULT_METRICS_HOST
     built = config.WorkerConfig(database_url="postgresql://x", queues=("q",))
     assert (built.concurrency, built.seq) == (config.DEFAULT_CONCURRENCY, config.DEFAULT_SEQ)
     assert (built.poll_interval, built.shutdown_grace) == (
