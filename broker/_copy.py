@@ -117,10 +117,21 @@ def _notify(channel: str, queues: list[str]) -> Statement[None]:
     return Statement("job_notify_queues", {"channel": channel, "queues": queues}, lambda rows: None)
 
 
-def copy_enqueue(specs: Sequence[JobSpec], channel: str) -> Steps[list[Enqueued]]:
-    """The COPY enqueue of `specs`, step by step; run it inside one transaction. Raises
+def reserve(n: int) -> Statement[tuple[datetime, list[int]]]:
+    """Reserve `n` job ids ahead of a `copy_enqueue(..., reserved=)` in a later transaction
+    (broker.django enqueues at a Django commit this way, with the id known before it)."""
+    return _reserve(n)
+
+
+def copy_enqueue(
+    specs: Sequence[JobSpec],
+    channel: str,
+    reserved: tuple[datetime, Sequence[int]] | None = None,
+) -> Steps[list[Enqueued]]:
+    """The COPY enqueue of `specs`, step by step; run it inside one transaction. `reserved`
+    is (now, ids) from an earlier `reserve`, else ids are reserved first. Raises
     InvalidJobError (from the spec checks) before anything is written."""
-    db_now, ids = yield _reserve(len(specs))
+    db_now, ids = reserved if reserved is not None else (yield _reserve(len(specs)))
     plan = copy_plan(specs, ids, db_now)
     yield Copy("job_copy_jobs", COPY_JOB_TYPES, plan.job_rows)
     yield Copy("job_copy_events", COPY_EVENT_TYPES, plan.event_rows)

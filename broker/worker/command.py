@@ -122,6 +122,15 @@ class _PassThrough(click.Command):
     help="Refuse to start when this host's clock is off the database's by more seconds.",
 )
 @click.option(
+    "--django",
+    "django_tasks",
+    envvar="BROKER_DJANGO",
+    is_flag=True,
+    default=False,
+    help="Run Django tasks: django.setup() with DJANGO_SETTINGS_MODULE, then find each "
+    "job's task by its module path (docs/django.md).",
+)
+@click.option(
     "--log-level",
     envvar="BROKER_LOG_LEVEL",
     default=DEFAULT_LOG_LEVEL,
@@ -140,6 +149,7 @@ def worker(
     reap_interval: float,
     shutdown_grace: float,
     max_clock_skew: float | None,
+    django_tasks: bool,
     log_level: str,
 ) -> None:
     """Run jobs: claim from QUEUES, run the handlers registered in TASKS, report outcomes.
@@ -152,20 +162,28 @@ def worker(
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
     modules = _csv(tasks)
-    if not modules:
-        raise click.UsageError("no task modules: pass --tasks pkg.module or set BROKER_TASKS")
+    if not modules and not django_tasks:
+        raise click.UsageError(
+            "no task modules: pass --tasks pkg.module, set BROKER_TASKS, or pass --django"
+        )
     if processes > 1:
         from broker.worker.supervisor import Supervisor
 
         sys.exit(Supervisor(processes, ctx.meta[ARGV]).run())
 
+    django_queues = _setup_django() if django_tasks else []
     try:
         import_tasks(modules)
     except ImportError as exc:
         raise click.UsageError(f"cannot import task module: {exc}") from exc
+    served = _csv(queues)
+    if not served and django_queues:
+        from broker.task import registered
+
+        served = sorted(set(django_queues) | {t.queue for t in registered().values()})
 
     code = _run_one(
-        _csv(queues),
+        served,
         concurrency,
         seq,
         poll_interval,
@@ -183,14 +201,34 @@ def worker(
     sys.exit(code)
 
 
+def _setup_django() -> list[str]:
+    """broker.django.setup_worker(): the queues of the Django tasks and their backends.
+    Bad Django settings are a usage error (one line, exit 2)."""
+    try:
+        from django.core.exceptions import ImproperlyConfigured
+
+        from broker.django import setup_worker
+    except ImportError as exc:
+        raise click.UsageError(f"--django: {exc}") from exc
+    try:
+        return setup_worker()
+    except (ImproperlyConfigured, ImportError) as exc:
+        raise click.UsageError(f"--django: {first_line(exc)}") from exc
+
+
 def _threads_finished(timeout: float) -> bool:
     """Give handler threads that were told to stop a moment to return on their own."""
     deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if thread is threading.main_thread() or thread.daemon:
-            continue
+    waited = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon
+    ]
+    for thread in waited:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return threading.active_count() == 1
+    # Daemon threads (a connection pool's workers, such as broker.django's) do not hold
+    # the exit up, so they are not counted.
+    return not any(thread.is_alive() for thread in waited)
 
 
 def _run_one(
