@@ -53,10 +53,7 @@ def django_db(pg_server_url: str, template_db: str) -> Iterator[str]:
         yield url
     finally:
         connections.close_all()
-        for client in broker_django._clients.values():
-            client.close()
-        broker_django._clients.clear()
-        broker_django._joins.clear()
+        broker_django.close()
         drop_database(pg_server_url, name)
 
 
