@@ -82,7 +82,7 @@ def worker(django_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         proc = subprocess.Popen(
             [sys.executable, "-m", "broker.worker", "--django", "--concurrency", "4"],
             cwd=ROOT,
-            env=worker_env(django_db, state),
+            env=worker_env(django_db, state, DJANGO_TEST_IMPORT_MARKER=str(state / "imported")),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -222,6 +222,16 @@ def test_aenqueue_and_aget_result(worker: Path) -> None:
     result = asyncio.run(scenario())
     assert result.status == broker_django.TaskResultStatus.SUCCESSFUL
     assert result.return_value == 42
+
+
+def test_a_kind_outside_the_installed_apps_is_not_imported(django_db: str, worker: Path) -> None:
+    kind = "tests.django_project.sideeffect.run"
+    with Broker.connect(django_db) as client:
+        job = client.enqueue(kind, {"args": [], "kwargs": {}}, max_attempts=1)
+        done = client.wait(job.id, RESULT_TIMEOUT)
+    assert done.state == "failed", worker.read_text()
+    assert f"no task registered for kind {kind!r}" in (done.last_error or "")
+    assert not (worker.parent / "imported").exists()
 
 
 # --- what an enqueue maps to ------------------------------------------------------------------
@@ -423,6 +433,19 @@ def test_a_mistyped_option_is_named(django_db: str) -> None:
         broker_django.Backend("x", {"OPTIONS": {"DATABSE_URL": django_db}})
     with pytest.raises(ImproperlyConfigured, match="max_attempts"):
         broker_django.Backend("x", {"OPTIONS": {"MAX_ATTEMPTS": 0}})
+
+
+def test_django_checks_report_a_backend_without_a_database(
+    django_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.delenv("BROKER_DATABASE_URL", raising=False)
+    backend = broker_django.Backend("nowhere", {"OPTIONS": {"DATABASE": "aux"}})
+    [error] = backend.check()
+    assert error.id == "broker.E001" and "BROKER_DATABASE_URL" in error.msg
+    with pytest.raises(ImproperlyConfigured, match="no database for pg-broker"):
+        backend.database_url()
 
 
 def test_the_worker_says_in_one_line_when_django_is_not_configured(
