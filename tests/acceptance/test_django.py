@@ -43,6 +43,7 @@ def django_db(pg_server_url: str, template_db: str) -> Iterator[str]:
     """One migrated database for Django and pg-broker alike, Django set up on it."""
     name = f"{template_db}_django"
     url = create_database(pg_server_url, name, template=template_db)
+    saved = {key: os.environ.get(key) for key in ("DJANGO_DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
     os.environ["DJANGO_DATABASE_URL"] = url
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
     import django
@@ -55,6 +56,12 @@ def django_db(pg_server_url: str, template_db: str) -> Iterator[str]:
         connections.close_all()
         broker_django.close()
         drop_database(pg_server_url, name)
+        # Django stays set up in this process; later tests' subprocesses need not know.
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def worker_env(url: str, state_dir: Path, **extra: str) -> dict[str, str]:
