@@ -170,6 +170,12 @@ class Backend(_BaseTaskBackend):  # type: ignore[misc]
             contract.check(JobSpec("probe", max_attempts=self.max_attempts))
         except Exception as exc:
             raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']: {exc}") from None
+        from django.conf import settings
+
+        if self.database not in settings.DATABASES:
+            raise ImproperlyConfigured(
+                f"TASKS[{alias!r}]['OPTIONS']: DATABASE {self.database!r} is not in DATABASES"
+            )
         if not (type(self.pool_size) is int and self.pool_size >= 1):
             raise ImproperlyConfigured(
                 f"TASKS[{alias!r}]['OPTIONS']: POOL_SIZE must be a whole number of at least 1"

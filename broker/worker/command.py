@@ -207,12 +207,13 @@ def _setup_django() -> list[str]:
     try:
         from django.core.exceptions import ImproperlyConfigured
 
-        from broker.django import setup_worker
+        from broker.django import InvalidTask, setup_worker
     except ImportError as exc:
         raise click.UsageError(f"--django: {exc}") from exc
     try:
         return setup_worker()
-    except (ImproperlyConfigured, ImportError) as exc:
+    except (ImproperlyConfigured, ImportError, InvalidTask) as exc:
+        # Settings that do not load, no pg-broker backend, a task Django refuses.
         raise click.UsageError(f"--django: {first_line(exc)}") from exc
 
 

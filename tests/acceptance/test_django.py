@@ -440,6 +440,10 @@ def test_a_mistyped_option_is_named(django_db: str) -> None:
         broker_django.Backend("x", {"OPTIONS": {"DATABSE_URL": django_db}})
     with pytest.raises(ImproperlyConfigured, match="max_attempts"):
         broker_django.Backend("x", {"OPTIONS": {"MAX_ATTEMPTS": 0}})
+    with pytest.raises(ImproperlyConfigured, match="DATABASE 'defualt' is not in DATABASES"):
+        broker_django.Backend("x", {"OPTIONS": {"DATABASE": "defualt"}})
+    with pytest.raises(ImproperlyConfigured, match="POOL_SIZE"):
+        broker_django.Backend("x", {"OPTIONS": {"POOL_SIZE": 0}})
 
 
 def test_django_checks_report_a_backend_without_a_database(
@@ -455,11 +459,22 @@ def test_django_checks_report_a_backend_without_a_database(
         backend.database_url()
 
 
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        (None, "settings are not configured"),
+        ("tests.django_project.settings_without_broker", "no TASKS backend is broker.django"),
+        ("tests.django_project.settings_bad_queue", "Queue 'emails' is not valid"),
+    ],
+)
 def test_the_worker_says_in_one_line_when_django_is_not_configured(
-    django_db: str, tmp_path: Path
+    django_db: str, tmp_path: Path, settings: str | None, says: str
 ) -> None:
     env = worker_env(django_db, tmp_path)
-    del env["DJANGO_SETTINGS_MODULE"]
+    if settings is None:
+        del env["DJANGO_SETTINGS_MODULE"]
+    else:
+        env["DJANGO_SETTINGS_MODULE"] = settings
     done = subprocess.run(
         [sys.executable, "-m", "broker.worker", "--django"],
         cwd=ROOT,
@@ -470,4 +485,5 @@ def test_the_worker_says_in_one_line_when_django_is_not_configured(
     )
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "--django" in errors[0], done.stderr
+    assert len(errors) == 1 and errors[0].startswith("Error: --django: "), done.stderr
+    assert says in errors[0]
