@@ -65,7 +65,7 @@ from broker import lease
 from broker import spec as contract
 from broker.client import Broker
 from broker.config import DEFAULT_SCHEMA, validate_schema
-from broker.errors import InvalidJobError, JobNotFound
+from broker.errors import ConfigError, InvalidJobError, JobNotFound
 from broker.spec import JobSpec
 from broker.task import JobContext, add_finder, get_task
 from broker.task import Task as BrokerTask
@@ -168,7 +168,7 @@ class Backend(_BaseTaskBackend):  # type: ignore[misc]
             )
             # The one enqueue contract judges MAX_ATTEMPTS, as it judges every job.
             contract.check(JobSpec("probe", max_attempts=self.max_attempts))
-        except Exception as exc:
+        except (ConfigError, InvalidJobError) as exc:
             raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']: {exc}") from None
         from django.conf import settings
 

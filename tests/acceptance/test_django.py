@@ -442,6 +442,8 @@ def test_a_mistyped_option_is_named(django_db: str) -> None:
         broker_django.Backend("x", {"OPTIONS": {"MAX_ATTEMPTS": 0}})
     with pytest.raises(ImproperlyConfigured, match="DATABASE 'defualt' is not in DATABASES"):
         broker_django.Backend("x", {"OPTIONS": {"DATABASE": "defualt"}})
+    with pytest.raises(ImproperlyConfigured, match="lower-case identifier"):
+        broker_django.Backend("x", {"OPTIONS": {"SCHEMA": "Not-A-Schema"}})
     with pytest.raises(ImproperlyConfigured, match="POOL_SIZE"):
         broker_django.Backend("x", {"OPTIONS": {"POOL_SIZE": 0}})
 
