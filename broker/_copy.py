@@ -103,9 +103,11 @@ def _encoded(data: bytes) -> bytes:
     return data
 
 
-def _reserve(n: int) -> Statement[tuple[datetime, list[int]]]:
+def reserve(n: int) -> Statement[tuple[datetime, list[int]]]:
     """Reserve `n` job ids (so the events rows can name their jobs) and read the
-    transaction's now(), the instant a column default would use."""
+    transaction's now(), the instant a column default would use. `copy_enqueue` does it
+    first, unless given ids reserved earlier (broker.django reserves at enqueue and copies
+    at a Django commit, so the id is known before the job exists)."""
 
     def decode(rows: list[Row]) -> tuple[datetime, list[int]]:
         return rows[0][0], [int(r[1]) for r in rows]
@@ -117,10 +119,15 @@ def _notify(channel: str, queues: list[str]) -> Statement[None]:
     return Statement("job_notify_queues", {"channel": channel, "queues": queues}, lambda rows: None)
 
 
-def copy_enqueue(specs: Sequence[JobSpec], channel: str) -> Steps[list[Enqueued]]:
-    """The COPY enqueue of `specs`, step by step; run it inside one transaction. Raises
+def copy_enqueue(
+    specs: Sequence[JobSpec],
+    channel: str,
+    reserved: tuple[datetime, Sequence[int]] | None = None,
+) -> Steps[list[Enqueued]]:
+    """The COPY enqueue of `specs`, step by step; run it inside one transaction. `reserved`
+    is (now, ids) from an earlier `reserve`, else ids are reserved first. Raises
     InvalidJobError (from the spec checks) before anything is written."""
-    db_now, ids = yield _reserve(len(specs))
+    db_now, ids = reserved if reserved is not None else (yield reserve(len(specs)))
     plan = copy_plan(specs, ids, db_now)
     yield Copy("job_copy_jobs", COPY_JOB_TYPES, plan.job_rows)
     yield Copy("job_copy_events", COPY_EVENT_TYPES, plan.event_rows)

@@ -237,10 +237,29 @@ def declared_schedules() -> list[ScheduleSpec]:
         )
 
 
-def get_task(kind: str) -> Task | None:
-    """The task registered for `kind`, if any."""
+# Asked, in order, for a kind nothing registered (broker.django finds Django tasks by their
+# module path); a finder registers what it finds, so it is asked once per kind it knows.
+TaskFinder = Callable[[str], Task | None]
+_finders: list[TaskFinder] = []
+
+
+def add_finder(finder: TaskFinder) -> None:
+    """Let `get_task` ask `finder` for kinds no `@task` registered."""
     with _registry_lock:
-        return _registry.get(kind)
+        if finder not in _finders:
+            _finders.append(finder)
+
+
+def get_task(kind: str) -> Task | None:
+    """The task registered for `kind`, else the first a finder (`add_finder`) gives."""
+    with _registry_lock:
+        found = _registry.get(kind)
+        finders = list(_finders)
+    for finder in finders:
+        if found is not None:
+            break
+        found = finder(kind)
+    return found
 
 
 @dataclass(eq=False)

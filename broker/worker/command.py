@@ -146,6 +146,15 @@ class _PassThrough(click.Command):
     help="Address the metrics server listens on.",
 )
 @click.option(
+    "--django",
+    "django_tasks",
+    envvar="BROKER_DJANGO",
+    is_flag=True,
+    default=False,
+    help="Run Django tasks: django.setup() with DJANGO_SETTINGS_MODULE, then find each "
+    "job's task by its module path (docs/django.md).",
+)
+@click.option(
     "--log-level",
     envvar="BROKER_LOG_LEVEL",
     default=DEFAULT_LOG_LEVEL,
@@ -174,6 +183,7 @@ def worker(
     max_clock_skew: float | None,
     metrics_port: int | None,
     metrics_host: str,
+    django_tasks: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -184,8 +194,10 @@ def worker(
     """
     _logging.configure(log_level, log_format)
     modules = _csv(tasks)
-    if not modules:
-        raise click.UsageError("no task modules: pass --tasks pkg.module or set BROKER_TASKS")
+    if not modules and not django_tasks:
+        raise click.UsageError(
+            "no task modules: pass --tasks pkg.module, set BROKER_TASKS, or pass --django"
+        )
     metrics = (metrics_host, metrics_port) if metrics_port is not None else None
     if processes > 1:
         from broker.worker.supervisor import Supervisor
@@ -195,13 +207,19 @@ def worker(
         except BrokerError as exc:
             sys.exit(_report(exc))
 
+    django_queues = _setup_django() if django_tasks else []
     try:
         import_tasks(modules)
     except ImportError as exc:
         raise click.UsageError(f"cannot import task module: {exc}") from exc
+    served = _csv(queues)
+    if not served and django_queues:
+        from broker.task import registered
+
+        served = sorted(set(django_queues) | {t.queue for t in registered().values()})
 
     code = _run_one(
-        _csv(queues),
+        served,
         concurrency,
         seq,
         poll_interval,
@@ -220,14 +238,35 @@ def worker(
     sys.exit(code)
 
 
+def _setup_django() -> list[str]:
+    """broker.django.setup_worker(): the queues of the Django tasks and their backends.
+    Bad Django settings are a usage error (one line, exit 2)."""
+    try:
+        from django.core.exceptions import ImproperlyConfigured
+
+        from broker.django import InvalidTask, setup_worker
+    except ImportError as exc:
+        raise click.UsageError(f"--django: {exc}") from exc
+    try:
+        return setup_worker()
+    except (ImproperlyConfigured, ImportError, InvalidTask) as exc:
+        # Settings that do not load, no pg-broker backend, a task Django refuses.
+        raise click.UsageError(f"--django: {first_line(exc)}") from exc
+
+
 def _threads_finished(timeout: float) -> bool:
     """Give handler threads that were told to stop a moment to return on their own."""
     deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if thread is threading.main_thread() or thread.daemon:
-            continue
+    waited = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon
+    ]
+    for thread in waited:
         thread.join(max(0.0, deadline - time.monotonic()))
-    return threading.active_count() == 1
+    # Daemon threads (a connection pool's workers, such as broker.django's) do not hold
+    # the exit up, so they are not counted.
+    return not any(thread.is_alive() for thread in waited)
 
 
 def _run_one(
