@@ -23,6 +23,11 @@ class ConfigError(BrokerError):
     """A setting is missing or malformed."""
 
 
+class InvalidSetting(ConfigError):
+    """A BROKER_* environment variable holds a value it cannot take (bad input: the CLI and
+    the worker exit 2)."""
+
+
 class InvalidJobError(BrokerError, ValueError):
     """A request is outside the job contract (broker.spec): a bad name, size or range in an
     enqueue, or text or JSON the database cannot store (NUL, lone surrogates, nesting past

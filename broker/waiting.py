@@ -145,7 +145,9 @@ class Waiters:
         if not self._waiting:
             await conn.execute("SELECT 1")
             return
-        ended = await executor.arun(conn, lease.finished_among(list(self._waiting)))
+        ended = await executor.arun(
+            conn, lease.finished_among(list(self._waiting)), self._settings.schema
+        )
         self._wake(ended)
 
     def _wake(self, ids: Any) -> None:
