@@ -138,6 +138,12 @@ class Settings:
         return f"{self.schema}_cancel"
 
     @property
+    def probe_channel(self) -> str:
+        """NOTIFY channel every LISTEN connection also listens on, to prove notifications
+        reach it (broker/_listen_probe.py); the payload is a token."""
+        return f"{self.schema}_probe"
+
+    @property
     def done_channel(self) -> str:
         """NOTIFY channel announcing jobs that reached a terminal state; the payload is
         their ids, comma-separated (broker.waiting)."""

@@ -12,6 +12,8 @@ there a missing binary fails.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import pwd
 import shutil
@@ -31,10 +33,14 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from worker_harness import ROOT, WorkerProcess, scalar, states, wait_for
 
-from broker import Broker, JobSpec, lease
+from broker import AsyncBroker, Broker, Job, JobSpec, lease
 from broker import _executor as executor
+from broker._listen_probe import PROBE_TIMEOUT
 from broker.config import Settings
+from broker.errors import POOLER_HINT, DatabaseUnavailable
 
+# The one line a LISTEN connection that notifications do not reach logs (_listen_probe).
+NO_NOTIFICATIONS = "notifications do not reach the LISTEN connection"
 # pgbouncer refuses to run as root; as root the test runs it as this user.
 PGBOUNCER_USER = "nobody"
 START_TIMEOUT = 15.0
@@ -203,6 +209,7 @@ def test_worker_drains_through_pgbouncer(bouncer: Bouncer, broker: Broker, tmp_p
     out = worker.output()
     assert "Traceback" not in out, out
     assert "prepared statement" not in out, out
+    assert NO_NOTIFICATIONS not in out, out
 
 
 def test_pickup_is_notify_fast_with_the_listen_url(
@@ -319,8 +326,8 @@ def _alternate(url: str, threshold: int | None, runs: int = 8) -> list[str]:
                         executor.run(conn, lease.get_jobs([1]))
                 else:
                     executor.run(conn, lease.get_jobs([1]))
-            except psycopg.Error as exc:
-                errors.append(f"{type(exc).__name__}: {str(exc).strip()}")
+            except DatabaseUnavailable as exc:
+                errors.append(str(exc))
     return errors
 
 
@@ -329,26 +336,65 @@ def test_prepared_statements_fail_through_pgbouncer_118(bouncer: Bouncer) -> Non
     # one server connection, then used on another one, which never saw it.
     errors = _alternate(bouncer.url, Settings().prepare_threshold)
     assert errors, "expected pgbouncer 1.18 to lose the prepared statement"
-    assert all("prepared statement" in e for e in errors), errors
+    # Each error names the fix.
+    assert all(e.endswith(POOLER_HINT) and "prepared statement" in e for e in errors), errors
     # BROKER_PREPARE_THRESHOLD=none, the default once BROKER_LISTEN_URL is set.
     assert _alternate(bouncer.url, None) == []
 
 
-def test_worker_without_the_listen_url_still_drains(
+# --- without BROKER_LISTEN_URL -----------------------------------------------------------
+
+
+def test_worker_without_the_listen_url_warns_once_and_polls(
     bouncer: Bouncer, broker: Broker, tmp_path: Path
 ) -> None:
-    n = 50
-    broker.enqueue_many([JobSpec("noop") for _ in range(n)])
     with WorkerProcess(
         bouncer.url, tmp_path, ["--poll-interval", "0.5"], BROKER_PREPARE_THRESHOLD="none"
     ) as worker:
         wait_for(
+            lambda: NO_NOTIFICATIONS in worker.output(),
+            30,
+            "the worker to notice that notifications do not reach it",
+            diagnose=worker.output,
+        )
+        n = 50
+        broker.enqueue_many([JobSpec("noop") for _ in range(n)])
+        wait_for(
             lambda: states(bouncer.direct).get("succeeded") == n,
             60,
-            f"{n} jobs to succeed",
+            f"{n} jobs to succeed by polling",
             diagnose=lambda: f"{states(bouncer.direct)}\n{worker.output()}",
         )
         assert worker.stop() == 0
+    [line] = [line for line in worker.output().splitlines() if NO_NOTIFICATIONS in line]
+    assert "set BROKER_LISTEN_URL to a direct URL" in line
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_waits_probe_their_listen_connection(
+    bouncer: Bouncer, listen: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def wait_for_nothing() -> Job:
+        client = await AsyncBroker.connect(
+            bouncer.url, prepare_threshold=None, listen_url=bouncer.direct if listen else None
+        )
+        client.wait_sweep = 0.5
+        try:
+            job = await client.enqueue("noop")
+            # Nothing runs the job: the wait lasts past the probe's deadline.
+            return await client.wait(job.id, PROBE_TIMEOUT + 1.5)
+        finally:
+            await client.close()
+
+    with caplog.at_level(logging.WARNING, logger="broker"):
+        waited = asyncio.run(wait_for_nothing())
+    assert waited.state == "queued"
+    warned = [r.getMessage() for r in caplog.records if NO_NOTIFICATIONS in r.getMessage()]
+    if listen:
+        assert warned == []
+    else:
+        assert len(warned) == 1
+        assert "waits see a job end by checking every 0.5 s" in warned[0]
 
 
 def test_bad_prepare_threshold_is_one_line_and_exit_2() -> None:
