@@ -41,7 +41,8 @@ from broker.errors import POOLER_HINT, DatabaseUnavailable
 
 # The one line a LISTEN connection that notifications do not reach logs (_listen_probe).
 NO_NOTIFICATIONS = "notifications do not reach the LISTEN connection"
-# pgbouncer refuses to run as root; as root the test runs it as this user.
+# pgbouncer refuses to run as root; as root the test runs it as this user, or as the owner
+# of the server's socket directory (the embedded server's is private to its own user).
 PGBOUNCER_USER = "nobody"
 START_TIMEOUT = 15.0
 
@@ -123,10 +124,11 @@ pidfile = {workdir}/pgbouncer.pid
     (workdir / "users.txt").write_text(f'"{user}" ""\n')
     cmd = [binary, str(workdir / "pgbouncer.ini")]
     if os.geteuid() == 0:
-        account = pwd.getpwnam(PGBOUNCER_USER)
+        owner = os.stat(host).st_uid if host.startswith("/") else 0
+        account = pwd.getpwuid(owner) if owner else pwd.getpwnam(PGBOUNCER_USER)
         for path in [workdir, *workdir.iterdir()]:
             os.chown(path, account.pw_uid, account.pw_gid)
-        cmd[1:1] = ["-u", PGBOUNCER_USER]
+        cmd[1:1] = ["-u", account.pw_name]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     auth = quote(str(user), safe="")
     base = f"postgresql://{auth}@127.0.0.1:{listen_port}"
