@@ -82,15 +82,21 @@ class Bouncer:
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-@pytest.fixture
-def bouncer(db_url: str) -> Iterator[Bouncer]:
-    """pgbouncer in transaction mode in front of the test's database."""
+def require_pgbouncer() -> str:
+    """The pgbouncer binary; skips the test without one, fails it when CI is set."""
     binary = _pgbouncer_binary()
     if binary is None:
         reason = "pgbouncer is not installed (apt-get install pgbouncer)"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI is set, so this is a failure")
         pytest.skip(f"{reason}; set CI=1 to make this a failure")
+    return binary
+
+
+@pytest.fixture
+def bouncer(db_url: str) -> Iterator[Bouncer]:
+    """pgbouncer in transaction mode in front of the test's database."""
+    binary = require_pgbouncer()
     info = conninfo_to_dict(db_url)
     # libpq's own resolution (a socket directory for the embedded server, 127.0.0.1 for the
     # local one) is what pgbouncer must dial.
@@ -297,14 +303,35 @@ def test_api_serves_through_pgbouncer(bouncer: Bouncer, broker: Broker) -> None:
         assert through_bouncer(bouncer, "") != []
 
         # A wait LISTENs on BROKER_LISTEN_URL; the job ends meanwhile, on another client.
+        # With the sweep past the wait, only the notification can end the wait early.
+        app.state.runtime.client.wait_sweep = 60.0
         [held] = broker.claim(["default"], 1, "pgbouncer-test:1")
         finisher = threading.Timer(0.5, broker.complete, args=(held, {"ok": True}))
         finisher.start()
-        waited = client.get(f"/v1/jobs/{held.job_id}", params={"wait": 20}, headers=auth)
+        asked = time.monotonic()
+        waited = client.get(f"/v1/jobs/{held.job_id}", params={"wait": 30}, headers=auth)
         finisher.join()
         assert waited.status_code == 200, waited.text
         assert waited.json()["state"] == "succeeded"
+        assert time.monotonic() - asked < 15
         assert direct_sessions(bouncer.direct, "broker waiters") == 1
+
+
+def test_sync_wait_listens_on_the_listen_url(bouncer: Bouncer, broker: Broker) -> None:
+    with Broker.connect(
+        bouncer.url, prepare_threshold=None, listen_url=bouncer.direct, max_size=1
+    ) as pooled:
+        pooled.wait_sweep = 60.0
+        job = pooled.enqueue("noop")
+        [held] = broker.claim(["default"], 1, "pgbouncer-test:1")
+        assert held.job_id == job.id
+        finisher = threading.Timer(0.5, broker.complete, args=(held, None))
+        finisher.start()
+        asked = time.monotonic()
+        waited = pooled.wait(job.id, 30)
+        finisher.join()
+    assert waited.state == "succeeded"
+    assert time.monotonic() - asked < 15
 
 
 # --- prepared statements ----------------------------------------------------------------
@@ -417,3 +444,13 @@ def test_bad_prepare_threshold_is_one_line_and_exit_2() -> None:
             "error: BROKER_PREPARE_THRESHOLD must be `none` or an integer of at least 0,"
             " got 'often'"
         ], done.stderr
+
+
+def test_a_missing_pgbouncer_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "_pgbouncer_binary", lambda: None)
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        require_pgbouncer()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="set CI=1"):
+        require_pgbouncer()
