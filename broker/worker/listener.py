@@ -72,7 +72,7 @@ class Listener:
                 # Executed without parameters: the DO block is sent as is.
                 await conn.execute(self._listen)
                 probe = ListenProbe(
-                    lambda: connect(self.url, "broker probe", self.settings.prepare_threshold),
+                    self._connect_probe,
                     self.settings,
                     "new jobs wait for the next poll (--poll-interval) and cancels for the"
                     " next heartbeat",
