@@ -33,14 +33,19 @@ from api.schedules import SchedulesController
 from api.strict import TYPE_DECODERS
 from broker import AsyncBroker, __version__
 from broker import _executor as executor
-from broker.config import Settings
+from broker.config import DEFAULT_PREPARE_THRESHOLD, Settings
 from broker.errors import ConfigError
 from broker.migrate import head_revision
 
 
-def open_pool(url: str, max_size: int, wait: float) -> AsyncConnectionPool[Any]:
-    """An unopened pool of configured autocommit connections, as the API's lifespan uses."""
-    return executor.open_async_pool(url, min_size=1, max_size=max_size, timeout=wait)
+def open_pool(
+    url: str, max_size: int, wait: float, prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
+) -> AsyncConnectionPool[Any]:
+    """An unopened pool of configured autocommit connections, as the API's lifespan uses
+    (`prepare_threshold`: BROKER_PREPARE_THRESHOLD's, None for none)."""
+    return executor.open_async_pool(
+        url, min_size=1, max_size=max_size, timeout=wait, prepare_threshold=prepare_threshold
+    )
 
 
 def create_app(
@@ -69,12 +74,20 @@ def create_app(
             from broker.db import database_url
 
             owned = active = open_pool(
-                database_url(settings), api_settings.pool_size, api_settings.db_wait
+                database_url(settings),
+                api_settings.pool_size,
+                api_settings.db_wait,
+                settings.prepare_threshold,
             )
             # Not waiting for connections: the API starts (and /readyz says why it is not
             # ready) even while the database is down.
             await owned.open(wait=False)
-        runtime.client = AsyncBroker(active, schema=settings.schema, lease_ttl=settings.lease_ttl)
+        runtime.client = AsyncBroker(
+            active,
+            schema=settings.schema,
+            lease_ttl=settings.lease_ttl,
+            listen_url=settings.listen_url,
+        )
         try:
             yield
         finally:

@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from broker import spec as contract
 from broker._queries import queries
-from broker.config import DEFAULT_SCHEMA
+from broker.config import DEFAULT_PREPARE_THRESHOLD, DEFAULT_SCHEMA
 from broker.errors import translate
 from broker.lease import Statement
 
@@ -57,29 +57,42 @@ async def aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
     configure(conn)
 
 
-def open_pool(url: str, *, min_size: int, max_size: int) -> ConnectionPool[Any]:
-    """An opened pool of configured autocommit connections (the sync client's)."""
+def open_pool(
+    url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+) -> ConnectionPool[Any]:
+    """An opened pool of configured autocommit connections (the sync client's).
+    `prepare_threshold` is psycopg's (None: no server-side prepared statements, as a
+    transaction pooler without their support needs)."""
     return ConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
         configure=configure,
         open=True,
     )
 
 
 def open_async_pool(
-    url: str, *, min_size: int, max_size: int, timeout: float = 30.0
+    url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout: float = 30.0,
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
 ) -> AsyncConnectionPool[Any]:
     """An unopened pool of configured autocommit connections (the async client's and the
     API's; open it with `await pool.open()` or `async with`). `timeout` bounds how long a
-    caller waits for a connection."""
+    caller waits for a connection; `prepare_threshold` as for `open_pool`."""
     return AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
         configure=aconfigure,
         open=False,
         timeout=timeout,

@@ -10,7 +10,8 @@ EXIT_OK = 0
 # The broker or the database refused or failed; for a worker, also a configuration error
 # at start.
 EXIT_FAILED = 1
-# Bad input: a usage error (click's own code), an invalid job, a bad line in a jobs file.
+# Bad input: a usage error (click's own code), an invalid job, a bad line in a jobs file,
+# a BROKER_* variable with a value it cannot take.
 EXIT_BAD_INPUT = 2
 EXIT_ID_IN_USE = 3
 EXIT_CLOCK_SKEW = 4
@@ -33,13 +34,15 @@ def exit_rules() -> tuple[ExitRule, ...]:
     import psycopg
 
     from broker._jobfile import JobFileError
-    from broker.errors import BrokerError, InvalidJobError, InvalidQueueSettings
+    from broker.errors import BrokerError, InvalidJobError, InvalidQueueSettings, InvalidSetting
     from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
 
     return (
         ExitRule((WorkerIdInUse,), EXIT_ID_IN_USE),
         ExitRule((ClockSkewTooLarge,), EXIT_CLOCK_SKEW),
-        ExitRule((InvalidJobError, InvalidQueueSettings, JobFileError), EXIT_BAD_INPUT),
+        ExitRule(
+            (InvalidJobError, InvalidQueueSettings, InvalidSetting, JobFileError), EXIT_BAD_INPUT
+        ),
         ExitRule((BrokerError, psycopg.Error), EXIT_FAILED),
     )
 

@@ -16,7 +16,13 @@ from broker import _copy as copy
 from broker import _executor as executor
 from broker import lease, waiting
 from broker import spec as contract
-from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
+from broker.config import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_PREPARE_THRESHOLD,
+    DEFAULT_SCHEMA,
+    Settings,
+    validate_schema,
+)
 from broker.errors import ConfigError, DatabaseUnavailable, JobNotFound
 from broker.lease import Failure, Statement
 from broker.spec import DEFAULT_QUEUE, JobSpec
@@ -71,12 +77,17 @@ def _spec(
     )
 
 
-def _url_of(pool: ConnectionPool[Any] | AsyncConnectionPool[Any]) -> str:
-    """The pool's connection string, for a connection of its own (a wait's LISTEN)."""
-    conninfo = pool.conninfo
+def _listen_target(
+    pool: ConnectionPool[Any] | AsyncConnectionPool[Any], listen_url: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Where a wait's LISTEN connection goes (`listen_url`, else the pool's connection
+    string) and how it is opened (autocommit, the pool's prepare_threshold)."""
+    conninfo = listen_url or pool.conninfo
     if not isinstance(conninfo, str):
         raise ConfigError("wait() needs a pool opened with a connection string")
-    return conninfo
+    kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
+    threshold = kwargs.get("prepare_threshold", DEFAULT_PREPARE_THRESHOLD)
+    return conninfo, {"autocommit": True, "prepare_threshold": threshold}
 
 
 def _check_wait(timeout: float) -> None:
@@ -97,10 +108,12 @@ class _Base:
     # How often a wait re-reads its job in case a notification was lost (broker.waiting).
     wait_sweep: float = waiting.DEFAULT_SWEEP_SECONDS
 
-    def __init__(self, schema: str, lease_ttl: float) -> None:
+    def __init__(self, schema: str, lease_ttl: float, listen_url: str | None) -> None:
         self.schema = validate_schema(schema)
         self.settings = Settings(schema=schema, lease_ttl=lease_ttl)
         self.lease_ttl = lease_ttl
+        # Waits LISTEN here instead of on the pool's URL (a transaction pooler's).
+        self.listen_url = listen_url
 
 
 class Broker(_Base):
@@ -113,8 +126,9 @@ class Broker(_Base):
         *,
         schema: str = DEFAULT_SCHEMA,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        listen_url: str | None = None,
     ) -> None:
-        super().__init__(schema, lease_ttl)
+        super().__init__(schema, lease_ttl, listen_url)
         self.pool = pool
 
     @classmethod
@@ -127,16 +141,22 @@ class Broker(_Base):
         min_size: int = 1,
         max_size: int = 4,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        listen_url: str | None = None,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> Self:
-        """Open a pool of autocommit connections to `url`.
+        """Open a pool of autocommit connections to `url`. Behind a transaction pooler,
+        pass `listen_url` (a direct URL for waits' LISTEN) and `prepare_threshold=None`
+        unless the pooler supports prepared statements (docs/scaling.md).
         Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
-        pool = executor.open_pool(url, min_size=min_size, max_size=max_size)
+        pool = executor.open_pool(
+            url, min_size=min_size, max_size=max_size, prepare_threshold=prepare_threshold
+        )
         try:
             pool.wait(timeout=connect_timeout)
         except PoolTimeout:
             pool.close()
             raise DatabaseUnavailable(_unreachable(url, connect_timeout)) from None
-        return cls(pool, schema=schema, lease_ttl=lease_ttl)
+        return cls(pool, schema=schema, lease_ttl=lease_ttl, listen_url=listen_url)
 
     def close(self) -> None:
         self.pool.close()
@@ -304,7 +324,8 @@ class Broker(_Base):
         _check_wait(timeout)
         if self.get_job(job_id).state in TERMINAL_STATES:
             return self.get_job(job_id)
-        with psycopg.connect(_url_of(self.pool), autocommit=True) as conn:
+        conninfo, options = _listen_target(self.pool, self.listen_url)
+        with psycopg.connect(conninfo, **options) as conn:
             executor.configure(conn)
             waiting.wait_for_job(conn, self.settings, job_id, timeout, sweep=self.wait_sweep)
         return self.get_job(job_id)
@@ -335,8 +356,9 @@ class AsyncBroker(_Base):
         *,
         schema: str = DEFAULT_SCHEMA,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        listen_url: str | None = None,
     ) -> None:
-        super().__init__(schema, lease_ttl)
+        super().__init__(schema, lease_ttl, listen_url)
         self.pool = pool
         self._waiters: waiting.Waiters | None = None
 
@@ -350,17 +372,23 @@ class AsyncBroker(_Base):
         min_size: int = 1,
         max_size: int = 4,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        listen_url: str | None = None,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
     ) -> Self:
-        """Open a pool of autocommit connections to `url`.
+        """Open a pool of autocommit connections to `url`. Behind a transaction pooler,
+        pass `listen_url` (a direct URL for waits' LISTEN) and `prepare_threshold=None`
+        unless the pooler supports prepared statements (docs/scaling.md).
         Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
-        pool = executor.open_async_pool(url, min_size=min_size, max_size=max_size)
+        pool = executor.open_async_pool(
+            url, min_size=min_size, max_size=max_size, prepare_threshold=prepare_threshold
+        )
         await pool.open()
         try:
             await pool.wait(timeout=connect_timeout)
         except PoolTimeout:
             await pool.close()
             raise DatabaseUnavailable(_unreachable(url, connect_timeout)) from None
-        return cls(pool, schema=schema, lease_ttl=lease_ttl)
+        return cls(pool, schema=schema, lease_ttl=lease_ttl, listen_url=listen_url)
 
     async def close(self) -> None:
         if self._waiters is not None:
@@ -523,8 +551,9 @@ class AsyncBroker(_Base):
         return await self.get_job(job_id)
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        conninfo, options = _listen_target(self.pool, self.listen_url)
         conn = await psycopg.AsyncConnection.connect(
-            _url_of(self.pool), autocommit=True, application_name="broker waiters"
+            conninfo, application_name="broker waiters", **options
         )
         executor.configure(conn)
         return conn

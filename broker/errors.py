@@ -23,6 +23,11 @@ class ConfigError(BrokerError):
     """A setting is missing or malformed."""
 
 
+class InvalidSetting(ConfigError):
+    """A BROKER_* environment variable holds a value it cannot take (bad input: the CLI and
+    the worker exit 2)."""
+
+
 class InvalidJobError(BrokerError, ValueError):
     """A request is outside the job contract (broker.spec): a bad name, size or range in an
     enqueue, or text or JSON the database cannot store (NUL, lone surrogates, nesting past
@@ -98,6 +103,15 @@ SQLSTATE_INVALID_TRANSITION = "PB004"
 SQLSTATE_SCHEDULE_NOT_FOUND = "PB005"
 SQLSTATE_INVALID_QUEUE_SETTINGS = "PB010"
 
+# What a prepared statement lost between transactions looks like (invalid_sql_statement_name,
+# duplicate_prepared_statement; a bind to another client's statement of the same name is a
+# protocol violation): a transaction pooler without prepared-statement support in front.
+_LOST_PREPARED = ("26000", "42P05")
+POOLER_HINT = (
+    "prepared statements do not survive between transactions on this connection"
+    " (a transaction pooler such as PgBouncer before 1.21?): set BROKER_PREPARE_THRESHOLD=none"
+)
+
 
 def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
     """Map a database error raised by broker SQL to the broker's own exception, if it is one.
@@ -131,6 +145,10 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
         )
     if state == SQLSTATE_INVALID_QUEUE_SETTINGS:
         return InvalidQueueSettings(diag.message_primary or "invalid queue settings")
+    if state in _LOST_PREPARED or (state == "08P01" and "prepared statement" in str(exc)):
+        # The connection's idea of its prepared statements is wrong now: callers discard
+        # it, as after any DatabaseUnavailable.
+        return DatabaseUnavailable(f"{first_line(exc)}: {POOLER_HINT}")
     if state is not None and (state.startswith("40") or state == "57014"):
         # Serialization failures, deadlocks (class 40) and statement timeouts: the server
         # is fine and the caller may retry; keep psycopg's precise error. (psycopg's

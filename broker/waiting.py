@@ -32,6 +32,7 @@ import psycopg
 
 from broker import _executor as executor
 from broker import lease
+from broker._listen_probe import ListenProbe
 from broker._queries import queries
 from broker.config import Settings
 
@@ -164,12 +165,21 @@ class Waiters:
     async def _listen(self, conn: psycopg.AsyncConnection[Any], ready: asyncio.Event) -> None:
         await conn.execute(self._queries["job_wait_listen"])
         ready.set()
+        probe = ListenProbe(
+            self._connect,
+            self._settings,
+            f"waits see a job end by checking every {self._sweep:g} s",
+        )
+        await probe.send()
         # Anything that ended while the connection was down is found now.
         await self._check(conn)
         while True:
             async for notify in conn.notifies(timeout=self._sweep):
+                if probe.heard(notify):
+                    continue
                 if notify.channel == self._settings.done_channel:
                     self._wake(parse_ids(notify.payload))
+            probe.check()
             await asyncio.wait_for(self._check(conn), CONNECT_TIMEOUT)
 
     async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -32,7 +32,12 @@ def reap(limit: int, as_json: bool) -> None:
 
     settings, url = settings_and_url()
     with Broker.connect(
-        url, schema=settings.schema, min_size=1, max_size=1, connect_timeout=5
+        url,
+        schema=settings.schema,
+        min_size=1,
+        max_size=1,
+        connect_timeout=5,
+        prepare_threshold=settings.prepare_threshold,
     ) as client:
         reaped = client.reap(limit)
     if as_json:
@@ -105,7 +110,13 @@ def prune(states: tuple[str, ...], older_than: str | None, as_json: bool) -> Non
     if states:
         retention = {state: retention[state] for state in states}
     settings, url = settings_and_url()
-    with Broker.connect(url, schema=settings.schema, max_size=1, connect_timeout=5) as client:
+    with Broker.connect(
+        url,
+        schema=settings.schema,
+        max_size=1,
+        connect_timeout=5,
+        prepare_threshold=settings.prepare_threshold,
+    ) as client:
         pruned = prune_once(client, PrunerConfig(retention=retention))
     if pruned is None:
         raise BrokerError("another process is pruning right now; try again later")

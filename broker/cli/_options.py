@@ -39,6 +39,12 @@ def open_client() -> Iterator[Broker]:
 
     settings, url = settings_and_url()
     with Broker.connect(
-        url, schema=settings.schema, lease_ttl=settings.lease_ttl, max_size=1, connect_timeout=5
+        url,
+        schema=settings.schema,
+        lease_ttl=settings.lease_ttl,
+        max_size=1,
+        connect_timeout=5,
+        listen_url=settings.listen_url,
+        prepare_threshold=settings.prepare_threshold,
     ) as client:
         yield client

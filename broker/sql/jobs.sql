@@ -282,10 +282,12 @@ SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q;
 -- name: job_wait_listen
 -- The waiters' channel (<schema>_done, as Settings names it): every transition into a
 -- terminal state notifies it with the job ids (broker.jobs' statement trigger, migration
--- 0011). Built on the server for the reason worker_listen gives.
+-- 0011); and the probe channel <schema>_probe (worker_listen). Built on the server for
+-- the reason worker_listen gives.
 DO $$
 BEGIN
     EXECUTE 'LISTEN ' || quote_ident((parse_ident('{schema}'))[1] || '_done');
+    EXECUTE 'LISTEN ' || quote_ident((parse_ident('{schema}'))[1] || '_probe');
 END
 $$;
 

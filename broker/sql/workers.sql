@@ -39,11 +39,18 @@ SELECT 1;
 
 -- name: worker_listen
 -- LISTEN takes no bind parameters and the loader renders the schema as one quoted
--- identifier, so the channel names (<schema>_jobs and <schema>_cancel, as Settings
--- names them) are built and quoted on the server.
+-- identifier, so the channel names (<schema>_jobs, <schema>_cancel and the probe's
+-- <schema>_probe, as Settings names them) are built and quoted on the server.
 DO $$
 BEGIN
     EXECUTE 'LISTEN ' || quote_ident((parse_ident('{schema}'))[1] || '_jobs');
     EXECUTE 'LISTEN ' || quote_ident((parse_ident('{schema}'))[1] || '_cancel');
+    EXECUTE 'LISTEN ' || quote_ident((parse_ident('{schema}'))[1] || '_probe');
 END
 $$;
+
+-- name: listen_probe
+-- Sent from a second connection after a LISTEN (broker/_listen_probe.py): a LISTEN
+-- connection that never hears its own token is not a session of its own (a transaction
+-- pooler between it and the server), so NOTIFY cannot wake it.
+SELECT pg_notify((parse_ident('{schema}'))[1] || '_probe', %(token)s);

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from broker import _executor as executor
+from broker.config import DEFAULT_PREPARE_THRESHOLD
 from broker.errors import DatabaseUnavailable, first_line
 from broker.lease import Statement
 
@@ -32,16 +33,22 @@ KEEPALIVE_OPTIONS: dict[str, Any] = {
 }
 
 
-async def connect(url: str, application_name: str = "broker") -> psycopg.AsyncConnection[Any]:
+async def connect(
+    url: str,
+    application_name: str = "broker",
+    prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+) -> psycopg.AsyncConnection[Any]:
     """Open an autocommit connection with keepalives and the broker's JSON decoding (one
     value too deep to decode reads as UnreadableJSON instead of failing the result).
 
     `application_name` shows up in pg_stat_activity, so operators can tell a worker's
-    connections (and their roles) apart.
+    connections (and their roles) apart; PgBouncer passes it on. `prepare_threshold` is
+    psycopg's (None: no server-side prepared statements, BROKER_PREPARE_THRESHOLD=none).
     """
     conn = await psycopg.AsyncConnection.connect(
         url,
         autocommit=True,
+        prepare_threshold=prepare_threshold,
         connect_timeout=CONNECT_TIMEOUT,
         application_name=application_name[:63],
         **KEEPALIVE_OPTIONS,
@@ -92,8 +99,15 @@ class Connection:
     own exceptions for errors it raises on purpose, and psycopg errors otherwise.
     """
 
-    def __init__(self, url: str, schema: str, name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        name: str,
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+    ) -> None:
         self.url = url
+        self.prepare_threshold = prepare_threshold
         self.name = name
         self.schema = schema
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -102,9 +116,12 @@ class Connection:
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             try:
-                conn = await connect(self.url, self.application_name)
-                for setting in SESSION_SETTINGS.get(self.name, ()):
-                    await conn.execute(setting)
+                conn = await connect(self.url, self.application_name, self.prepare_threshold)
+                # Plan modes matter only to prepared statements; unprepared (behind a
+                # transaction pooler) a session SET would also outlive this client's turn.
+                if self.prepare_threshold is not None:
+                    for setting in SESSION_SETTINGS.get(self.name, ()):
+                        await conn.execute(setting)
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(first_line(exc)) from exc
             self._conn = conn

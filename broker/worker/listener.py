@@ -3,7 +3,9 @@
 One dedicated connection per process LISTENs on the jobs and cancel channels. It pings
 itself between notifications so a silently dead connection is noticed within
 `ping_interval + ping_timeout`, reconnects with backoff, LISTENs again, and then reports
-a reconnect so the worker claims at once (notifications sent meanwhile were lost).
+a reconnect so the worker claims at once (notifications sent meanwhile were lost). After
+each LISTEN a probe (broker/_listen_probe.py) proves that notifications arrive at all,
+and warns once when they do not (a transaction pooler in between: BROKER_LISTEN_URL).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from broker._listen_probe import ListenProbe
 from broker._queries import queries
 from broker.config import Settings
 from broker.worker._conn import Backoff, connect
@@ -47,6 +50,7 @@ class Listener:
         config: ListenerConfig | None = None,
     ) -> None:
         self.url = url
+        self.settings = settings
         self.config = config or ListenerConfig()
         self._jobs_channel = settings.jobs_channel
         self._cancel_channel = settings.cancel_channel
@@ -64,15 +68,22 @@ class Listener:
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await connect(self.url, self.application_name)
+                conn = await self._connect()
                 # Executed without parameters: the DO block is sent as is.
                 await conn.execute(self._listen)
+                probe = ListenProbe(
+                    self._connect_probe,
+                    self.settings,
+                    "new jobs wait for the next poll (--poll-interval) and cancels for the"
+                    " next heartbeat",
+                )
                 self.connects += 1
                 if self.connects > 1:
                     log.info("listener reconnected")
                 self._on_connected()
                 backoff.reset()
-                await self._pump(conn)
+                await probe.send()
+                await self._pump(conn, probe)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 log.warning("listener connection lost: %s", str(exc).strip() or type(exc))
             finally:
@@ -80,10 +91,18 @@ class Listener:
                     await _close(conn)
             await backoff.sleep()
 
-    async def _pump(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await connect(self.url, self.application_name, self.settings.prepare_threshold)
+
+    async def _connect_probe(self) -> psycopg.AsyncConnection[Any]:
+        return await connect(self.url, "broker probe", self.settings.prepare_threshold)
+
+    async def _pump(self, conn: psycopg.AsyncConnection[Any], probe: ListenProbe) -> None:
         while True:
             async for notify in conn.notifies(timeout=self.config.ping_interval):
-                self._dispatch(notify)
+                if not probe.heard(notify):
+                    self._dispatch(notify)
+            probe.check()
             await asyncio.wait_for(conn.execute(self._ping), self.config.ping_timeout)
 
     def _dispatch(self, notify: psycopg.Notify) -> None:

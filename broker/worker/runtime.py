@@ -120,9 +120,14 @@ class Worker:
         # The scheduler needs transactions, which a test's fake connections do not give.
         self.scheduler: Scheduler | None = None
         if connect is None:
-            connect = functools.partial(Connection, config.database_url, self.settings.schema)
+            threshold = self.settings.prepare_threshold
+            connect = functools.partial(
+                Connection, config.database_url, self.settings.schema, prepare_threshold=threshold
+            )
             if config.scheduler.enabled:
-                scheduling = TransactionConnection(config.database_url, self.settings.schema)
+                scheduling = TransactionConnection(
+                    config.database_url, self.settings.schema, prepare_threshold=threshold
+                )
                 self.scheduler = Scheduler(scheduling, declared_schedules(), config.scheduler)
         self._claims = connect("claim")
         self._writes = connect("write")
@@ -154,7 +159,8 @@ class Worker:
             on_orphaned=self._orphaned,
         )
         self.listener = Listener(
-            config.database_url,
+            # Direct when BROKER_LISTEN_URL says the database URL is a transaction pooler.
+            self.settings.listen_target(config.database_url),
             self.settings,
             on_jobs=self._on_jobs,
             on_cancel=self._on_cancel,

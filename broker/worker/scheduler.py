@@ -23,6 +23,7 @@ import psycopg
 
 from broker import _executor as executor
 from broker import schedules
+from broker.config import DEFAULT_PREPARE_THRESHOLD
 from broker.errors import BrokerError, DatabaseUnavailable, first_line
 from broker.lease import Statement
 from broker.schedules import PassResult, ScheduleSpec
@@ -62,8 +63,15 @@ class TransactionConnection:
     """One lazily opened connection that runs a sequence of statements in one transaction;
     reopened after any connection failure (raised as DatabaseUnavailable)."""
 
-    def __init__(self, url: str, schema: str, application_name: str = "broker scheduler") -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        application_name: str = "broker scheduler",
+        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
+    ) -> None:
         self.url = url
+        self.prepare_threshold = prepare_threshold
         self.schema = schema
         self.application_name = application_name
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -72,7 +80,7 @@ class TransactionConnection:
         """Drive `steps` (statements yielded by a generator) inside one transaction."""
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = await connect(self.url, self.application_name)
+                self._conn = await connect(self.url, self.application_name, self.prepare_threshold)
             conn = self._conn
             async with conn.transaction():
 

@@ -118,6 +118,18 @@ async def log_lines(ctx: JobContext, n: int = 3) -> int:
     return n
 
 
+@task("await_cancel")
+def await_cancel(ctx: JobContext, marker: str, seconds: float = 60.0) -> str:
+    """Run until the worker stops the handler (or `seconds` pass), then write why it
+    stopped into the file `marker`: proof that a cancel reached the handler itself."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not ctx.is_cancelled:
+        time.sleep(0.02)
+    with open(marker, "w") as out:
+        out.write(ctx.cancel_reason or "not stopped")
+    return "done"
+
+
 @task("fail_final")
 def fail_final() -> None:
     raise Fail("not retryable")
