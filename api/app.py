@@ -14,7 +14,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from psycopg_pool import AsyncConnectionPool
 
-from api import deps
+from api import deps, ui
 from api.auth import Authenticator
 from api.config import ApiSettings
 from api.groups import GroupsController
@@ -93,6 +93,7 @@ def create_app(
             StatsController,
             MetricsController,
             SchedulesController,
+            ui.router(),
         ],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "authenticator": Authenticator(api_settings)}),
@@ -100,6 +101,7 @@ def create_app(
             "client": Provide(deps.client, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
+        template_config=ui.template_config(),
         type_decoders=TYPE_DECODERS,
         request_max_body_size=api_settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

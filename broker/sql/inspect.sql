@@ -20,6 +20,7 @@ WHERE (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
   AND (%(tag)s::text IS NULL OR tags @> ARRAY[%(tag)s::text])
   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+  AND (%(group)s::text IS NULL OR "group" = %(group)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -71,6 +72,39 @@ CROSS JOIN LATERAL (VALUES ('waiting', s.waiting), ('queued', s.queued), ('runni
                            ('cancelled', s.cancelled)) AS c(state, jobs)
 WHERE c.jobs > 0
 ORDER BY 1, 2;
+
+-- name: queues_recent_outcomes
+-- Jobs per queue that finished within the window, by finished_at in database time: a
+-- range of jobs_finished_idx per finished state, so the history outside it is not read.
+SELECT queue,
+       count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'cancelled')
+FROM {schema}.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at >= now() - make_interval(secs => %(window)s::float8)
+GROUP BY queue
+ORDER BY queue;
+
+-- name: groups_list
+-- Group names by a loose index scan of jobs_group_idx (one probe per distinct name, so
+-- the cost grows with the names listed, not with their jobs), then each listed group's
+-- counts per state from the same index.
+WITH RECURSIVE names(name) AS (
+  (SELECT "group" FROM {schema}.jobs
+   WHERE "group" IS NOT NULL AND (%(after)s::text IS NULL OR "group" > %(after)s::text)
+   ORDER BY "group" LIMIT 1)
+  UNION ALL
+  SELECT (SELECT j."group" FROM {schema}.jobs j
+          WHERE j."group" IS NOT NULL AND j."group" > n.name ORDER BY j."group" LIMIT 1)
+  FROM names n WHERE n.name IS NOT NULL
+), listed AS (
+  SELECT name FROM names WHERE name IS NOT NULL LIMIT %(limit)s
+)
+SELECT l.name, j.state, count(j.state)
+FROM listed l LEFT JOIN {schema}.jobs j ON j."group" = l.name
+GROUP BY l.name, j.state
+ORDER BY l.name, j.state;
 
 -- name: group_counts
 -- A group's jobs per state, from jobs_group_idx (an index-only scan of the group's rows).
