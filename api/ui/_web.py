@@ -111,9 +111,16 @@ def _resolve(request: Request[Any, Any, Any]) -> Viewer | None:
 async def require_session(request: Request[Any, Any, Any]) -> Response[Any] | None:
     """before_request hook: store the Viewer, or send a request without a live session
     to the sign-in page (303)."""
+    if request.method == "POST" and request.headers.get("sec-fetch-site") == "cross-site":
+        # Defence in depth under the CSRF token (and for the sign-in form, which has none):
+        # a browser says when another site sent the form.
+        raise PermissionDeniedException("a form from another site cannot act here")
     if request.route_handler.opt.get("ui_public"):
         return None
     found = _resolve(request)
+    if found is None and request.headers.get("hx-request"):
+        # A background refresh whose session ended: htmx loads the sign-in page.
+        return security_headers(Response(b"", status_code=200, headers={"HX-Redirect": LOGIN_PATH}))
     if found is None:
         response: Response[Any] = Redirect(LOGIN_PATH, status_code=303)
         if sessions.COOKIE_NAME in request.cookies:

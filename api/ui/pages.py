@@ -5,15 +5,15 @@ broker statements as /v1."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get
 from litestar.exceptions import ValidationException
-from litestar.params import FromQuery
+from litestar.params import QueryParameter
 from litestar.response import ServerSentEvent, Template
 
 from api.deps import BrokerClient, runtime_of
-from api.jobs import decode_cursor, encode_cursor, follow_logs
+from api.jobs import MAX_ID, decode_cursor, encode_cursor, follow_logs
 from api.strict import JobId
 from api.ui._web import render, viewer
 from broker import inspection as views
@@ -176,12 +176,15 @@ class PagesController(Controller):
 
     @get("/jobs/{job_id:str}/log")
     async def log_stream(
-        self, job_id: JobId, client: BrokerClient, after: FromQuery[int] = 0
+        self,
+        job_id: JobId,
+        client: BrokerClient,
+        after: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
     ) -> ServerSentEvent:
         """The job's log lines as server-sent events (`log`, then `end`), as
         /v1/jobs/{id}/logs?follow=true sends them."""
         await client.get_job(job_id)
-        return ServerSentEvent(follow_logs(client, job_id, max(after, 0)))
+        return ServerSentEvent(follow_logs(client, job_id, after))
 
     @get("/workers")
     async def workers(self, request: Request[Any, Any, Any], client: BrokerClient) -> Template:

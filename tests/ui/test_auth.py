@@ -253,3 +253,30 @@ def test_ui_responses_carry_a_self_only_content_security_policy(client: UiClient
         assert "frame-ancestors 'none'" in csp
         assert "unsafe-inline" not in csp
         assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_form_another_site_sent_is_refused(client: UiClient, broker: Broker) -> None:
+    job = broker.enqueue("k")
+    cross = {"Sec-Fetch-Site": "cross-site"}
+    answer = client.post("/ui/login", data={"token": ADMIN}, headers=cross, follow_redirects=False)
+    assert answer.status_code == 403
+    assert "set-cookie" not in answer.headers
+    sign_in(client, ADMIN)
+    csrf = csrf_of(client)
+    refused = client.post(
+        f"/ui/jobs/{job.id}/cancel", data={"csrf": csrf}, headers=cross, follow_redirects=False
+    )
+    assert refused.status_code == 403
+    assert broker.get_job(job.id).state == "queued"
+    same = {"Sec-Fetch-Site": "same-origin"}
+    done = client.post(
+        f"/ui/jobs/{job.id}/cancel", data={"csrf": csrf}, headers=same, follow_redirects=False
+    )
+    assert done.status_code == 303
+
+
+def test_a_background_refresh_without_a_session_asks_htmx_to_sign_in(client: UiClient) -> None:
+    answer = client.get("/ui", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert answer.status_code == 200
+    assert answer.headers["hx-redirect"] == "/ui/login"
+    assert answer.content == b""

@@ -330,7 +330,8 @@ def test_the_live_log_streams_lines_then_the_end(admin: UiClient, broker: Broker
     assert body.count("event: log") == 2
     assert '"line":"one <i>"' in body  # JSON data, made text by ui.js (textContent)
     assert "event: end" in body
-    assert admin.get(f"/ui/jobs/{job.id}/log", params={"after": "x"}).status_code == 400
+    for bad in ("x", "-1", str(2**63)):
+        assert admin.get(f"/ui/jobs/{job.id}/log", params={"after": bad}).status_code == 400
 
 
 def test_v1_and_the_openapi_schema_are_unchanged(client: UiClient) -> None:
