@@ -149,7 +149,7 @@ class PagesController(Controller):
                 "filters": filter_params(f),
                 "ids": ids,
                 "cap": MAX_BULK_JOBS,
-                "states": BULK_STATES[action],
+                "states": [s for s in BULK_STATES[action] if f.state in (None, s)],
             },
         )
 
