@@ -180,6 +180,7 @@ def recent_outcomes(window: float = 3600.0) -> Statement[list[RecentOutcomes]]:
         "queues_recent_outcomes",
         {"window": window},
         lambda rows: [RecentOutcomes(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows],
+        prepare=False,
     )
 
 

@@ -359,7 +359,7 @@ def cancel_many(job_ids: Sequence[int]) -> Statement[list[tuple[int, str]]]:
     (id, new state) for each job it acted on. A job another transaction holds locked (a
     claim or a finish under way) is skipped, not waited for. Raises ValueError for more
     than MAX_BULK_JOBS ids."""
-    return Statement("job_cancel_many", _bulk(job_ids), _id_states)
+    return Statement("job_cancel_many", _bulk(job_ids), _id_states, prepare=False)
 
 
 def retry_many(job_ids: Sequence[int]) -> Statement[list[tuple[int, str]]]:
@@ -367,9 +367,12 @@ def retry_many(job_ids: Sequence[int]) -> Statement[list[tuple[int, str]]]:
     none whose dependency is failed or cancelled (retry_job refuses those); (id, new
     state) for each job it acted on; locked jobs are skipped. Raises ValueError for more
     than MAX_BULK_JOBS ids."""
-    return Statement("job_retry_many", _bulk(job_ids), _id_states)
+    return Statement("job_retry_many", _bulk(job_ids), _id_states, prepare=False)
 
 
+# Bulk statements are rare and operator-driven: planned with the ids and current
+# statistics every time (prepare=False), so a plan cached while few jobs had failed cannot
+# walk a large failed history later.
 def _bulk(job_ids: Sequence[int]) -> dict[str, Any]:
     ids = sorted({int(i) for i in job_ids})
     if len(ids) > MAX_BULK_JOBS:
