@@ -46,9 +46,11 @@ def chromium_candidates() -> tuple[str, ...]:
     return (given,) if given else CHROMIUM_CANDIDATES
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless Chromium (the system's), for the session."""
+    """A headless Chromium (the system's), for one test module: Playwright's sync API keeps
+    an event loop running in this thread while it is open, which would break the
+    asyncio.run() of tests in other modules."""
     looked = chromium_candidates()
     path = next((found for c in looked if (found := shutil.which(c))), None)
     if path is None:
