@@ -18,6 +18,7 @@ from litestar.datastructures import Cookie
 from litestar.exceptions import PermissionDeniedException
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
+from litestar.response.file import ASGIFileResponse
 
 from api import problems
 from api.auth import ANONYMOUS, Authenticator, Principal
@@ -136,7 +137,10 @@ def security_headers(response: Response[Any]) -> Response[Any]:
     """after_request hook: CSP (self only) and friends on every /ui response."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    response.headers.setdefault("Cache-Control", "no-store")
+    # Pages show live state and the session's CSRF token: never stored. Static files are
+    # revalidated (their ETag makes that a 304).
+    static = isinstance(response, ASGIFileResponse)
+    response.headers.setdefault("Cache-Control", "no-cache" if static else "no-store")
     return response
 
 

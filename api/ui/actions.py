@@ -97,10 +97,10 @@ class ActionsController(Controller):
         if action not in BULK_STATES:
             raise ValidationException("action must be cancel or retry")
         ids = _ids(form.get("ids", ""))
+        back = filter_params(job_filter(form))  # checked before anything changes
         statement = lease.cancel_many(ids) if action == "cancel" else lease.retry_many(ids)
         done = await client.run(statement) if ids else []
         notice = "bulk-cancelled" if action == "cancel" else "bulk-retried"
-        back = filter_params(job_filter(form))
         return see_other("/ui/jobs", **back, notice=notice, n=len(done))
 
     @post("/queues/{name:str}/pause", status_code=303)

@@ -31,6 +31,8 @@ from broker.spec import (
 from broker.types import JOB_STATES, TERMINAL_STATES, Job
 
 PAGE_SIZE = 50
+# A job page shows at most this many events and log lines (the live log then follows on).
+PAGE_LINES = 1000
 RECENT_WINDOW_SECONDS = 3600.0
 # The states a bulk action can change, as cancel_job and retry_job accept them.
 BULK_STATES = {
@@ -51,7 +53,7 @@ def job_filter(params: Any) -> JobFilter:
     given: dict[str, str | None] = {}
     for name, longest, pattern in _FILTERS:
         value = params.get(name) or None
-        if value is not None and not (len(value) <= longest and re.search(pattern, value)):
+        if value is not None and not (len(value) <= longest and re.fullmatch(pattern, value)):
             raise ValidationException(f"{name} is not a valid {name} name")
         given[name] = value
     state = params.get("state") or None
@@ -158,8 +160,8 @@ class PagesController(Controller):
         self, request: Request[Any, Any, Any], job_id: JobId, client: BrokerClient
     ) -> Template:
         job: Job = await client.get_job(job_id)
-        events = await client.events(job_id, 0, 1000)
-        lines = await client.logs(job_id, 0, 1000)
+        events = await client.events(job_id, 0, PAGE_LINES)
+        lines = await client.logs(job_id, 0, PAGE_LINES)
         return render(
             request,
             "job.html",
@@ -168,6 +170,7 @@ class PagesController(Controller):
                 "events": events,
                 "lines": lines,
                 "last_line": lines[-1].id if lines else 0,
+                "more_lines": len(lines) == PAGE_LINES,
                 "terminal": job.state in TERMINAL_STATES,
                 "can_cancel": job.state in BULK_STATES["cancel"],
                 "can_retry": job.state in BULK_STATES["retry"],
@@ -203,7 +206,7 @@ class PagesController(Controller):
         name = request.query_params.get("group") or None
         for label, value in (("after", after), ("group", name)):
             if value is not None and not (
-                len(value) <= GROUP_MAX_LENGTH and re.search(NAME_PATTERN, value)
+                len(value) <= GROUP_MAX_LENGTH and re.fullmatch(NAME_PATTERN, value)
             ):
                 raise ValidationException(f"{label} is not a valid group name")
         one: views.GroupCounts | None = None

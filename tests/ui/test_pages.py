@@ -102,6 +102,7 @@ def test_jobs_filter_by_queue_state_kind_tag_and_group(admin: UiClient, broker: 
     [
         {"state": "sleeping"},
         {"queue": "bad queue"},
+        {"kind": "send\n"},
         {"group": "x" * 1000},
         {"cursor": "not-a-cursor"},
         {"limit": "0"},
@@ -228,6 +229,17 @@ def test_bulk_input_is_checked(admin: UiClient) -> None:
     assert admin.get("/ui/jobs/bulk", params={"action": "drop"}).status_code == 400
 
 
+def test_a_bulk_post_with_a_bad_filter_changes_nothing(admin: UiClient, broker: Broker) -> None:
+    job = broker.enqueue("k").id
+    answer = admin.post(
+        "/ui/jobs/bulk",
+        data={"csrf": csrf_of(admin), "action": "cancel", "ids": str(job), "state": "gone"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 400
+    assert broker.get_job(job).state == "queued"
+
+
 def test_bulk_needs_admin(client: UiClient, broker: Broker) -> None:
     job = broker.enqueue("k").id
     sign_in(client, SUBMIT)
@@ -351,3 +363,6 @@ def test_static_files_are_served_without_a_session(client: UiClient) -> None:
     assert answer.status_code == 200
     assert answer.content == (HERE / "static" / f"htmx-{HTMX_VERSION}.min.js").read_bytes()
     assert client.get("/ui/static/../session.py").status_code in (400, 404)
+    # Revalidated, while pages (live state, the CSRF token) are never stored.
+    assert answer.headers["cache-control"] == "no-cache"
+    assert client.get("/ui/login").headers["cache-control"] == "no-store"
