@@ -25,8 +25,13 @@ HTMX_VERSION = "2.0.11"
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     """The app's template engine: Jinja over api/ui/templates, autoescape on."""
     return TemplateConfig(
-        directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=add_filters
+        directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_configure
     )
+
+
+def _configure(engine: JinjaTemplateEngine) -> None:
+    add_filters(engine)
+    engine.engine.globals["htmx_src"] = f"/ui/static/htmx-{HTMX_VERSION}.min.js"
 
 
 def router() -> Router:

@@ -14,6 +14,7 @@ from litestar.response import Redirect, Template
 
 from api.auth import Authenticator
 from api.deps import BrokerClient
+from api.schedules import schedule_name
 from api.strict import JobId
 from api.ui import session as sessions
 from api.ui._web import PUBLIC, checked_form, key_of, render, see_other, session_cookie, viewer
@@ -21,7 +22,6 @@ from api.ui.pages import BULK_STATES, filter_params, job_filter
 from broker import lease
 from broker import queues as queue_settings
 from broker import schedules as sch
-from broker.errors import ScheduleNotFound
 from broker.lease import MAX_BULK_JOBS
 
 PathName = Annotated[str, PathParameter(description="Queue or schedule name.")]
@@ -127,7 +127,7 @@ class ActionsController(Controller):
     ) -> Redirect:
         await checked_form(request)
         viewer(request).require("admin")  # as POST /v1/schedules/{name}/trigger
-        job_id = await client.run(sch.trigger(_schedule(name)))
+        job_id = await client.run(sch.trigger(schedule_name(name)))
         return see_other("/ui/schedules", notice="triggered", n=job_id)
 
     @post("/schedules/{name:str}/pause", status_code=303)
@@ -136,7 +136,7 @@ class ActionsController(Controller):
     ) -> Redirect:
         await checked_form(request)
         viewer(request).require("admin")
-        await client.run(sch.pause(_schedule(name)))
+        await client.run(sch.pause(schedule_name(name)))
         return see_other("/ui/schedules", notice="schedule-paused")
 
     @post("/schedules/{name:str}/resume", status_code=303)
@@ -145,7 +145,7 @@ class ActionsController(Controller):
     ) -> Redirect:
         await checked_form(request)
         viewer(request).require("admin")
-        await client.run(sch.resume(_schedule(name)))
+        await client.run(sch.resume(schedule_name(name)))
         return see_other("/ui/schedules", notice="schedule-resumed")
 
 
@@ -160,10 +160,3 @@ def _ids(text: str) -> list[int]:
     if len(ids) > MAX_BULK_JOBS:
         raise ValidationException(f"a bulk action takes at most {MAX_BULK_JOBS} jobs")
     return ids
-
-
-def _schedule(name: str) -> str:
-    try:
-        return sch.check_name(name)
-    except ValueError:
-        raise ScheduleNotFound(name) from None

@@ -3,6 +3,7 @@ keyset paging, bulk actions, the overview's counts, the live log, and /v1 left i
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -363,6 +364,10 @@ def test_static_files_are_served_without_a_session(client: UiClient) -> None:
     assert answer.status_code == 200
     assert answer.content == (HERE / "static" / f"htmx-{HTMX_VERSION}.min.js").read_bytes()
     assert client.get("/ui/static/../session.py").status_code in (400, 404)
+    # The vendored file is the one the README pins.
+    pinned = re.search(r"sha256\s+([0-9a-f]{64})", (HERE / "static" / "README.md").read_text())
+    assert pinned is not None
+    assert hashlib.sha256(answer.content).hexdigest() == pinned.group(1)
     # Revalidated, while pages (live state, the CSRF token) are never stored.
     assert answer.headers["cache-control"] == "no-cache"
     assert client.get("/ui/login").headers["cache-control"] == "no-store"
