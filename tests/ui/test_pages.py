@@ -230,6 +230,20 @@ def test_bulk_input_is_checked(admin: UiClient) -> None:
     assert admin.get("/ui/jobs/bulk", params={"action": "drop"}).status_code == 400
 
 
+def test_a_bulk_action_skips_a_job_another_transaction_holds(
+    admin: UiClient, broker: Broker, db_url: str
+) -> None:
+    ids = [broker.enqueue("k", queue="qa").id for _ in range(3)]
+    confirm = admin.get("/ui/jobs/bulk", params={"action": "cancel", "queue": "qa"})
+    form = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', confirm.text))
+    with psycopg.connect(db_url) as holder:  # an open transaction holding one row
+        holder.execute("SELECT 1 FROM broker.jobs WHERE id = %s FOR UPDATE", [ids[1]])
+        done = admin.post("/ui/jobs/bulk", data=form, follow_redirects=False)
+        assert done.status_code == 303
+        assert "n=2" in done.headers["location"]
+    assert [broker.get_job(i).state for i in ids] == ["cancelled", "queued", "cancelled"]
+
+
 def test_a_bulk_post_with_a_bad_filter_changes_nothing(admin: UiClient, broker: Broker) -> None:
     job = broker.enqueue("k").id
     answer = admin.post(
