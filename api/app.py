@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from psycopg_pool import AsyncConnectionPool
 
-from api import deps, docs
+from api import deps, docs, ui
 from api.auth import Authenticator
 from api.config import ApiSettings
 from api.groups import GroupsController
@@ -107,6 +107,7 @@ def create_app(
             MetricsController,
             SchedulesController,
             docs.static_router(),
+            ui.router(),
         ],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(RequestMetrics, metrics=runtime.metrics)],
@@ -115,6 +116,7 @@ def create_app(
             "client": Provide(deps.client, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
+        template_config=ui.template_config(),
         type_decoders=TYPE_DECODERS,
         request_max_body_size=api_settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

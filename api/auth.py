@@ -61,14 +61,29 @@ class Authenticator:
             raise NotAuthorizedException(
                 "the Authorization header must be 'Bearer <token>'", headers=challenge
             )
+        found = self.check(presented)
+        if found is None:
+            raise NotAuthorizedException("invalid bearer token", headers=challenge)
+        return found
+
+    def check(self, presented: str) -> Principal | None:
+        """The principal of the token `presented`, or None when no configured token is it;
+        compared in constant time, every token checked."""
         digest = hashlib.sha256(presented.encode()).digest()
         matched: frozenset[str] | None = None
         for known, scopes in self._tokens:
             if hmac.compare_digest(digest, known):
                 matched = scopes
-        if matched is None:
-            raise NotAuthorizedException("invalid bearer token", headers=challenge)
-        return Principal(digest.hex()[:16], matched)
+        return None if matched is None else Principal(digest.hex()[:16], matched)
+
+    def lookup(self, token_id: str) -> Principal | None:
+        """The principal whose token id is `token_id` while that token is still configured
+        (a UI session names its token by id; removing the token ends the session)."""
+        matched: frozenset[str] | None = None
+        for known, scopes in self._tokens:
+            if hmac.compare_digest(known.hex()[:16], token_id):
+                matched = scopes
+        return None if matched is None else Principal(token_id, matched)
 
 
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

@@ -11,6 +11,7 @@ SCOPES = frozenset({"submit", "work", "admin"})
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_POOL_SIZE = 10
 DEFAULT_DB_WAIT = 10.0
+MIN_UI_SECRET_LENGTH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class ApiSettings:
     pool_size: int = DEFAULT_POOL_SIZE
     # How long a request waits for a database connection before answering 503.
     db_wait: float = DEFAULT_DB_WAIT
+    # Signs /ui session cookies (BROKER_UI_SECRET); None: derived from the tokens.
+    ui_secret: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tokens and not self.auth_disabled:
@@ -78,6 +81,10 @@ class ApiSettings:
             raise ConfigError("BROKER_API_POOL_SIZE must be at least 1")
         if not self.db_wait > 0:
             raise ConfigError("BROKER_API_DB_WAIT must be a positive number of seconds")
+        if self.ui_secret is not None and len(self.ui_secret) < MIN_UI_SECRET_LENGTH:
+            raise ConfigError(
+                f"BROKER_UI_SECRET must be at least {MIN_UI_SECRET_LENGTH} characters"
+            )
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -90,6 +97,7 @@ class ApiSettings:
             max_body_bytes=_int("BROKER_API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             pool_size=_int("BROKER_API_POOL_SIZE", DEFAULT_POOL_SIZE),
             db_wait=_float("BROKER_API_DB_WAIT", DEFAULT_DB_WAIT),
+            ui_secret=os.environ.get("BROKER_UI_SECRET") or None,
         )
 
 

@@ -284,7 +284,7 @@ class JobsController(Controller):
         await client.get_job(job_id)
         if follow:
             # Typed as the JSON page for the schema; the stream is described above.
-            return ServerSentEvent(_follow(client, job_id, after))  # type: ignore[return-value]
+            return ServerSentEvent(follow_logs(client, job_id, after))  # type: ignore[return-value]
         lines = await client.logs(job_id, after, limit)
         return Response(
             LogPage([LogLineOut.of(line) for line in lines], lines[-1].id if lines else after)
@@ -344,9 +344,11 @@ class JobsController(Controller):
         return LogsStored(job_id, stored)
 
 
-async def _follow(
+async def follow_logs(
     client: BrokerClient, job_id: int, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
+    """A job's log lines after `after` as server-sent events (`log` per line, then `end`
+    once the job is finished); /v1 logs?follow=true and the UI's live log both send it."""
     # The state is read before the lines: once a finished state has been seen, every
     # line its worker wrote is already visible, so nothing is lost at the end.
     while True:

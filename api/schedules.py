@@ -92,7 +92,7 @@ class TriggeredOut(msgspec.Struct):
     job_id: int
 
 
-def _named(name: str) -> str:
+def schedule_name(name: str) -> str:
     """`name` when a schedule could have it; otherwise no such schedule exists (404)."""
     try:
         return sch.check_name(name)
@@ -134,7 +134,7 @@ class SchedulesController(Controller):
 
     @get("/{name:str}", responses=responses(401, 403, 404, 503), summary="One schedule")
     async def show(self, name: ScheduleName, client: BrokerClient) -> ScheduleOut:
-        found = await client.run(sch.get(_named(name)))
+        found = await client.run(sch.get(schedule_name(name)))
         if found is None:
             raise ScheduleNotFound(name)
         return ScheduleOut.of(found)
@@ -146,7 +146,7 @@ class SchedulesController(Controller):
         description="A schedule declared in code comes back when a worker declaring it starts.",
     )
     async def remove(self, name: ScheduleName, client: BrokerClient) -> None:
-        await client.run(sch.delete(_named(name)))
+        await client.run(sch.delete(schedule_name(name)))
 
     @post(
         "/{name:str}/pause",
@@ -155,7 +155,7 @@ class SchedulesController(Controller):
         summary="Stop enqueuing the schedule's ticks",
     )
     async def pause(self, name: ScheduleName, client: BrokerClient) -> ScheduleOut:
-        return ScheduleOut.of(await client.run(sch.pause(_named(name))))
+        return ScheduleOut.of(await client.run(sch.pause(schedule_name(name))))
 
     @post(
         "/{name:str}/resume",
@@ -164,7 +164,7 @@ class SchedulesController(Controller):
         summary="Enqueue ticks again, from the next one after now",
     )
     async def resume(self, name: ScheduleName, client: BrokerClient) -> ScheduleOut:
-        return ScheduleOut.of(await client.run(sch.resume(_named(name))))
+        return ScheduleOut.of(await client.run(sch.resume(schedule_name(name))))
 
     @post(
         "/{name:str}/trigger",
@@ -177,7 +177,7 @@ class SchedulesController(Controller):
         ),
     )
     async def trigger(self, name: ScheduleName, client: BrokerClient) -> Response[TriggeredOut]:
-        job_id = await client.run(sch.trigger(_named(name)))
+        job_id = await client.run(sch.trigger(schedule_name(name)))
         return Response(
             TriggeredOut(name, job_id), status_code=201, headers={"Location": f"/v1/jobs/{job_id}"}
         )

@@ -151,6 +151,7 @@ def run(config: DevConfig, echo: Callable[[str], None]) -> int:
         echo(f"pg-broker is running: API {base} (docs {base}/schema)")
         echo(f"database: {url}")
         echo(f"dev token: {token}")
+        echo(f"dashboard: {base}/ui (sign in with the dev token)")
         echo("enqueue a job:")
         echo(
             f"  curl -s -X POST {base}/v1/jobs -H 'Authorization: Bearer {token}'"

@@ -25,6 +25,7 @@ class JobFilter:
     tag: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,17 @@ class MetricsSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class RecentOutcomes:
+    """How many of a queue's jobs ended in each finished state within the last `window`
+    seconds of database time."""
+
+    queue: str
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
 class GroupCounts:
     """A group's jobs per state (every state listed, zero included)."""
 
@@ -130,6 +142,7 @@ def list_jobs(filters: JobFilter, limit: int, before_id: int | None = None) -> S
         "tag": filters.tag,
         "created_after": filters.created_after,
         "created_before": filters.created_before,
+        "group": filters.group,
         "limit": limit,
     }
     # Planned with its values: only a custom plan drops the filters left NULL and can read a
@@ -179,6 +192,38 @@ def group_counts(group: str) -> Statement[GroupCounts]:
         return GroupCounts(group, {state: found.get(state, 0) for state in JOB_STATES})
 
     return Statement("group_counts", {"group": group}, decode)
+
+
+def recent_outcomes(window: float = 3600.0) -> Statement[list[RecentOutcomes]]:
+    """Per queue, the jobs that finished (succeeded, failed, cancelled) in the last `window`
+    seconds, by finished_at in database time (jobs_finished_idx; cost grows with the
+    window's volume, not with the history)."""
+    if not window > 0:
+        raise ValueError("window must be a positive number of seconds")
+    return Statement(
+        "queues_recent_outcomes",
+        {"window": window},
+        lambda rows: [RecentOutcomes(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows],
+        prepare=False,
+    )
+
+
+def groups(after: str | None = None, limit: int = 100) -> Statement[list[GroupCounts]]:
+    """Up to `limit` group names in name order (after `after` when given), each with its
+    jobs per state; groups come from jobs_group_idx one probe per name (no scan of the
+    history)."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
+
+    def decode(rows: list[Row]) -> list[GroupCounts]:
+        found: dict[str, dict[str, int]] = {}
+        for name, state, jobs in rows:
+            counts = found.setdefault(str(name), dict.fromkeys(JOB_STATES, 0))
+            if state is not None:
+                counts[str(state)] = int(jobs)
+        return [GroupCounts(name, counts) for name, counts in found.items()]
+
+    return Statement("groups_list", {"after": after, "limit": limit}, decode)
 
 
 def schema_revision() -> Statement[str | None]:

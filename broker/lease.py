@@ -48,6 +48,8 @@ T = TypeVar("T")
 Row = tuple[Any, ...]
 
 DEFAULT_REAP_LIMIT = 1000
+# Most jobs one bulk cancel or retry acts on (an operator's filtered set, broker UI).
+MAX_BULK_JOBS = 1000
 # How many times a job may snooze before its next snooze fails it (`@task(max_snoozes=)`).
 DEFAULT_MAX_SNOOZES = 100
 
@@ -350,6 +352,36 @@ def cancel(job_id: int) -> Statement[str]:
 def retry(job_id: int) -> Statement[str]:
     """Queue a failed or cancelled job again, runnable now."""
     return Statement("job_retry", {"id": job_id}, lambda rows: str(rows[0][1]))
+
+
+def cancel_many(job_ids: Sequence[int]) -> Statement[list[tuple[int, str]]]:
+    """cancel_job for each of `job_ids` still queued, waiting or running, in one statement;
+    (id, new state) for each job it acted on. A job another transaction holds locked (a
+    claim or a finish under way) is skipped, not waited for. Raises ValueError for more
+    than MAX_BULK_JOBS ids."""
+    return Statement("job_cancel_many", _bulk(job_ids), _id_states, prepare=False)
+
+
+def retry_many(job_ids: Sequence[int]) -> Statement[list[tuple[int, str]]]:
+    """retry_job for each of `job_ids` still failed or cancelled, in one statement, but
+    none whose dependency is failed or cancelled (retry_job refuses those); (id, new
+    state) for each job it acted on; locked jobs are skipped. Raises ValueError for more
+    than MAX_BULK_JOBS ids."""
+    return Statement("job_retry_many", _bulk(job_ids), _id_states, prepare=False)
+
+
+# Bulk statements are rare and operator-driven: planned with the ids and current
+# statistics every time (prepare=False), so a plan cached while few jobs had failed cannot
+# walk a large failed history later.
+def _bulk(job_ids: Sequence[int]) -> dict[str, Any]:
+    ids = sorted({int(i) for i in job_ids})
+    if len(ids) > MAX_BULK_JOBS:
+        raise ValueError(f"a bulk action takes at most {MAX_BULK_JOBS} jobs, got {len(ids)}")
+    return {"ids": ids, "limit": MAX_BULK_JOBS}
+
+
+def _id_states(rows: list[Row]) -> list[tuple[int, str]]:
+    return [(int(r[0]), str(r[1])) for r in rows]
 
 
 # --- reads ------------------------------------------------------------------------------

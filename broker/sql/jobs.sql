@@ -260,6 +260,40 @@ SELECT id, state FROM {schema}.cancel_job(%(id)s);
 -- name: job_retry
 SELECT id, state FROM {schema}.retry_job(%(id)s);
 
+-- name: job_cancel_many
+-- A bulk cancel is cancel_job per row, so it behaves exactly like that many single cancels
+-- (waiting dependents of a cancelled job end cancelled too), in one statement. The ids are
+-- the set an operator confirmed; the state is checked again under the row lock, and a row
+-- another transaction holds is skipped rather than waited for (no lock queue, no deadlock
+-- with claims or finishes). MATERIALIZED: the rows are locked before any cancel runs.
+WITH picked AS MATERIALIZED (
+  SELECT id FROM {schema}.jobs
+  WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('queued', 'waiting', 'running')
+  ORDER BY id
+  LIMIT %(limit)s
+  FOR NO KEY UPDATE SKIP LOCKED
+)
+SELECT c.id, c.state FROM picked p CROSS JOIN LATERAL {schema}.cancel_job(p.id) c
+ORDER BY c.id;
+
+-- name: job_retry_many
+-- A bulk retry is retry_job per row, as job_cancel_many is for cancels. Jobs whose
+-- dependency is failed or cancelled are left out here, since retry_job refuses them and one
+-- refusal would undo the whole statement; a dependency ending meanwhile still can, and then
+-- nothing changed (the caller sees the refusal).
+WITH picked AS MATERIALIZED (
+  SELECT j.id FROM {schema}.jobs j
+  WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('failed', 'cancelled')
+    AND NOT EXISTS (
+      SELECT 1 FROM {schema}.job_dependencies d JOIN {schema}.jobs p ON p.id = d.depends_on
+      WHERE d.job_id = j.id AND p.state IN ('failed', 'cancelled'))
+  ORDER BY j.id
+  LIMIT %(limit)s
+  FOR NO KEY UPDATE OF j SKIP LOCKED
+)
+SELECT r.id, r.state FROM picked p CROSS JOIN LATERAL {schema}.retry_job(p.id) r
+ORDER BY r.id;
+
 -- name: db_clock
 SELECT now() AS now, clock_timestamp() AS clock;
 

@@ -3,6 +3,7 @@ prints enqueues a job that the example worker runs; Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -77,6 +79,21 @@ def test_broker_dev_runs_a_job_from_the_printed_curl(tmp_path: Path, db_url: str
                 job = json.loads(response.read())
         assert job["state"] == "succeeded"
         assert job["result"] == {"greeting": "hello, you"}
+
+        # The printed dashboard signs in with the dev token.
+        dashboard = next(line.split()[1] for line in lines if line.startswith("dashboard:"))
+        assert dashboard == f"http://127.0.0.1:{port}/ui"
+        sign_in = urllib.request.Request(
+            dashboard + "/login",
+            data=urllib.parse.urlencode({"token": token}).encode(),
+            method="POST",
+        )
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        with browser.open(sign_in, timeout=5) as response:  # follows the 303, with the cookie
+            assert response.url.endswith("/ui/")
+            assert "<h1>Overview</h1>" in response.read().decode()
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -150,12 +150,20 @@ def _scans_of_jobs(node: dict[str, Any]) -> Iterator[tuple[str, str | None, str 
     if node.get("Relation Name") == "jobs" and node.get("Node Type") != "ModifyTable":
         kind = node["Node Type"]
         if kind == "Bitmap Heap Scan":
-            for child in node.get("Plans", []):
-                yield kind, child.get("Index Name"), child.get("Index Cond")
+            yield from _bitmap_scans(kind, node)
         else:
             yield kind, node.get("Index Name"), node.get("Index Cond")
     for child in node.get("Plans", []):
         yield from _scans_of_jobs(child)
+
+
+def _bitmap_scans(kind: str, node: dict[str, Any]) -> Iterator[tuple[str, str | None, str | None]]:
+    # The index scans under a bitmap heap scan, through any BitmapOr / BitmapAnd.
+    for child in node.get("Plans", []):
+        if child.get("Node Type") in ("BitmapOr", "BitmapAnd"):
+            yield from _bitmap_scans(kind, child)
+        else:
+            yield kind, child.get("Index Name"), child.get("Index Cond")
 
 
 def access_path_violations(
@@ -202,6 +210,36 @@ def test_operator_reads_skip_the_history(
 ) -> None:
     plan = _plan(client_conn, READS[name](), mode)
     assert access_path_violations(plan, LIVE_INDEXES, keyed=False) == [], json.dumps(plan)
+
+
+# The operator UI's own reads and bulk writes: each on its index, with a condition. A
+# bulk retry may read failed and cancelled jobs from jobs_finished_idx when statistics say
+# there are few (here: none); it is planned with its values every time (prepare=False),
+# so a large failed history gets the primary-key lookups instead.
+UI_STATEMENTS: dict[str, tuple[set[str], Callable[[list[Lease]], Statement[Any]]]] = {
+    "recent_outcomes": ({"jobs_finished_idx"}, lambda held: inspection.recent_outcomes()),
+    "groups": ({"jobs_group_idx"}, lambda held: inspection.groups("a", 100)),
+    "cancel_many": ({"jobs_pkey"}, lambda held: lease.cancel_many([h.job_id for h in held])),
+    "retry_many": (
+        {"jobs_pkey", "jobs_finished_idx"},
+        lambda held: lease.retry_many([h.job_id for h in held]),
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", UI_STATEMENTS)
+def test_ui_statements_keep_their_index(
+    history: tuple[str, list[Lease]], client_conn: psycopg.Connection[Any], name: str, mode: str
+) -> None:
+    _, held = history
+    allowed, build = UI_STATEMENTS[name]
+    stmt = build(held)
+    if stmt.prepare is False and mode == "force_generic_plan":
+        pytest.skip("planned with its values on every run: no generic plan is ever used")
+    plan = _plan(client_conn, stmt, mode)
+    assert list(_scans_of_jobs(plan)), f"{name} never reads broker.jobs?"
+    assert access_path_violations(plan, allowed) == [], json.dumps(plan, indent=1)
 
 
 def test_the_check_catches_a_state_predicate_index(

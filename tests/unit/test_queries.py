@@ -128,6 +128,8 @@ def _one_of_each_statement() -> list[lease.Statement[Any]]:
         lease.expire(),
         lease.cancel(1),
         lease.retry(1),
+        lease.cancel_many([1, 2]),
+        lease.retry_many([1, 2]),
         lease.get_jobs([1]),
         lease.finished_among([1]),
         lease.wait_register([1], 5.0),
