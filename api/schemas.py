@@ -191,6 +191,8 @@ class LeaseOut(msgspec.Struct):
     timeout: float | None
     worker_id: str
     lease_ttl: float
+    # Carrier data the job was enqueued with, such as W3C trace context (docs/tracing.md).
+    meta: dict[str, Any] = {}
 
 
 class LeaseList(msgspec.Struct):

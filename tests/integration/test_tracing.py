@@ -231,6 +231,18 @@ def test_the_callers_meta_is_kept(
     assert run.parent is not None and run.parent.span_id == 0xB7AD6B7169203331
 
 
+def test_a_replayed_request_with_another_trace_returns_the_original_job(
+    broker: Broker,
+) -> None:
+    # meta is not part of the request an idempotency key stands for: a retry of the same
+    # request from another trace must not be refused as a different request (PB001).
+    made = []
+    for attempt in ("first try", "retry"):
+        with tracer.start_as_current_span(attempt):
+            made.append(broker.enqueue("tracing.ok", {"n": 1}, queue=QUEUE, idempotency_key="o-1"))
+    assert made[0].id == made[1].id and [m.created for m in made] == [True, False]
+
+
 def test_an_invalid_enqueue_ends_its_span_in_error(
     broker: Broker, spans: InMemorySpanExporter
 ) -> None:
@@ -245,7 +257,7 @@ def test_an_invalid_enqueue_ends_its_span_in_error(
 def test_rest_enqueue_is_traced(db_url: str, spans: InMemorySpanExporter) -> None:
     from api.app import create_app
     from api.config import ApiSettings, parse_tokens
-    from tests.api.conftest import SUBMIT, TOKENS, bearer
+    from tests.api.conftest import SUBMIT, TOKENS, WORK, bearer
 
     app = create_app(
         Settings(database_url=db_url), api_settings=ApiSettings(tokens=parse_tokens(TOKENS))
@@ -256,9 +268,12 @@ def test_rest_enqueue_is_traced(db_url: str, spans: InMemorySpanExporter) -> Non
         assert r.status_code == 201, r.text
         created = r.json()
         again = client.get(f"/v1/jobs/{created['id']}", headers=bearer(SUBMIT)).json()
+        # A worker in another language gets the carrier with its lease.
+        claim = {"worker_id": "w:1", "queues": [QUEUE], "limit": 1}
+        leases = client.post("/v1/leases", json=claim, headers=bearer(WORK)).json()["leases"]
     [enqueue] = finished(spans, "enqueue tracing.ok")
     want = {"tenant": "a", "traceparent": traceparent(enqueue)}
-    assert created["meta"] == again["meta"] == want
+    assert created["meta"] == again["meta"] == leases[0]["meta"] == want
     # Requests share one flush (group commit): its span parents on no request's context.
     assert enqueue.parent is None
 
