@@ -200,6 +200,10 @@ END
 $$;
 """
 
+# broker.spec's bounds of meta at this revision (tests/unit/test_contract.py checks them).
+MAX_META_DEPTH = 8
+MAX_META_BYTES = 8192
+
 # The enqueue contract gains meta (carrier data such as trace context; broker.tracing
 # writes it) and the claim returns it. Texts as 0009 left them (the downgrade) and after,
 # as in broker/sql/schema.sql; rendered by _render.
