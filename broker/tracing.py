@@ -16,7 +16,7 @@ docs/decisions/021-tracing.md why it is shaped so.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import metadata
 from typing import Any
@@ -98,7 +98,7 @@ def _carry(spec: JobSpec, carrier: dict[str, str]) -> JobSpec:
     its own or the sum would break the contract (tracing never fails an enqueue)."""
     if not spec.meta:
         return msgspec.structs.replace(spec, meta=carrier)
-    if any(key in spec.meta for key in carrier):
+    if not isinstance(spec.meta, Mapping) or any(key in spec.meta for key in carrier):
         return spec
     meta = {**carrier, **spec.meta}
     try:

@@ -252,6 +252,25 @@ def test_an_invalid_enqueue_ends_its_span_in_error(
         broker.enqueue("tracing.ok", {"n": 1}, queue=QUEUE, priority=2**40)
     [enqueue] = finished(spans, "enqueue tracing.ok")
     assert enqueue.status.status_code is StatusCode.ERROR
+    # Bad meta is the contract's to refuse, the same with tracing on as off.
+    for meta in ("00-abc", ["traceparent"], {"n": 1}, {"k": "x" * 8190}):
+        with pytest.raises(InvalidJobError, match="meta"):
+            broker.enqueue("tracing.ok", queue=QUEUE, meta=meta)  # type: ignore[arg-type]
+    # A meta the trace context would push past the size limit goes without it.
+    full = broker.enqueue("tracing.ok", queue=QUEUE, meta={"k": "x" * 8183})
+    assert broker.get_job(full.id).meta == {"k": "x" * 8183}
+
+
+def test_tracing_changes_no_verdict_of_the_contract(broker: Broker) -> None:
+    """The five-doors table through the Python door inside a span: trace context is added
+    to every accepted job, and no case changes its verdict."""
+    from tests.integration.test_five_doors import CASES, python_door, with_parent
+
+    parent = broker.enqueue("parent").id
+    door = python_door(broker)
+    with tracer.start_as_current_span("request"):
+        got = {c.name: door(with_parent(c, parent)) for c in CASES}
+    assert got == {c.name: c.verdict for c in CASES}
 
 
 def test_rest_enqueue_is_traced(db_url: str, spans: InMemorySpanExporter) -> None:
