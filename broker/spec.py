@@ -12,7 +12,9 @@ decoders (REST body, jobs file, CLI options) and to the OpenAPI schema; `JobSpec
 applies them to specs built in Python, which msgspec does not check (a unit test keeps the
 two in step). Beyond the per-field bounds, validate() checks what annotations cannot say:
 run_at or delay (not both), deadline or start_within (not both), the range of run_at and
-deadline, and that args is JSON the database can store. That each depends_on id names an
+deadline, that args is JSON the database can store, and meta's shape and size
+(check_meta: string leaves, so its size is exactly the bytes PostgreSQL prints; migration
+0012 holds the same rules in SQL). That each depends_on id names an
 existing job only the database can say: enqueue_many() refuses an unknown one (PB002).
 
 Text PostgreSQL cannot store is refused in every string that reaches it (args keys and
