@@ -16,6 +16,7 @@ request never fails a good neighbour. Only an unreachable database fails the who
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,7 +75,9 @@ class EnqueueBatcher:
         future: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(client, spec, scope, future))
         if self._draining is None or self._draining.done():
-            self._draining = asyncio.create_task(self._drain())
+            # A fresh context: the flush serves every waiting request, so it must not run
+            # in the first one's (a trace span of that request would parent them all).
+            self._draining = asyncio.create_task(self._drain(), context=contextvars.Context())
         # shield: a client that disconnects must not cancel the flush others wait on.
         return await asyncio.shield(future)
 

@@ -71,6 +71,7 @@ class LeasesController(Controller):
                     timeout=held.timeout,
                     worker_id=held.worker_id,
                     lease_ttl=ttl,
+                    meta=held.meta,
                 )
                 for held in leases
             ]

@@ -66,6 +66,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     concurrency_key: str | None = None
     deadline: datetime | None = None
     depends_on: list[int] = []
+    # Carrier data for the run, such as W3C trace context (docs/tracing.md).
+    meta: dict[str, Any] = {}
 
     @classmethod
     def of(cls, job: Job, key_prefix: str = "") -> JobOut:
@@ -100,6 +102,7 @@ class JobOut(msgspec.Struct, kw_only=True):
             concurrency_key=job.concurrency_key,
             deadline=job.deadline,
             depends_on=job.depends_on,
+            meta=job.meta,
         )
 
 
@@ -188,6 +191,8 @@ class LeaseOut(msgspec.Struct):
     timeout: float | None
     worker_id: str
     lease_ttl: float
+    # Carrier data the job was enqueued with, such as W3C trace context (docs/tracing.md).
+    meta: dict[str, Any] = {}
 
 
 class LeaseList(msgspec.Struct):

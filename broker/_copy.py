@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from broker import spec as contract
 from broker._executor import Copy, Steps
 from broker.lease import Row, Statement
@@ -36,6 +38,7 @@ COPY_JOB_TYPES = [
     "text",
     "text",
     "timestamptz",
+    "jsonb",
 ]
 COPY_EVENT_TYPES = ["int8", "text"]
 
@@ -62,6 +65,7 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
     now() (`db_now`), never to the host clock."""
     from psycopg.types.json import Jsonb
 
+    no_meta = Jsonb(b"{}", dumps=_encoded)
     job_rows: list[tuple[Any, ...]] = []
     runnable: set[str] = set()
     for spec, job_id in zip(specs, ids, strict=True):
@@ -93,13 +97,14 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
                 spec.group,
                 spec.concurrency_key,
                 deadline,
+                Jsonb(msgspec.json.encode(spec.meta), dumps=_encoded) if spec.meta else no_meta,
             )
         )
     return CopyPlan(job_rows, [(i, "enqueued") for i in ids], sorted(runnable))
 
 
 def _encoded(data: bytes) -> bytes:
-    """A Jsonb dumps() for args check() already encoded."""
+    """A Jsonb dumps() for JSON already encoded (args by check(), meta here)."""
     return data
 
 

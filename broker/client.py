@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import _copy as copy
 from broker import _executor as executor
-from broker import lease, waiting
+from broker import lease, tracing, waiting
 from broker import spec as contract
 from broker.config import (
     DEFAULT_LEASE_TTL,
@@ -195,12 +195,15 @@ class Broker(_Base):
         concurrency_key: str | None = None,
         deadline: datetime | None = None,
         start_within: float | timedelta | None = None,
+        meta: dict[str, Any] | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> Enqueued:
         """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
         succeed. With no `queue`, the job goes to its task's declared queue if this process
-        registered the task (`declared_queue`), else to `default`. Raises InvalidJobError
-        (also for a depends_on id no job has) or IdempotencyConflict."""
+        registered the task (`declared_queue`), else to `default`. `meta` is carrier data
+        for the run (string values or objects; broker.tracing adds the trace context).
+        Raises InvalidJobError (also for a depends_on id no job has) or
+        IdempotencyConflict."""
         spec = _spec(
             kind,
             args,
@@ -218,8 +221,9 @@ class Broker(_Base):
             concurrency_key=concurrency_key,
             deadline=deadline,
             start_within=contract.seconds(start_within, "start_within"),
+            meta=meta if meta is not None else {},
         )
-        return self.run(lease.enqueue_many([spec]), conn)[0]
+        return self.enqueue_many([spec], conn)[0]
 
     def enqueue_many(
         self,
@@ -231,13 +235,13 @@ class Broker(_Base):
         """Enqueue many jobs atomically (all or none); results in input order.
         `idempotency_scope` namespaces the specs' idempotency keys (letters, digits, _ . -).
         Raises InvalidJobError or IdempotencyConflict."""
-        batch = list(specs)
-        if not copy.copy_eligible(batch):
-            return self.run(lease.enqueue_many(batch, idempotency_scope), conn)
-        if conn is not None:
-            return self._copy_enqueue(batch, conn)
-        with self.pool.connection() as pooled:
-            return self._copy_enqueue(batch, pooled)
+        with tracing.enqueue_span(list(specs)) as batch:
+            if not copy.copy_eligible(batch):
+                return self.run(lease.enqueue_many(batch, idempotency_scope), conn)
+            if conn is not None:
+                return self._copy_enqueue(batch, conn)
+            with self.pool.connection() as pooled:
+                return self._copy_enqueue(batch, pooled)
 
     def _copy_enqueue(self, batch: list[JobSpec], conn: psycopg.Connection[Any]) -> list[Enqueued]:
         # On the caller's non-autocommit connection the COPY joins their transaction
@@ -427,11 +431,12 @@ class AsyncBroker(_Base):
         concurrency_key: str | None = None,
         deadline: datetime | None = None,
         start_within: float | timedelta | None = None,
+        meta: dict[str, Any] | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Enqueued:
         """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
-        succeed. Raises InvalidJobError (also for a depends_on id no job has) or
-        IdempotencyConflict."""
+        succeed. `meta` is carrier data for the run (see Broker.enqueue). Raises
+        InvalidJobError (also for a depends_on id no job has) or IdempotencyConflict."""
         spec = _spec(
             kind,
             args,
@@ -449,8 +454,9 @@ class AsyncBroker(_Base):
             concurrency_key=concurrency_key,
             deadline=deadline,
             start_within=contract.seconds(start_within, "start_within"),
+            meta=meta if meta is not None else {},
         )
-        return (await self.run(lease.enqueue_many([spec]), conn))[0]
+        return (await self.enqueue_many([spec], conn))[0]
 
     async def enqueue_many(
         self,
@@ -460,13 +466,13 @@ class AsyncBroker(_Base):
         idempotency_scope: str | None = None,
     ) -> list[Enqueued]:
         """Enqueue many jobs atomically (all or none); results in input order."""
-        batch = list(specs)
-        if not copy.copy_eligible(batch):
-            return await self.run(lease.enqueue_many(batch, idempotency_scope), conn)
-        if conn is not None:
-            return await self._copy_enqueue(batch, conn)
-        async with self.pool.connection() as pooled:
-            return await self._copy_enqueue(batch, pooled)
+        with tracing.enqueue_span(list(specs)) as batch:
+            if not copy.copy_eligible(batch):
+                return await self.run(lease.enqueue_many(batch, idempotency_scope), conn)
+            if conn is not None:
+                return await self._copy_enqueue(batch, conn)
+            async with self.pool.connection() as pooled:
+                return await self._copy_enqueue(batch, pooled)
 
     async def _copy_enqueue(
         self, batch: list[JobSpec], conn: psycopg.AsyncConnection[Any]

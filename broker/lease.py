@@ -108,7 +108,8 @@ def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Stat
 
     def decode(rows: list[Row]) -> list[Lease]:
         return [
-            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], worker_id) for r in rows
+            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], worker_id, r[9])
+            for r in rows
         ]
 
     # A queue named twice would be scanned twice and fill the LIMIT with the same rows.

@@ -99,6 +99,8 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         Column("concurrency_key", Text),
         Column("deadline", _tstz()),
         Column("snoozes", Integer, nullable=False, server_default=text("0")),
+        # Carrier data for the run, such as trace context (migration 0012, broker.tracing).
+        Column("meta", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
         _states_check("state", JOB_STATES, "jobs_state_check"),
         CheckConstraint("max_attempts >= 1", name="jobs_max_attempts_check"),
         CheckConstraint("attempts >= 0", name="jobs_attempts_check"),
@@ -112,6 +114,7 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
             name="jobs_queue_check",
         ),
         CheckConstraint("jsonb_typeof(args) = 'object'", name="jobs_args_check"),
+        CheckConstraint("jsonb_typeof(meta) = 'object'", name="jobs_meta_check"),
         # The bounds of broker.spec, for every path in (migration 0009).
         CheckConstraint(
             f"""length("group") BETWEEN 1 AND {GROUP_MAX_LENGTH}"""

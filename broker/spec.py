@@ -12,7 +12,9 @@ decoders (REST body, jobs file, CLI options) and to the OpenAPI schema; `JobSpec
 applies them to specs built in Python, which msgspec does not check (a unit test keeps the
 two in step). Beyond the per-field bounds, validate() checks what annotations cannot say:
 run_at or delay (not both), deadline or start_within (not both), the range of run_at and
-deadline, and that args is JSON the database can store. That each depends_on id names an
+deadline, that args is JSON the database can store, and meta's shape and size
+(check_meta: string leaves, so its size is exactly the bytes PostgreSQL prints; migration
+0012 holds the same rules in SQL). That each depends_on id names an
 existing job only the database can say: enqueue_many() refuses an unknown one (PB002).
 
 Text PostgreSQL cannot store is refused in every string that reaches it (args keys and
@@ -69,6 +71,12 @@ MAX_DEPENDENCIES = 100
 JOB_ID_MAX = 2**53
 # A group is named like a queue (it appears in URLs: GET /v1/groups/{group}).
 GROUP_MAX_LENGTH = 128
+# meta is carrier data (trace context: broker.tracing), a tree of objects with text leaves:
+# at most MAX_META_DEPTH deep counting meta itself (`{}` is 1), and at most MAX_META_BYTES
+# of UTF-8 as PostgreSQL prints it (jsonb text, `{"k": "v"}`), which Python can compute
+# exactly because the leaves are strings (docs/decisions/021-tracing.md).
+MAX_META_DEPTH = 8
+MAX_META_BYTES = 8192
 
 # Patterns as msgspec and JSON Schema read them (searched, so anchored). The names are the
 # table's CHECK constraints; keys are printable ASCII without spaces, so two keys that look
@@ -84,6 +92,9 @@ KIND_RULE = f"kind must be 1-{KIND_MAX_LENGTH} characters of letters, digits, _ 
 QUEUE_RULE = f"queue must be 1-{QUEUE_MAX_LENGTH} characters of letters, digits, _ . : -"
 TAG_RULE = f"each tag must be 1-{TAG_MAX_LENGTH} characters without control characters"
 GROUP_RULE = f"group must be 1-{GROUP_MAX_LENGTH} characters of letters, digits, _ . : -"
+META_RULE = "meta must be a JSON object whose values are strings or objects"
+META_DEPTH_RULE = f"meta must nest at most {MAX_META_DEPTH} deep"
+META_SIZE_RULE = f"meta must be at most {MAX_META_BYTES} bytes as JSON"
 DEPENDS_ON_RULE = (
     f"depends_on must be at most {MAX_DEPENDENCIES} job ids (integers from 1 to {JOB_ID_MAX})"
 )
@@ -104,6 +115,7 @@ CONSTRAINT_MESSAGES = {
     "jobs_state_check": ("state must be waiting, queued, running, succeeded, failed or cancelled"),
     "jobs_group_check": GROUP_RULE,
     "jobs_concurrency_key_check": _key_rule("concurrency_key"),
+    "jobs_meta_check": "meta must be a JSON object",
 }
 
 # --- the types -----------------------------------------------------------------------------
@@ -124,6 +136,18 @@ Args = Annotated[
         description=(
             f"A JSON object, nested at most {MAX_JSON_DEPTH} deep, without NUL (\\u0000) "
             "or lone surrogates in any key or string."
+        )
+    ),
+]
+JobMeta = Annotated[
+    Mapping[str, Any],
+    Meta(
+        description=(
+            "Carrier data for the job's run, such as W3C trace context (`traceparent`, "
+            "`tracestate`): a JSON object whose values are strings or objects of the same "
+            f"kind, nested at most {MAX_META_DEPTH} deep and at most {MAX_META_BYTES} bytes "
+            "as JSON, without NUL or lone surrogates. Not part of an idempotency key's "
+            "request."
         )
     ),
 ]
@@ -218,6 +242,7 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     concurrency_key: Key | None = None
     deadline: Deadline | None = None
     start_within: StartWithin | None = None
+    meta: JobMeta = {}
 
     def validate(self) -> None:
         """Raise InvalidJobError, naming the field, for anything outside the contract."""
@@ -285,7 +310,57 @@ def check(spec: JobSpec) -> bytes:
             raise InvalidJobError("give deadline or start_within, not both")
     if spec.start_within is not None and seconds(spec.start_within, "start_within") < 0:  # type: ignore[operator]
         raise InvalidJobError("start_within must not be negative")
+    if spec.meta:
+        check_meta(spec.meta)
+    elif type(spec.meta) is not dict and not isinstance(spec.meta, Mapping):
+        raise InvalidJobError(META_RULE)
     return args
+
+
+def check_meta(meta: object) -> int:
+    """Raise InvalidJobError unless `meta` is carrier data the contract allows (see
+    MAX_META_DEPTH, MAX_META_BYTES); return its size in bytes as PostgreSQL prints it.
+    _parse_specs applies the same rules in SQL."""
+    if not isinstance(meta, Mapping):
+        raise InvalidJobError(META_RULE)
+    size = 0
+    # (object, its depth): iterative, so no meta is too deep to be refused.
+    stack: list[tuple[Mapping[Any, Any], int]] = [(meta, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_META_DEPTH:
+            raise InvalidJobError(META_DEPTH_RULE)
+        # `{` `}`, and `, ` between members: as jsonb prints an object.
+        size += 2 + 2 * max(len(node) - 1, 0)
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise InvalidJobError("meta keys must be strings")
+            size += _json_text_size(key, "meta") + 2  # `: `
+            if isinstance(value, str):
+                size += _json_text_size(value, "meta")
+            elif isinstance(value, Mapping):
+                stack.append((value, depth + 1))
+            else:
+                raise InvalidJobError(META_RULE)
+    if size > MAX_META_BYTES:
+        raise InvalidJobError(META_SIZE_RULE)
+    return size
+
+
+# What jsonb's output escapes in a string, and how long each escape is.
+_JSON_ESCAPES = {"\\": 2, '"': 2, "\b": 2, "\f": 2, "\n": 2, "\r": 2, "\t": 2}
+_CONTROL = re.compile(r'[\x00-\x1f\\"]')
+
+
+def _json_text_size(text: str, what: str) -> int:
+    """Bytes of `text` as a JSON string in jsonb's output: quoted, UTF-8, with \\ \" and
+    control characters escaped (\\n and the like, else \\u00XX). Raises InvalidJobError
+    for text PostgreSQL cannot store."""
+    check_text(text, what)
+    size = len(text) if text.isascii() else len(text.encode())
+    for char in _CONTROL.findall(text):
+        size += _JSON_ESCAPES.get(char, 6) - 1
+    return size + 2
 
 
 def check_scope(scope: str) -> None:
@@ -399,6 +474,7 @@ def wire(spec: JobSpec) -> dict[str, Any]:
         "concurrency_key": spec.concurrency_key,
         "deadline": utc(spec.deadline, "deadline") if spec.deadline is not None else None,
         "start_within": seconds(spec.start_within, "start_within"),
+        "meta": spec.meta or None,
     }
     fields.update({k: v for k, v in optional.items() if v is not None})
     return fields

@@ -59,6 +59,8 @@ class Lease:
     max_attempts: int
     timeout: float | None
     worker_id: str
+    # Carrier data the job was enqueued with (trace context: broker.tracing).
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fence(self) -> Fence:
@@ -132,6 +134,8 @@ class Job:
     deadline: datetime | None = None
     # The jobs this one waits for (or waited for), from broker.job_dependencies.
     depends_on: list[int] = field(default_factory=list)
+    # Carrier data for the run, such as trace context (broker.tracing).
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from broker.errors import BrokerError
 from broker.spec import DEFAULT_QUEUE
 
 
-def _parse_args_json(text: str | None) -> dict[str, Any]:
+def _parse_args_json(text: str | None, option: str = "--args") -> dict[str, Any]:
     import msgspec
 
     if text is None:
@@ -24,11 +24,11 @@ def _parse_args_json(text: str | None) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
-        raise InputError(f"--args is not valid JSON: {exc}") from None
+        raise InputError(f"{option} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise InputError("--args nests too deeply to decode") from None
+        raise InputError(f"{option} nests too deeply to decode") from None
     if not isinstance(value, dict):
-        raise InputError(f"--args must be a JSON object, got {type(value).__name__}")
+        raise InputError(f"{option} must be a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -77,6 +77,12 @@ def _parse_ids(text: str | None) -> list[int] | None:
     "--start-within", type=float, metavar="SECONDS", help="Cancel if not started this soon."
 )
 @click.option(
+    "--meta",
+    "meta_json",
+    metavar="JSON",
+    help="Carrier data for the run (a JSON object of strings), e.g. a traceparent.",
+)
+@click.option(
     "--file",
     "path",
     type=click.Path(exists=True, dir_okay=False, allow_dash=True),
@@ -107,6 +113,7 @@ def enqueue(
     concurrency_key: str | None,
     deadline: str | None,
     start_within: float | None,
+    meta_json: str | None,
     path: str | None,
     batch_size: int,
     as_json: bool,
@@ -118,7 +125,7 @@ def enqueue(
       {"kind": "send_email", "args": {"to": "a@example.com"}, "queue": "emails"}
     (also priority, run_at, delay, max_attempts, timeout, idempotency_key,
     subject_key, tags, depends_on, group, concurrency_key, deadline,
-    start_within). Blank lines are skipped. The file is streamed in batches
+    start_within, meta). Blank lines are skipped. The file is streamed in batches
     (big plain batches use COPY) inside ONE transaction: a malformed line, or a
     batch the database refuses, enqueues nothing at all (exit code 2 or 1), and
     workers see the jobs only once the whole file is in.
@@ -138,6 +145,7 @@ def enqueue(
             "--concurrency-key": concurrency_key,
             "--deadline": deadline,
             "--start-within": start_within,
+            "--meta": meta_json,
         }
         extra = [name for name, value in given.items() if value is not None]
         extra += ["--tag"] if tags else []
@@ -172,6 +180,7 @@ def enqueue(
         "concurrency_key": concurrency_key,
         "deadline": _parse_run_at(deadline, "--deadline"),
         "start_within": start_within,
+        "meta": _parse_args_json(meta_json, "--meta") if meta_json is not None else None,
     }
     try:
         spec = spec_from({k: v for k, v in fields.items() if v is not None})

@@ -8,7 +8,7 @@ SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, l
        created_at, started_at, finished_at, cancel_requested_at, timeout, "group",
        concurrency_key, deadline,
        ARRAY(SELECT d.depends_on FROM {schema}.job_dependencies d
-             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on
+             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on, meta
 FROM {schema}.jobs
 WHERE (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)

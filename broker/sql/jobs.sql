@@ -12,7 +12,7 @@ SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, l
        created_at, started_at, finished_at, cancel_requested_at, timeout, "group",
        concurrency_key, deadline,
        ARRAY(SELECT d.depends_on FROM {schema}.job_dependencies d
-             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on
+             WHERE d.job_id = jobs.id ORDER BY 1) AS depends_on, meta
 FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
 -- name: job_claim
@@ -68,15 +68,15 @@ WITH flow AS (
     -- through the primary key.
     WHERE j.id = ANY(ARRAY(SELECT id FROM next))
     RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
-              j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout
+              j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout, j.meta
 ), ev AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
     SELECT id, 'claimed', lease_epoch, %(worker_id)s FROM claimed
 )
-SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout
+SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout, meta
 FROM claimed
 UNION ALL
-SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout
+SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout, meta
 FROM flow WHERE id IS NOT NULL
 ORDER BY priority DESC, id;
 
@@ -304,7 +304,7 @@ SELECT now(), nextval('{schema}.jobs_id_seq') FROM generate_series(1, %(n)s);
 
 -- name: job_copy_jobs
 COPY {schema}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout, tags,
-                    "group", concurrency_key, deadline)
+                    "group", concurrency_key, deadline, meta)
 FROM STDIN (FORMAT BINARY);
 
 -- name: job_copy_events

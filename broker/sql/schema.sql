@@ -36,7 +36,10 @@ $$;
 -- column; columns that could fail on a bad value themselves (casts, intervals) are
 -- computed only when there is none. The jsonpath finds a container at nesting level 64,
 -- i.e. 65 deep counting args (level 0). depends_on comes out sorted without repeats, NULL
--- when empty; start_within becomes a deadline on the database clock.
+-- when empty; start_within becomes a deadline on the database clock. meta (carrier data
+-- such as trace context) is a tree of objects with string leaves, at most 8 deep and 8192
+-- bytes as jsonb prints it; it is not part of the request an idempotency key stands for
+-- (migration 0012).
 -- The fingerprint is the sha256 of the canonical jsonb text of the normalized request
 -- (jsonb orders object keys), so key order and whitespace in the request never matter;
 -- the fields added with dependencies (migration 0009) join it only when given, so a
@@ -46,7 +49,7 @@ RETURNS TABLE (ord bigint, queue text, kind text, args jsonb, priority integer,
                run_at timestamptz, max_attempts integer, timeout interval,
                idempotency_key text, fingerprint text, subject_key text, tags text[],
                depends_on bigint[], "group" text, concurrency_key text,
-               deadline timestamptz)
+               deadline timestamptz, meta jsonb)
 LANGUAGE sql VOLATILE AS $$
   SELECT CASE WHEN v.problem IS NOT NULL
                 THEN {s}._reject(format('job %s: %s', v.ord, v.problem))::bigint
@@ -85,7 +88,8 @@ LANGUAGE sql VOLATILE AS $$
          v.concurrency_key,
          CASE WHEN v.problem IS NOT NULL THEN NULL
               WHEN v.start_within IS NOT NULL THEN now() + make_interval(secs => v.start_within)
-              ELSE v.deadline END
+              ELSE v.deadline END,
+         coalesce(v.meta, '{{}}'::jsonb)
   FROM (
     SELECT r.*, CASE
         WHEN r.run_at IS NOT NULL AND r.delay IS NOT NULL THEN 'give run_at or delay, not both'
@@ -131,6 +135,13 @@ LANGUAGE sql VOLATILE AS $$
           THEN 'start_within must be at most 3155760000 seconds (100 years)'
         WHEN NOT isfinite(r.deadline) OR r.deadline < '0001-01-02T00:00:00+00:00' OR r.deadline > '9999-12-30T23:59:59.999999+00:00'
           THEN 'deadline must be between 0001-01-02T00:00:00+00:00 and 9999-12-30T23:59:59.999999+00:00'
+        WHEN jsonb_typeof(r.meta) <> 'object' THEN 'meta must be a JSON object'
+        WHEN jsonb_path_exists(r.meta,
+               'strict $.** ? (@.type() != "object" && @.type() != "string")')
+          THEN 'meta must be a JSON object whose values are strings or objects'
+        WHEN jsonb_path_exists(r.meta, 'strict $.**{{8}} ? (@.type() == "object")')
+          THEN 'meta must nest at most 8 deep'
+        WHEN octet_length(r.meta::text) > 8192 THEN 'meta must be at most 8192 bytes as JSON'
       END AS problem,
       CASE WHEN cardinality(r.depends_on) BETWEEN 1 AND 100 THEN
         ARRAY(SELECT DISTINCT d::bigint FROM unnest(r.depends_on) d
@@ -141,11 +152,11 @@ LANGUAGE sql VOLATILE AS $$
            delay double precision, max_attempts numeric, timeout double precision,
            idempotency_key text, idempotency_scope text, subject_key text, tags text[],
            depends_on numeric[], "group" text, concurrency_key text, deadline timestamptz,
-           start_within double precision))
+           start_within double precision, meta jsonb))
          WITH ORDINALITY AS r(queue, kind, args, priority, run_at, delay, max_attempts,
                               timeout, idempotency_key, idempotency_scope, subject_key,
                               tags, depends_on, "group", concurrency_key, deadline,
-                              start_within, ord)
+                              start_within, meta, ord)
     OFFSET 0
   ) v
 $$;
@@ -234,10 +245,11 @@ BEGIN
   ), ins AS (
     INSERT INTO {s}.jobs (id, queue, kind, args, priority, run_at, max_attempts, timeout,
                           idempotency_key, idempotency_fingerprint, subject_key, tags,
-                          "group", concurrency_key, deadline, state, finished_at, last_error)
+                          "group", concurrency_key, deadline, meta, state, finished_at,
+                          last_error)
     SELECT src.id, src.queue, src.kind, src.args, src.priority, src.run_at, src.max_attempts,
            src.timeout, src.idempotency_key, src.fingerprint, src.subject_key, src.tags,
-           src."group", src.concurrency_key, src.deadline,
+           src."group", src.concurrency_key, src.deadline, src.meta,
            CASE WHEN n.newest_id <> src.id THEN 'cancelled' ELSE coalesce(dep.state, 'queued') END,
            CASE WHEN n.newest_id <> src.id OR dep.state = 'cancelled' THEN now() END,
            CASE WHEN n.newest_id <> src.id THEN 'superseded'
@@ -338,7 +350,7 @@ CREATE FUNCTION {s}.enqueue(
   idempotency_key text DEFAULT NULL, subject_key text DEFAULT NULL, tags text[] DEFAULT '{{}}',
   depends_on bigint[] DEFAULT NULL, "group" text DEFAULT NULL,
   concurrency_key text DEFAULT NULL, deadline timestamptz DEFAULT NULL,
-  start_within interval DEFAULT NULL
+  start_within interval DEFAULT NULL, meta jsonb DEFAULT '{{}}'
 ) RETURNS bigint
 LANGUAGE sql VOLATILE AS $$
   -- A JSON null reads exactly like an absent key in _parse_specs, so nothing is stripped
@@ -349,7 +361,7 @@ LANGUAGE sql VOLATILE AS $$
     'timeout', extract(epoch FROM timeout), 'idempotency_key', idempotency_key,
     'subject_key', subject_key, 'tags', to_jsonb(tags), 'depends_on', to_jsonb(depends_on),
     'group', "group", 'concurrency_key', concurrency_key, 'deadline', deadline,
-    'start_within', extract(epoch FROM start_within)))) e
+    'start_within', extract(epoch FROM start_within), 'meta', meta))) e
 $$;
 
 -- Cancel a job: queued or waiting -> cancelled at once; running -> cancel requested, and
@@ -558,7 +570,7 @@ $$;
 CREATE FUNCTION {s}._claim_flow(p_queues text[], lim integer, worker text, ttl double precision)
 RETURNS TABLE (id bigint, lease_epoch bigint, queue text, kind text, args jsonb,
                priority integer, attempts integer, max_attempts integer,
-               timeout double precision)
+               timeout double precision, meta jsonb)
 -- Its statements are planned for their parameters whatever the caller's session asks
 -- (the worker's claim connection asks for generic plans: migration 0012).
 LANGUAGE plpgsql VOLATILE SET plan_cache_mode = auto AS $$
@@ -587,7 +599,7 @@ BEGIN
     RETURN;
   END IF;
   RETURN QUERY SELECT NULL::bigint, NULL::bigint, o.name, NULL::text, NULL::jsonb,
-                      NULL::integer, NULL::integer, NULL::integer, NULL::float8
+                      NULL::integer, NULL::integer, NULL::integer, NULL::float8, NULL::jsonb
                FROM unnest(owned) AS o(name);
   IF cardinality(flowing) = 0 THEN
     RETURN;
@@ -658,7 +670,7 @@ BEGIN
           started_at = t
       FROM pick WHERE j.id = pick.id
       RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
-                j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout
+                j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout, j.meta
     ), ev AS (
       INSERT INTO {s}.job_events (job_id, event, epoch, worker_id)
       SELECT c.id, 'claimed', c.lease_epoch, worker FROM claimed c

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from broker import lease
+from broker import lease, tracing
 from broker import spec as contract
 from broker.errors import BrokerError
 from broker.lease import Finish
@@ -349,7 +349,9 @@ class Worker:
         outcome: Finish | None
         started = self._loop.time()
         try:
-            outcome = await self._invoke(held)
+            with tracing.run_span(held.lease) as span:
+                outcome = await self._invoke(held)
+                tracing.ended(span, outcome)
         except asyncio.CancelledError:
             outcome = _outcome.stopped(held.lease, held.stop_reason)
         finally:
@@ -392,6 +394,7 @@ class Worker:
                 return _outcome.outcome(task, job, raised=raised, worker_id=self.worker_id)
             raise
         except Exception as exc:
+            tracing.raised(exc)
             return _outcome.outcome(task, job, raised=exc, worker_id=self.worker_id)
         finally:
             if timer is not None:

@@ -53,3 +53,23 @@ def test_run_at_with_any_utc_offset_is_accepted(broker: Broker) -> None:
     far = datetime(2030, 1, 1, tzinfo=timezone(timedelta(hours=23)))
     job = broker.enqueue("k", run_at=far)
     assert broker.get_job(job.id).run_at == far.astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"a": {"b": {"c": "d"}, "e": ""}, "f": "g"},
+        {'quote"': "back\\slash", "ctl": "\n\t\r\b\f\x01\x1f\x7f", "é": "🚀"},
+        {"k": "x" * 8183},
+    ],
+)
+def test_meta_size_is_what_postgresql_prints(conn: Conn, meta: dict[str, Any]) -> None:
+    """broker.spec.check_meta measures meta as PostgreSQL does (_parse_specs and the
+    five-doors table rely on it)."""
+    import json
+
+    from broker.spec import check_meta
+
+    row = conn.execute("SELECT octet_length(%s::jsonb::text)", [json.dumps(meta)]).fetchone()
+    assert row == (check_meta(meta),)

@@ -59,6 +59,16 @@ def no(name: str, not_at: dict[str, str] | None = None, **fields: Any) -> Case:
     return Case(name, fields, REFUSED, fields.pop("deep", None), not_at or {})
 
 
+def meta_nested(depth: int) -> dict[str, Any]:
+    """An object `depth` deep (`{}` is 1), built without recursion."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"m": value}
+    return value
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
 CASES = [
     ok("kind only", kind="k"),
     ok("kind of 200 characters", kind="k" * 200),
@@ -144,6 +154,20 @@ CASES = [
         deadline="2030-01-01T00:00:00+00:00",
         start_within=5,
     ),
+    # meta is measured as PostgreSQL prints jsonb: {"k": "v"}, UTF-8, escapes included.
+    ok("meta with a traceparent", meta={"traceparent": TRACEPARENT, "tracestate": "a=1"}),
+    ok("meta nested 8 deep", meta=meta_nested(8)),
+    no("meta nested 9 deep", meta=meta_nested(9)),
+    ok("meta of 8192 bytes", meta={"k": "x" * 8183}),
+    no("meta of 8193 bytes", meta={"k": "x" * 8184}),
+    ok("meta of 8192 bytes with an escape and non-ASCII", meta={"kk\n": "é" * 4090}),
+    no("meta of 8194 bytes with an escape and non-ASCII", meta={"kk\n": "é" * 4091}),
+    no("meta a JSON array", meta=["traceparent"]),
+    no("meta a string", meta=TRACEPARENT),
+    no("a number in meta", meta={"sampled": 1}),
+    no("null in meta", meta={"traceparent": None}),
+    no("NUL in meta", meta={"traceparent": "x\x00"}),
+    no("lone surrogate in meta", meta={"traceparent": "\ud800"}),
 ]
 TIMES = ("run_at", "deadline")
 
@@ -260,6 +284,8 @@ def cli_door(db_url: str) -> Callable[[Case], str]:
             if name in options:
                 text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
                 argv += [options[name], text]
+        if "meta" in case.fields:
+            argv += ["--meta", json.dumps(case.fields["meta"])]
         for tag in case.fields.get("tags", []):
             argv += ["--tag", tag]
         return _cli(db_url, argv)
@@ -292,10 +318,15 @@ def sql_door(conn: Conn) -> Callable[[Case], str]:
         "concurrency_key": "concurrency_key => %s",
         "deadline": "deadline => %s::timestamptz",
         "start_within": "start_within => make_interval(secs => %s)",
+        "meta": "meta => %s::jsonb",
     }
 
     def enqueue(case: Case) -> str:
-        named = [(casts[k], v) for k, v in case.fields.items() if k in casts]
+        named = [
+            (casts[k], json.dumps(v) if k == "meta" else v)
+            for k, v in case.fields.items()
+            if k in casts
+        ]
         call = ", ".join(["%s", "%s::jsonb", *(sql for sql, _ in named)])
         params = [case.fields.get("kind", "k"), args_json(case), *(v for _, v in named)]
         try:

@@ -166,6 +166,48 @@ def test_migration_0009_holds_the_same_bounds() -> None:
     assert contract.DEPENDS_ON_RULE in migration.FUNCTIONS
 
 
+def test_migration_0012_holds_the_same_meta_bounds() -> None:
+    path = ROOT / "alembic" / "versions" / "0012_keyed_queues.py"
+    module_spec = importlib.util.spec_from_file_location("migration_0012", path)
+    assert module_spec is not None and module_spec.loader is not None
+    migration = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(migration)
+    assert migration.MAX_META_DEPTH == contract.MAX_META_DEPTH
+    assert migration.MAX_META_BYTES == contract.MAX_META_BYTES
+    functions = migration.NEW_ENQUEUE_FUNCTIONS
+    for rule in (contract.META_RULE, contract.META_DEPTH_RULE, contract.META_SIZE_RULE):
+        assert f"'{rule}'" in functions, rule
+    assert f"$.**{{{{{contract.MAX_META_DEPTH}}}}}" in functions
+    assert f"octet_length(r.meta::text) > {contract.MAX_META_BYTES}" in functions
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"a": {"b": {"c": "d"}, "e": ""}, "f": "g"},
+        {'quote"': "back\\slash", "ctl": "\n\t\r\b\f\x01\x1f\x7f", "é": "🚀"},
+    ],
+)
+def test_meta_size_is_the_length_jsonb_prints(meta: dict[str, Any]) -> None:
+    # jsonb prints `{"k": "v", "o": {}}`, escaping as json.dumps does without ensure_ascii.
+    printed = json.dumps(meta, ensure_ascii=False, separators=(", ", ": "))
+    assert contract.check_meta(meta) == len(printed.encode())
+
+
+def test_meta_rules() -> None:
+    for bad in ([], "x", {"n": 1}, {"b": True}, {"z": None}, {"l": ["a"]}, {1: "a"}):
+        with pytest.raises(InvalidJobError, match="meta"):
+            JobSpec("k", meta=bad).validate()  # type: ignore[arg-type]
+    deep: dict[str, Any] = {}
+    for _ in range(contract.MAX_META_DEPTH - 1):
+        deep = {"m": deep}
+    JobSpec("k", meta=deep).validate()
+    with pytest.raises(InvalidJobError, match="nest at most 8 deep"):
+        JobSpec("k", meta={"m": deep}).validate()
+
+
 def test_the_migration_holds_the_same_bounds() -> None:
     path = ROOT / "alembic" / "versions" / "0006_contract.py"
     module_spec = importlib.util.spec_from_file_location("migration_0006", path)
