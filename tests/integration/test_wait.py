@@ -129,12 +129,13 @@ def test_async_waits_share_one_connection(db_url: str, conn: Conn) -> None:
             jobs = await client.enqueue_many([JobSpec("k") for _ in range(50)])
             waits = [asyncio.create_task(client.wait(j.id, 30)) for j in jobs]
             await asyncio.sleep(0.3)
-            # The LISTEN probe's short second connection (broker._listen_probe) may still
-            # be open for a moment; once it is gone, one connection serves all fifty.
+            # This test's database only (other suites may share the server). The LISTEN
+            # probe's short second connection (broker._listen_probe) may still be open for
+            # a moment; once it is gone, one connection serves all fifty.
             for _ in range(100):
                 row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = 'broker waiters'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'broker waiters'"
                 ).fetchone()
                 conn.commit()  # pg_stat_activity is read once per transaction
                 if row == (1,):
