@@ -108,7 +108,7 @@ def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Stat
 
     def decode(rows: list[Row]) -> list[Lease]:
         return [
-            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], worker_id, r[9])
+            Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], worker_id, r[9] or {})
             for r in rows
         ]
 

@@ -67,8 +67,10 @@ WITH flow AS (
     -- parameter LIMIT and would hash-join a sequential scan; an array is always probed
     -- through the primary key.
     WHERE j.id = ANY(ARRAY(SELECT id FROM next))
+    -- An empty meta (most jobs) comes back as NULL, which the client does not decode.
     RETURNING j.id, j.lease_epoch, j.queue, j.kind, j.args, j.priority, j.attempts,
-              j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout, j.meta
+              j.max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout,
+              nullif(j.meta, '{{}}'::jsonb) AS meta
 ), ev AS (
     INSERT INTO {schema}.job_events (job_id, event, epoch, worker_id)
     SELECT id, 'claimed', lease_epoch, %(worker_id)s FROM claimed

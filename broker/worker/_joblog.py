@@ -49,6 +49,8 @@ def outcome_fields(row: Finish, written: WriteOutcome, duration: float | None) -
 
 def outcome_written(row: Finish, written: WriteOutcome, duration: float | None) -> None:
     """Log one line for `row`: INFO when `written` applied, WARNING when it was rejected."""
+    if not log.isEnabledFor(logging.INFO if written.applied else logging.WARNING):
+        return  # 1.7 us of fields and formatting per job, for a line nobody reads
     fields = outcome_fields(row, written, duration)
     took = "" if duration is None else f" after {duration:.3f}s"
     head = f"job {fields['job_id']} {fields['kind']} attempt {fields['attempt']}"
