@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,6 +14,31 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     (else the exception's type name) when the message is empty or only whitespace."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else default or type(exc).__name__
+
+
+_FRAME = '  File "'
+_GROUP_HEADER = "Exception Group Traceback (most recent call last):"
+_GROUP_LINE = re.compile(r"^  \| (\S.*)$")
+
+
+def error_line(error: str) -> str:
+    """The line of a stored error that names it, for a one-line report. For a traceback
+    (whole, chained, or cut at its start, as the worker stores it) the exception line after
+    its last frame (`ValueError: boom`, not `Traceback (most recent call last):`); for an
+    exception group, the group's own line; for any other text, its first non-blank line."""
+    lines = error.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(_FRAME)]
+    if frames:
+        for line in lines[frames[-1] + 1 :]:
+            if line and not line[0].isspace():
+                return line
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first.endswith(_GROUP_HEADER):
+        for line in lines:
+            found = _GROUP_LINE.match(line)
+            if found and not found.group(1).startswith("File "):
+                return found.group(1)
+    return first
 
 
 class BrokerError(Exception):
