@@ -33,13 +33,16 @@ def exit_rules() -> tuple[ExitRule, ...]:
     import psycopg
 
     from broker._jobfile import JobFileError
-    from broker.errors import BrokerError, InvalidJobError, InvalidQueueSettings
+    from broker.errors import BrokerError, InvalidJobError, InvalidQueueSettings, NotMigrated
     from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
 
     return (
         ExitRule((WorkerIdInUse,), EXIT_ID_IN_USE),
         ExitRule((ClockSkewTooLarge,), EXIT_CLOCK_SKEW),
-        ExitRule((InvalidJobError, InvalidQueueSettings, JobFileError), EXIT_BAD_INPUT),
+        # Not migrated: the fix is the operator's (`broker migrate`), as with bad input.
+        ExitRule(
+            (InvalidJobError, InvalidQueueSettings, JobFileError, NotMigrated), EXIT_BAD_INPUT
+        ),
         ExitRule((BrokerError, psycopg.Error), EXIT_FAILED),
     )
 

@@ -113,7 +113,17 @@ class InvalidQueueSettings(BrokerError):
 
 
 class DatabaseUnavailable(BrokerError):
-    """PostgreSQL could not be reached or dropped the connection."""
+    """PostgreSQL could not be reached or dropped the connection, or refused it for good
+    (the database does not exist, the role or password is wrong)."""
+
+
+class NotMigrated(BrokerError):
+    """The database lacks the broker's schema, or a table or function of it: it was never
+    migrated, or is behind this code. `broker migrate` fixes it."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(f"the database is not migrated ({missing}): run `broker migrate`")
+        self.missing = missing
 
 
 # SQLSTATEs raised on purpose by the broker's SQL functions (see the migrations).
@@ -123,6 +133,9 @@ SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
 SQLSTATE_SCHEDULE_NOT_FOUND = "PB005"
 SQLSTATE_INVALID_QUEUE_SETTINGS = "PB010"
+# undefined_table, invalid_schema_name, undefined_function: what a broker statement meets
+# on a database `broker migrate` has not (fully) run on.
+SQLSTATES_NOT_MIGRATED = frozenset({"42P01", "3F000", "42883"})
 
 
 def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
@@ -157,6 +170,8 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
         )
     if state == SQLSTATE_INVALID_QUEUE_SETTINGS:
         return InvalidQueueSettings(diag.message_primary or "invalid queue settings")
+    if state in SQLSTATES_NOT_MIGRATED:
+        return NotMigrated(diag.message_primary or first_line(exc))
     if state is not None and (state.startswith("40") or state == "57014"):
         # Serialization failures, deadlocks (class 40) and statement timeouts: the server
         # is fine and the caller may retry; keep psycopg's precise error. (psycopg's

@@ -16,7 +16,8 @@ Exit codes (enqueue, jobs, queues, stats, workers):
   {EXIT_OK}  done
   {EXIT_FAILED}  refused or failed: job not found, cannot cancel/retry in its state,
      idempotency conflict, database unreachable or erroring
-  {EXIT_BAD_INPUT}  bad input: unknown option or value, bad JSON, invalid job, bad --file line"""
+  {EXIT_BAD_INPUT}  bad input: unknown option or value, bad JSON, invalid job, bad --file line;
+     a database not migrated (run `broker migrate`)"""
 
 
 class InputError(click.UsageError):
