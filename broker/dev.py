@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from broker import _env
 from broker.config import Settings
 from broker.errors import ConfigError
 
@@ -109,7 +110,8 @@ def run(config: DevConfig, echo: Callable[[str], None]) -> int:
     try:
         upgrade(url, settings.schema)
         env = {
-            **os.environ,
+            # Unknown BROKER_* names were reported once, by `broker`; the children ignore them.
+            **{k: v for k, v in os.environ.items() if k not in dict(_env.unknown(os.environ))},
             "BROKER_DATABASE_URL": url,
             "BROKER_API_TOKENS": os.environ.get("BROKER_API_TOKENS") or config.token,
             "BROKER_TASKS": config.tasks,

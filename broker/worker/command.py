@@ -16,7 +16,7 @@ import time
 
 import click
 
-from broker import _logging
+from broker import _env, _logging
 from broker._exits import EXIT_OK, error_line, exit_code
 from broker._logging import DEFAULT_LOG_FORMAT, LOG_FORMATS
 from broker.config import Settings
@@ -183,6 +183,9 @@ def worker(
     rest are handed back to the queue (a second signal hands them back at once).
     """
     _logging.configure(log_level, log_format)
+    if _supervisor_pid() is None:  # a supervisor's processes share its environment
+        for line in _env.warnings():
+            click.echo(line, err=True)
     modules = _csv(tasks)
     if not modules:
         raise click.UsageError("no task modules: pass --tasks pkg.module or set BROKER_TASKS")

@@ -5,6 +5,7 @@ migrated, a mistyped BROKER_* variable, one duration syntax, `prune` that asks f
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,51 @@ def test_an_unmigrated_database_says_to_run_migrate(empty_db_url: str) -> None:
         assert line.endswith("run `broker migrate`")
     assert run("migrate", url=empty_db_url).returncode == 0
     assert run("stats", url=empty_db_url).returncode == 0
+
+
+# --- item 2: a mistyped variable is flagged; a one-shot command leaves nothing running ---
+
+
+def postmaster_running(home: Path) -> bool:
+    """Whether the embedded server under `home` is up (its postmaster.pid names a live pid)."""
+    pid_file = home / "pgdata" / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_mistyped_variable_is_named_and_the_embedded_server_does_not_outlive_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    result = run(
+        "stats", url=None, cwd=tmp_path, BROKER_DATABSE_URL=db_url, BROKER_HOME=str(home)
+    )
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "warning: BROKER_DATABSE_URL is not a pg-broker setting and is ignored;"
+        " did you mean BROKER_DATABASE_URL?"
+    )
+    # What happens instead is said: the embedded server, under BROKER_HOME ...
+    assert lines[1].startswith("note: BROKER_DATABASE_URL is not set: using the embedded")
+    assert str(home / "pgdata") in lines[1]
+    # ... which is not migrated, and says so (one line, exit 2).
+    assert result.returncode == 2, result.stderr
+    assert lines[2].startswith("error: the database is not migrated (")
+    assert len(lines) == 3
+    assert (home / "pgdata" / "PG_VERSION").exists()
+    # The command started the server for itself and stopped it when it exited.
+    assert not postmaster_running(home)
+
+    # Migrated and used by the documented one-shot commands, it stays stopped between them.
+    migrated = run("migrate", url=None, cwd=tmp_path, BROKER_HOME=str(home))
+    assert migrated.returncode == 0, migrated.stderr
+    stats = run("stats", "--json", url=None, cwd=tmp_path, BROKER_HOME=str(home))
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["totals"]["queued"] == 0
+    assert not postmaster_running(home)
