@@ -36,13 +36,20 @@ def _float(env: str, default: float) -> float:
     raw = os.environ.get(env)
     if raw is None or raw == "":
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{env} must be a number of seconds, got {raw!r}") from None
+    from broker._durations import parse_duration
+
+    value = parse_duration(raw, env)
     if value <= 0:
         raise ConfigError(f"{env} must be positive, got {raw!r}")
     return value
+
+
+def user_state_dir() -> Path:
+    """The per-user directory for a worker's identity (its host id): $XDG_STATE_HOME/pg-broker,
+    else ~/.local/state/pg-broker. Per user, not per working directory, so two workers of
+    one user on one host share a host id wherever they were started."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pg-broker"
 
 
 @dataclass(frozen=True)
