@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 START_TIMEOUT = 90.0
@@ -88,3 +90,113 @@ def test_broker_dev_runs_a_job_from_the_printed_curl(tmp_path: Path, db_url: str
     assert "stopping" in rest
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the API still listens after Ctrl-C"
+
+
+def start_dev(home: Path, db_url: str, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """`broker dev` in a session of its own, as a terminal runs it (a Ctrl-C there goes to
+    the whole foreground process group: os.killpg here); its output up to the banner."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env["BROKER_HOME"] = str(home)
+    if os.environ.get("BROKER_TEST_DATABASE_URL"):
+        env["BROKER_DATABASE_URL"] = db_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "dev", "--port", str(port)],
+        env=env,
+        cwd=home.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, read_until(proc, "Ctrl-C stops everything", START_TIMEOUT)
+
+
+def api(port: int, token: str, path: str, body: dict[str, object] | None = None) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait_state(port: int, token: str, job_id: int, states: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = str(api(port, token, f"/v1/jobs/{job_id}")["state"])
+        if state in states:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {states}")
+
+
+def ctrl_c(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+def test_one_ctrl_c_drains_a_running_job_and_the_token_stays(tmp_path: Path, db_url: str) -> None:
+    home = tmp_path / "home"
+    port = free_port()
+    proc, lines = start_dev(home, db_url, port)
+    token = next(line.split()[-1] for line in lines if line.startswith("dev token:"))
+    assert (home / "dev-token").read_text().strip() == token
+    assert (home / "dev-token").stat().st_mode & 0o777 == 0o600
+    try:
+        job = api(port, token, "/v1/jobs", {"kind": "sleep", "args": {"seconds": 2}})
+        wait_state(port, token, job["id"], {"running"}, 30)
+        ctrl_c(proc)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert "running jobs finish first" in rest
+    assert "releasing running jobs now" not in rest
+
+    # The next run answers to the same token, and shows the job the drain let finish.
+    again, lines = start_dev(home, db_url, port)
+    try:
+        assert f"dev token: {token}" in lines
+        database = next(line.split(" ", 1)[1] for line in lines if line.startswith("database: "))
+        done = api(port, token, f"/v1/jobs/{job['id']}")
+        assert (done["state"], done["result"]) == ("succeeded", {"slept": 2})
+
+        # A second Ctrl-C hands a running job back at once.
+        long = api(port, token, "/v1/jobs", {"kind": "sleep", "args": {"seconds": 120}})
+        wait_state(port, token, long["id"], {"running"}, 30)
+        ctrl_c(again)
+        time.sleep(1.0)
+        assert again.poll() is None, "one Ctrl-C must wait for the running job"
+        ctrl_c(again)
+        rest, _ = again.communicate(timeout=30)
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert again.returncode == 0, rest
+    assert "releasing running jobs now" in rest
+    with psycopg.connect(database) as conn:
+        row = conn.execute("SELECT state FROM broker.jobs WHERE id = %s", (long["id"],)).fetchone()
+    assert row == ("queued",)
+
+
+def test_a_busy_port_is_one_error_line_and_no_banner(tmp_path: Path, db_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env["BROKER_HOME"] = str(tmp_path / "home")
+    env["BROKER_DATABASE_URL"] = db_url
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "dev", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use;"
+        " stop what uses it or pass --port\n"
+    )
