@@ -27,7 +27,13 @@ def run(
     *args: str, url: str | None, input: str | None = None, cwd: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """`broker ARGS` with no BROKER_* variable but BROKER_DATABASE_URL=url and `env`."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    # As a fresh shell: no BROKER_* and no XDG_RUNTIME_DIR (the suite's embedded server
+    # sets one for itself).
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("BROKER_") and k != "XDG_RUNTIME_DIR"
+    }
     clean["PYTHONPATH"] = str(ROOT)
     if url is not None:
         clean["BROKER_DATABASE_URL"] = url

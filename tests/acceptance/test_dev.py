@@ -43,6 +43,24 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list
     raise AssertionError(f"no {marker!r} from broker dev; output so far: {lines}")
 
 
+QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
+
+
+def assert_quickstart_shows(lines: list[str], token: str, port: int) -> None:
+    """docs/quickstart.md's sample of the banner is the real one, but for the token, the
+    port and the database (the doc's embedded one)."""
+    text = QUICKSTART.read_text()
+    start = text.index("```text\npg-broker is running") + len("```text\n")
+    sample = text[start : text.index("```", start)].splitlines()
+    doc_token = next(line.split()[-1] for line in sample if line.startswith("dev token:"))
+    real = [line.replace(token, doc_token).replace(f":{port}", ":8000") for line in lines]
+    banner = real[real.index(sample[0]) :]
+    assert [line for line in banner if not line.startswith("database: ")] == [
+        line for line in sample if not line.startswith("database: ")
+    ]
+    assert any(line.startswith("database: postgresql://") for line in banner)
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl to run the printed command")
 def test_broker_dev_runs_a_job_from_the_printed_curl(tmp_path: Path, db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
@@ -61,6 +79,7 @@ def test_broker_dev_runs_a_job_from_the_printed_curl(tmp_path: Path, db_url: str
     try:
         lines = read_until(proc, "Ctrl-C stops everything", START_TIMEOUT)
         token = next(line.split()[-1] for line in lines if line.startswith("dev token:"))
+        assert_quickstart_shows(lines, token, port)
         curl = next(line.strip() for line in lines if line.strip().startswith("curl -s -X POST"))
         created = json.loads(
             subprocess.run(curl, shell=True, check=True, capture_output=True, text=True).stdout
