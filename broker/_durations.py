@@ -68,5 +68,6 @@ class Duration(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # gen
             self.fail(f"must be {bound} {self.min:g} s, got {value!r}", param, ctx)
         return seconds
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        # click 8.2 passes ctx (by name), 8.1 does not.
         return "DURATION"

@@ -301,3 +301,19 @@ def test_workers_started_in_two_directories_share_the_users_host_id(
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     for seq in (1, 2):
         assert not (tmp_path / f"project{seq}" / ".broker").exists()
+
+
+def test_help_names_durations(db_url: str) -> None:
+    for args in (["enqueue"], ["prune"], ["schedules", "add"]):
+        shown = run(*args, "--help", url=db_url)
+        assert shown.returncode == 0, shown.stderr
+        assert "DURATION" in shown.stdout
+    worker = subprocess.run(
+        [sys.executable, "-m", "broker.worker", "--help"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert "--shutdown-grace DURATION" in worker.stdout
