@@ -10,10 +10,13 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -46,6 +49,15 @@ def run(
         timeout=120,
         cwd=cwd,
     )
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A BROKER_HOME outside pytest's temporary root: as root, pgserver runs PostgreSQL as
+    the user `pgserver`, and a pytest session starting meanwhile makes that root 0700."""
+    path = Path(tempfile.mkdtemp(prefix="broker-home-")) / "home"
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def missing_database(db_url: str) -> str:
@@ -101,9 +113,8 @@ def postmaster_running(home: Path) -> bool:
 
 
 def test_a_mistyped_variable_is_named_and_the_embedded_server_does_not_outlive_it(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, home: Path
 ) -> None:
-    home = tmp_path / "home"
     result = run("stats", url=None, cwd=tmp_path, BROKER_DATABSE_URL=db_url, BROKER_HOME=str(home))
     lines = result.stderr.splitlines()
     assert lines[0] == (

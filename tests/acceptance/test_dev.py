@@ -10,8 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,15 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list
     raise AssertionError(f"no {marker!r} from broker dev; output so far: {lines}")
 
 
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A BROKER_HOME outside pytest's temporary root: as root, pgserver runs PostgreSQL as
+    the user `pgserver`, and a pytest session starting meanwhile makes that root 0700."""
+    path = Path(tempfile.mkdtemp(prefix="broker-home-")) / "home"
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
 QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 
 
@@ -61,9 +72,11 @@ def assert_quickstart_shows(lines: list[str], token: str, port: int) -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl to run the printed command")
-def test_broker_dev_runs_a_job_from_the_printed_curl(tmp_path: Path, db_url: str) -> None:
+def test_broker_dev_runs_a_job_from_the_printed_curl(
+    tmp_path: Path, db_url: str, home: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    env["BROKER_HOME"] = str(tmp_path / "home")
+    env["BROKER_HOME"] = str(home)
     if os.environ.get("BROKER_TEST_DATABASE_URL"):
         env["BROKER_DATABASE_URL"] = db_url  # else: the embedded server, as on a fresh machine
     port = free_port()
@@ -159,8 +172,7 @@ def ctrl_c(proc: subprocess.Popen[str]) -> None:
     os.killpg(proc.pid, signal.SIGINT)
 
 
-def test_one_ctrl_c_drains_a_running_job_and_the_token_stays(tmp_path: Path, db_url: str) -> None:
-    home = tmp_path / "home"
+def test_one_ctrl_c_drains_a_running_job_and_the_token_stays(db_url: str, home: Path) -> None:
     port = free_port()
     proc, lines = start_dev(home, db_url, port)
     token = next(line.split()[-1] for line in lines if line.startswith("dev token:"))
