@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from broker._durations import parse_duration
 from broker.errors import ConfigError
 
 SCOPES = frozenset({"submit", "work", "admin"})
@@ -96,7 +97,7 @@ class ApiSettings:
             auth_disabled=auth == "disabled",
             max_body_bytes=_int("BROKER_API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             pool_size=_int("BROKER_API_POOL_SIZE", DEFAULT_POOL_SIZE),
-            db_wait=_float("BROKER_API_DB_WAIT", DEFAULT_DB_WAIT),
+            db_wait=_seconds("BROKER_API_DB_WAIT", DEFAULT_DB_WAIT),
             ui_secret=os.environ.get("BROKER_UI_SECRET") or None,
         )
 
@@ -111,11 +112,8 @@ def _int(env: str, default: int) -> int:
         raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
 
 
-def _float(env: str, default: float) -> float:
+def _seconds(env: str, default: float) -> float:
     raw = os.environ.get(env)
     if not raw:
         return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{env} must be a number, got {raw!r}") from None
+    return parse_duration(raw, env)

@@ -12,7 +12,7 @@ from litestar.exceptions import ServiceUnavailableException
 from api.deps import BrokerClient, runtime_of
 from api.problems import responses
 from api.schemas import Health, Readiness
-from broker import BrokerError
+from broker import BrokerError, NotMigrated
 from broker.inspection import schema_revision
 
 # Probes answer within this even while the database is down: a request waiting for a
@@ -41,8 +41,10 @@ class HealthController(Controller):
         except TimeoutError:
             raise _not_ready(f"the database did not answer within {READY_TIMEOUT:g} s") from None
         except (BrokerError, psycopg.Error) as exc:
-            if isinstance(exc, psycopg.errors.UndefinedTable):
-                raise _not_ready("the database has not been migrated") from None
+            if isinstance(exc, NotMigrated | psycopg.errors.UndefinedTable):
+                raise _not_ready(
+                    "the database has not been migrated: run `broker migrate`"
+                ) from None
             raise _not_ready("the database is unreachable") from None
         if current != runtime.expected_revision:
             raise _not_ready(

@@ -27,6 +27,7 @@ from broker.errors import (
     InvalidTransition,
     JobNotFound,
     LeaseLost,
+    NotMigrated,
     ScheduleNotFound,
 )
 
@@ -34,6 +35,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://pg-broker.dev/problems/"
 
 log = logging.getLogger("api")
+
+NOT_MIGRATED = "the database is not migrated: run `broker migrate`"
 
 # Broker exception -> (HTTP status, problem type slug).
 _BROKER_ERRORS: tuple[tuple[type[BrokerError], int, str], ...] = (
@@ -44,6 +47,7 @@ _BROKER_ERRORS: tuple[tuple[type[BrokerError], int, str], ...] = (
     (ScheduleNotFound, 404, "schedule-not-found"),
     (InvalidTransition, 409, "invalid-transition"),
     (LeaseLost, 409, "lease-lost"),
+    (NotMigrated, 503, "not-migrated"),
     (DatabaseUnavailable, 503, "database-unavailable"),
     (ConfigError, 500, "configuration"),
 )
@@ -85,6 +89,10 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
 def _broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Problem]:
     for cls, status, slug in _BROKER_ERRORS:
         if isinstance(exc, cls):
+            # Only the operator's fix is said for these; other 5xx details stay in the log.
+            if isinstance(exc, NotMigrated):
+                log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
+                return problem(request, status, NOT_MIGRATED, slug)
             if status >= 500:
                 log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
                 return problem(request, status, HTTPStatus(status).description, slug)
@@ -96,9 +104,7 @@ def _broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response
 def _database_error(request: Request[Any, Any, Any], exc: psycopg.Error) -> Response[Problem]:
     log.error("database error on %s: %s", request.url.path, exc, exc_info=exc)
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
-        return problem(
-            request, 503, "the database is not migrated: run `broker migrate`", "not-migrated"
-        )
+        return problem(request, 503, NOT_MIGRATED, "not-migrated")
     # OperationalError covers lost connections and the pool's PoolTimeout.
     if isinstance(exc, psycopg.OperationalError) and not _retryable(exc):
         return problem(request, 503, "the database is unavailable", "database-unavailable")

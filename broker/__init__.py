@@ -14,6 +14,7 @@ from broker.errors import (
     InvalidTransition,
     JobNotFound,
     LeaseLost,
+    NotMigrated,
 )
 from broker.lease import Failure
 from broker.spec import JobSpec
@@ -51,6 +52,7 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "LogLine",
+    "NotMigrated",
     "Reaped",
     "Retry",
     "Settings",

@@ -34,14 +34,22 @@ def exit_rules() -> tuple[ExitRule, ...]:
     import psycopg
 
     from broker._jobfile import JobFileError
-    from broker.errors import BrokerError, InvalidJobError, InvalidQueueSettings, InvalidSetting
+    from broker.errors import (
+        BrokerError,
+        InvalidJobError,
+        InvalidQueueSettings,
+        InvalidSetting,
+        NotMigrated,
+    )
     from broker.worker.registry import ClockSkewTooLarge, WorkerIdInUse
 
     return (
         ExitRule((WorkerIdInUse,), EXIT_ID_IN_USE),
         ExitRule((ClockSkewTooLarge,), EXIT_CLOCK_SKEW),
+        # Not migrated: the fix is the operator's (`broker migrate`), as with bad input.
         ExitRule(
-            (InvalidJobError, InvalidQueueSettings, InvalidSetting, JobFileError), EXIT_BAD_INPUT
+            (InvalidJobError, InvalidQueueSettings, InvalidSetting, JobFileError, NotMigrated),
+            EXIT_BAD_INPUT,
         ),
         ExitRule((BrokerError, psycopg.Error), EXIT_FAILED),
     )

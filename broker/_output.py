@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -171,20 +172,36 @@ def worker_json(w: WorkerInfo, skew_tolerance: float) -> dict[str, Any]:
 
 
 class Progress:
-    """A one-line counter on a terminal (`\\r`-rewritten); silent when `stream` is not one."""
+    """A one-line counter on a terminal (`\\r`-rewritten) with the rate so far and, when the
+    size is known, the percentage and the time left at that rate; silent when `stream` is
+    not a terminal."""
 
     def __init__(self, stream: Any, total_bytes: int | None) -> None:
         self.stream = stream
         self.total_bytes = total_bytes
         self.enabled = bool(getattr(stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.width = 0
+
+    def line(self, jobs: int, bytes_read: int, elapsed: float) -> str:
+        """The text shown after `elapsed` seconds, `jobs` enqueued from `bytes_read`."""
+        text = f"enqueued {jobs:,} jobs"
+        if self.total_bytes:
+            text += f" ({min(100, bytes_read * 100 // self.total_bytes)}%)"
+        if elapsed > 0:
+            text += f", {jobs / elapsed:,.0f} jobs/s"
+        if self.total_bytes and 0 < bytes_read < self.total_bytes and elapsed > 0:
+            left = elapsed * (self.total_bytes - bytes_read) / bytes_read
+            text += f", ETA {duration(left)}"
+        return text
 
     def update(self, jobs: int, bytes_read: int) -> None:
         if not self.enabled:
             return
-        text = f"\renqueued {jobs:,} jobs"
-        if self.total_bytes:
-            text += f" ({min(100, bytes_read * 100 // self.total_bytes)}%)"
-        self.stream.write(text)
+        text = self.line(jobs, bytes_read, time.monotonic() - self.started)
+        # Pad over a longer previous line (the ETA part comes and goes).
+        self.stream.write("\r" + text.ljust(self.width))
+        self.width = len(text)
         self.stream.flush()
 
     def close(self) -> None:

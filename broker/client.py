@@ -47,16 +47,91 @@ T = TypeVar("T")
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
-def _unreachable(url: str, timeout: float) -> str:
-    """Where we tried to connect, without the password."""
+def _target(url: str) -> str | None:
+    """host:port/dbname of `url`, without the password; None for a malformed URL."""
     try:
         info = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        return f"cannot connect to PostgreSQL within {timeout:g} s (malformed database URL)"
+        return None
     where = info.get("host") or "local socket"
     port = info.get("port")
     target = f"{where}:{port}" if port else str(where)
-    return f"cannot connect to PostgreSQL at {target}/{info.get('dbname', '')} within {timeout:g} s"
+    return f"{target}/{info.get('dbname', '')}"
+
+
+def _unreachable(url: str, timeout: float) -> str:
+    """Where we tried to connect, without the password."""
+    target = _target(url)
+    if target is None:
+        return f"cannot connect to PostgreSQL within {timeout:g} s (malformed database URL)"
+    return f"cannot connect to PostgreSQL at {target} within {timeout:g} s"
+
+
+# A refusal the server states (no such database, role or password) does not pass by
+# waiting: once the pool has had this long without a connection, one direct attempt tells
+# it from a server that is not up yet, so the caller hears the reason at once.
+REFUSAL_CHECK_AFTER = 0.5
+_FATAL = "FATAL:"
+# FATAL answers that do pass: the server is starting, stopping or full.
+_TRANSIENT = ("starting up", "shutting down", "recovery mode", "too many", "not yet accepting")
+
+
+def _refusal(error: psycopg.OperationalError, url: str) -> DatabaseUnavailable | None:
+    """`error` (from connecting to `url`) as the lasting refusal it states, else None."""
+    text = " ".join(str(error).split())
+    _, fatal, reason = text.partition(_FATAL)
+    if not fatal or any(phrase in reason for phrase in _TRANSIENT):
+        return None
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {_target(url)}: {reason.strip()}")
+
+
+def _probe(url: str, timeout: float) -> DatabaseUnavailable | None:
+    try:
+        psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.OperationalError as exc:
+        return _refusal(exc, url)
+    return None
+
+
+async def _aprobe(url: str, timeout: float) -> DatabaseUnavailable | None:
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=max(1, int(timeout)))
+    except psycopg.OperationalError as exc:
+        return _refusal(exc, url)
+    await conn.close()
+    return None
+
+
+def _wait_for(pool: ConnectionPool[Any], url: str, timeout: float) -> None:
+    """Wait for `pool`'s first connection; else close it and raise DatabaseUnavailable,
+    at once for a refusal the server states. (The first wait takes a connection and gives
+    it back: pool.wait() closes the pool when it times out.)"""
+    try:
+        pool.putconn(pool.getconn(timeout=min(REFUSAL_CHECK_AFTER, timeout)))
+    except PoolTimeout:
+        refused = _probe(url, timeout)
+        if refused is not None:
+            pool.close()
+            raise refused from None
+    try:
+        pool.wait(timeout=timeout)
+    except PoolTimeout:
+        raise DatabaseUnavailable(_unreachable(url, timeout)) from None
+
+
+async def _await_for(pool: AsyncConnectionPool[Any], url: str, timeout: float) -> None:
+    """_wait_for for the async pool."""
+    try:
+        await pool.putconn(await pool.getconn(timeout=min(REFUSAL_CHECK_AFTER, timeout)))
+    except PoolTimeout:
+        refused = await _aprobe(url, timeout)
+        if refused is not None:
+            await pool.close()
+            raise refused from None
+    try:
+        await pool.wait(timeout=timeout)
+    except PoolTimeout:
+        raise DatabaseUnavailable(_unreachable(url, timeout)) from None
 
 
 def _spec(
@@ -147,15 +222,12 @@ class Broker(_Base):
         """Open a pool of autocommit connections to `url`. Behind a transaction pooler,
         pass `listen_url` (a direct URL for waits' LISTEN) and `prepare_threshold=None`
         unless the pooler supports prepared statements (docs/scaling.md).
-        Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
+        Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s, and
+        at once when the server refuses for good (no such database, role or password)."""
         pool = executor.open_pool(
             url, min_size=min_size, max_size=max_size, prepare_threshold=prepare_threshold
         )
-        try:
-            pool.wait(timeout=connect_timeout)
-        except PoolTimeout:
-            pool.close()
-            raise DatabaseUnavailable(_unreachable(url, connect_timeout)) from None
+        _wait_for(pool, url, connect_timeout)
         return cls(pool, schema=schema, lease_ttl=lease_ttl, listen_url=listen_url)
 
     def close(self) -> None:
@@ -382,16 +454,13 @@ class AsyncBroker(_Base):
         """Open a pool of autocommit connections to `url`. Behind a transaction pooler,
         pass `listen_url` (a direct URL for waits' LISTEN) and `prepare_threshold=None`
         unless the pooler supports prepared statements (docs/scaling.md).
-        Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s."""
+        Raises DatabaseUnavailable if no connection succeeds within `connect_timeout` s, and
+        at once when the server refuses for good (no such database, role or password)."""
         pool = executor.open_async_pool(
             url, min_size=min_size, max_size=max_size, prepare_threshold=prepare_threshold
         )
         await pool.open()
-        try:
-            await pool.wait(timeout=connect_timeout)
-        except PoolTimeout:
-            await pool.close()
-            raise DatabaseUnavailable(_unreachable(url, connect_timeout)) from None
+        await _await_for(pool, url, connect_timeout)
         return cls(pool, schema=schema, lease_ttl=lease_ttl, listen_url=listen_url)
 
     async def close(self) -> None:

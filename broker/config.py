@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.errors import InvalidSetting
+from broker.errors import ConfigError, InvalidSetting
 
 DEFAULT_SCHEMA = "broker"
 DEFAULT_LEASE_TTL = 15.0
@@ -43,10 +43,12 @@ def _float(env: str, default: float) -> float:
     raw = os.environ.get(env)
     if raw is None or raw == "":
         return default
+    from broker._durations import parse_duration
+
     try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidSetting(f"{env} must be a number of seconds, got {raw!r}") from None
+        value = parse_duration(raw, env)
+    except ConfigError as exc:
+        raise InvalidSetting(str(exc)) from None
     if value <= 0:
         raise InvalidSetting(f"{env} must be positive, got {raw!r}")
     return value
@@ -79,6 +81,14 @@ def _listen_url(raw: str | None) -> str | None:
     except ProgrammingError:
         raise InvalidSetting("BROKER_LISTEN_URL is not a valid PostgreSQL URL") from None
     return raw
+
+
+def user_state_dir() -> Path:
+    """The per-user directory for a worker's identity (its host id): $XDG_STATE_HOME/pg-broker,
+    else ~/.local/state/pg-broker. Per user, not per working directory, so two workers of
+    one user on one host share a host id wherever they were started."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "pg-broker"
 
 
 @dataclass(frozen=True)

@@ -38,15 +38,16 @@ def embedded_data_dir(home: Path) -> Path:
 def start_embedded(home: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL kept under `home`/pgdata; return its URL.
 
-    The server keeps running after this process exits, so a later `broker` command
-    (or a worker) finds the same database. Raises ConfigError when pgserver is missing.
+    The server stops when the last process using it exits (a one-shot `broker stats`
+    leaves nothing running; one started by `broker dev` stays up for it); the data stays
+    under `home` for the next command. Raises ConfigError when pgserver is missing.
     """
     data = embedded_data_dir(home)
     try:
         import pgserver
     except ImportError:
         raise ConfigError(EMBEDDED_HINT) from None
-    server = pgserver.get_server(data, cleanup_mode=None)  # type: ignore[attr-defined]
+    server = pgserver.get_server(data, cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

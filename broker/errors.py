@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,6 +14,31 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     (else the exception's type name) when the message is empty or only whitespace."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else default or type(exc).__name__
+
+
+_FRAME = '  File "'
+_GROUP_HEADER = "Exception Group Traceback (most recent call last):"
+_GROUP_LINE = re.compile(r"^  \| (\S.*)$")
+
+
+def error_line(error: str) -> str:
+    """The line of a stored error that names it, for a one-line report. For a traceback
+    (whole, chained, or cut at its start, as the worker stores it) the exception line after
+    its last frame (`ValueError: boom`, not `Traceback (most recent call last):`); for an
+    exception group, the group's own line; for any other text, its first non-blank line."""
+    lines = error.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(_FRAME)]
+    if frames:
+        for line in lines[frames[-1] + 1 :]:
+            if line and not line[0].isspace():
+                return line
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first.endswith(_GROUP_HEADER):
+        for line in lines:
+            found = _GROUP_LINE.match(line)
+            if found and not found.group(1).startswith("File "):
+                return found.group(1)
+    return first
 
 
 class BrokerError(Exception):
@@ -92,7 +118,17 @@ class InvalidQueueSettings(BrokerError):
 
 
 class DatabaseUnavailable(BrokerError):
-    """PostgreSQL could not be reached or dropped the connection."""
+    """PostgreSQL could not be reached or dropped the connection, or refused it for good
+    (the database does not exist, the role or password is wrong)."""
+
+
+class NotMigrated(BrokerError):
+    """The database lacks the broker's schema, or a table or function of it: it was never
+    migrated, or is behind this code. `broker migrate` fixes it."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(f"the database is not migrated ({missing}): run `broker migrate`")
+        self.missing = missing
 
 
 # SQLSTATEs raised on purpose by the broker's SQL functions (see the migrations).
@@ -102,6 +138,9 @@ SQLSTATE_JOB_NOT_FOUND = "PB003"
 SQLSTATE_INVALID_TRANSITION = "PB004"
 SQLSTATE_SCHEDULE_NOT_FOUND = "PB005"
 SQLSTATE_INVALID_QUEUE_SETTINGS = "PB010"
+# undefined_table, invalid_schema_name, undefined_function: what a broker statement meets
+# on a database `broker migrate` has not (fully) run on.
+SQLSTATES_NOT_MIGRATED = frozenset({"42P01", "3F000", "42883"})
 
 # What a prepared statement lost between transactions looks like (invalid_sql_statement_name,
 # duplicate_prepared_statement; a bind to another client's statement of the same name is a
@@ -149,6 +188,8 @@ def translate(exc: psycopg.Error | UnicodeEncodeError) -> BrokerError | None:
         # The connection's idea of its prepared statements is wrong now: callers discard
         # it, as after any DatabaseUnavailable.
         return DatabaseUnavailable(f"{first_line(exc)}: {POOLER_HINT}")
+    if state in SQLSTATES_NOT_MIGRATED:
+        return NotMigrated(diag.message_primary or first_line(exc))
     if state is not None and (state.startswith("40") or state == "57014"):
         # Serialization failures, deadlocks (class 40) and statement timeouts: the server
         # is fine and the caller may retry; keep psycopg's precise error. (psycopg's

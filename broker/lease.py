@@ -179,11 +179,14 @@ def heartbeat(leases: Sequence[H], ttl: float) -> Statement[HeartbeatOutcome[H]]
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why an attempt failed. `retryable=False` fails the job now; `delay` overrides backoff."""
+    """Why an attempt failed. `retryable=False` fails the job now; `delay` overrides backoff;
+    `max_attempts` (a task's own cap) lowers the job's max_attempts to it, so the job shows
+    the cap that applies (`attempts 4 of 4`, not `4 of 20`)."""
 
     error: str
     retryable: bool = True
     delay: float | None = None
+    max_attempts: int | None = None
 
 
 # How a lease holder ends an attempt. Each is one row of the fenced finish statement
@@ -274,11 +277,12 @@ def _result_json(result: Any) -> str:
 
 
 def _ending(row: Finish) -> tuple[str, str | None, bool | None, float | None, int | None]:
-    """(outcome, error, retryable, delay, snooze cap) of a row other than a completion."""
+    """(outcome, error, retryable, delay, cap) of a row other than a completion; the cap
+    is a snooze's max_snoozes, or a failure's max_attempts."""
     match row:
         case Failed(failure=f):
             contract.check_text(f.error, "error")
-            return "fail", f.error, f.retryable, _retry_delay(f.delay), None
+            return "fail", f.error, f.retryable, _retry_delay(f.delay), f.max_attempts
         case CancelAcked(reason=reason):
             contract.check_text(reason, "reason")
             return "cancel", reason, None, None, None

@@ -10,13 +10,13 @@ import asyncio
 import logging
 import os
 import random
-import re
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import psycopg
 
+from broker._durations import parse_duration
 from broker._executor import adrive, drive
 from broker.client import Broker
 from broker.errors import BrokerError, ConfigError
@@ -33,17 +33,6 @@ DEFAULT_RETENTION: Mapping[str, float] = {
 DEFAULT_BATCH = 1000
 DEFAULT_MAX_BATCHES = 100  # per state per run, so one run stays bounded
 DEFAULT_INTERVAL = 60.0
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str, what: str) -> float:
-    """Seconds in `text`: a number with an optional unit s, m, h or d ("36h", "7d")."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"{what} must be a duration like 3600, 90m, 36h or 7d; got {text!r}")
-    return float(match.group(1)) * _UNIT[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -91,6 +80,24 @@ def prune_batch(state: str, older_than: float, batch: int) -> Statement[int | No
         {"state": state, "older_than": older_than, "batch": batch},
         lambda rows: None if rows[0][0] is None else int(rows[0][0]),
     )
+
+
+def prune_count(state: str, older_than: float, most: int) -> Statement[int]:
+    """How many jobs of `state` a run would prune, counting at most `most` (a dry run)."""
+    return Statement(
+        "prune_count",
+        {"state": state, "older_than": older_than, "most": most},
+        lambda rows: int(rows[0][0]),
+    )
+
+
+def would_prune(client: Broker, config: PrunerConfig) -> dict[str, int]:
+    """Jobs per state that `prune_once(client, config)` would delete now; deletes nothing."""
+    most = config.batch * config.max_batches
+    return {
+        state: client.run(prune_count(state, older_than, most))
+        for state, older_than in config.retention.items()
+    }
 
 
 class Runner(Protocol):

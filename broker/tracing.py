@@ -153,8 +153,8 @@ def ended(span: Any, row: Finish) -> None:
     if span is None or not span.is_recording():
         return
     # The worker's names and error lines (imported here: broker.worker imports this module).
+    from broker.errors import error_line
     from broker.worker._joblog import OUTCOMES
-    from broker.worker._outcome import error_line
 
     span.set_attribute(OUTCOME, OUTCOMES[type(row)])
     if isinstance(row, Failed):

@@ -9,16 +9,21 @@ import logging
 
 import click
 
+from broker import _env
 from broker.cli import _admin, _enqueue, _groups, _jobs, _queues, _schedules, _views
 from broker.cli._errors import EXIT_CODES_HELP, BrokerGroup
 
 
 @click.group(cls=BrokerGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="pg-broker")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """pg-broker: a job broker that lives entirely in PostgreSQL."""
     # The pool logs every failed connection attempt; the CLI reports one line instead.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    if ctx.invoked_subcommand != "worker":  # the worker command says it itself
+        for line in _env.warnings():
+            click.echo(line, err=True)
 
 
 for command in (

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from broker.cli._errors import InputError, OneLineCommand
+from broker._durations import Duration
+from broker.cli._errors import CommandFailed, OneLineCommand
 from broker.cli._options import json_option, settings_and_url
 from broker.errors import BrokerError
 
@@ -89,26 +90,34 @@ def api(host: str, port: int, workers: int, access_log: bool, log_level: str) ->
 )
 @click.option(
     "--older-than",
+    type=Duration(),
     help="Override the retention, e.g. 36h or 7d [default: BROKER_RETENTION_<STATE> or 1d/14d/7d].",
 )
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--yes", "-y", "assume_yes", is_flag=True, help="Do not ask on a terminal.")
 @json_option
-def prune(states: tuple[str, ...], older_than: str | None, as_json: bool) -> None:
-    """Delete finished jobs (and their events and logs) past their retention, once."""
+def prune(
+    states: tuple[str, ...],
+    older_than: float | None,
+    dry_run: bool,
+    assume_yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete finished jobs (and their events and logs) past their retention, once.
+
+    On a terminal it first counts them and asks (--yes skips the question); --dry-run
+    only counts. A run deletes at most 100 batches of 1,000 jobs per state."""
     from broker.client import Broker
-    from broker.pruner import PrunerConfig, parse_duration, prune_once
+    from broker.pruner import PrunerConfig, prune_once, would_prune
 
     config = PrunerConfig.from_env()
     retention = dict(config.retention)
     if older_than is not None:
-        try:
-            seconds = parse_duration(older_than, "--older-than")
-        except BrokerError as exc:
-            # A ConfigError by the table (exit 1) when it comes from the environment;
-            # from the command line it is bad input.
-            raise InputError(str(exc)) from None
-        retention = dict.fromkeys(retention, seconds)
+        retention = dict.fromkeys(retention, older_than)
     if states:
         retention = {state: retention[state] for state in states}
+    config = PrunerConfig(retention=retention)
+    ask = not (dry_run or assume_yes) and sys.stdin.isatty()
     settings, url = settings_and_url()
     with Broker.connect(
         url,
@@ -117,13 +126,27 @@ def prune(states: tuple[str, ...], older_than: str | None, as_json: bool) -> Non
         connect_timeout=5,
         prepare_threshold=settings.prepare_threshold,
     ) as client:
-        pruned = prune_once(client, PrunerConfig(retention=retention))
+        if dry_run or ask:
+            counted = would_prune(client, config)
+            if dry_run:
+                _pruned(counted, as_json, "would prune ")
+                return
+            if sum(counted.values()) and not click.confirm(
+                "delete " + _counts(counted) + " (with their events and logs)?", err=True
+            ):
+                raise CommandFailed("not confirmed; nothing was pruned")
+        pruned = prune_once(client, config)
     if pruned is None:
         raise BrokerError("another process is pruning right now; try again later")
-    if as_json:
-        click.echo(json.dumps(pruned))
-    else:
-        click.echo("pruned " + ", ".join(f"{n} {state}" for state, n in pruned.items()))
+    _pruned(pruned, as_json, "pruned ")
+
+
+def _counts(per_state: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in per_state.items())
+
+
+def _pruned(per_state: dict[str, int], as_json: bool, verb: str) -> None:
+    click.echo(json.dumps(per_state) if as_json else verb + _counts(per_state))
 
 
 @click.command()

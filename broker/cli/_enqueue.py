@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from broker._durations import Duration
 from broker.cli._errors import CommandFailed, InputError, Interrupted, OneLineCommand
 from broker.cli._options import echo_json, json_option, open_client
 from broker.errors import BrokerError
@@ -60,10 +61,10 @@ def _parse_ids(text: str | None) -> list[int] | None:
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 # Bounds are the job spec's (broker.spec), checked when the options become a JobSpec.
-@click.option("--delay", type=float, metavar="SECONDS", help="Run after this long.")
+@click.option("--delay", type=Duration(), help="Run after this long (e.g. 90s, 10m, 1h30m).")
 @click.option("--run-at", metavar="ISO8601", help="Run at this time (with a UTC offset).")
 @click.option("--max-attempts", type=int, help="Default: the broker's.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Per run.")
+@click.option("--timeout", type=Duration(), help="Per run (e.g. 30s, 5m).")
 @click.option("--idempotency-key", help="At most one job per key.")
 @click.option("--subject-key", help="Supersede queued jobs of this kind with this key.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
@@ -73,9 +74,7 @@ def _parse_ids(text: str | None) -> list[int] | None:
 @click.option("--group", help="Name a set of jobs (`broker groups show GROUP`).")
 @click.option("--concurrency-key", help="At most one running job per queue and key.")
 @click.option("--deadline", metavar="ISO8601", help="Cancel if not started by then.")
-@click.option(
-    "--start-within", type=float, metavar="SECONDS", help="Cancel if not started this soon."
-)
+@click.option("--start-within", type=Duration(), help="Cancel if not started this soon (e.g. 10m).")
 @click.option(
     "--meta",
     "meta_json",

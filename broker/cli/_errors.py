@@ -3,6 +3,7 @@ code broker._exits gives it, applied once for every command by the `broker` grou
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -16,22 +17,38 @@ Exit codes (enqueue, jobs, queues, stats, workers):
   {EXIT_OK}  done
   {EXIT_FAILED}  refused or failed: job not found, cannot cancel/retry in its state,
      idempotency conflict, database unreachable or erroring
-  {EXIT_BAD_INPUT}  bad input: unknown option or value, bad JSON, invalid job, bad --file line"""
+  {EXIT_BAD_INPUT}  bad input: unknown option or value, bad JSON, invalid job, bad --file line;
+     a database not migrated (run `broker migrate`)"""
+
+
+# Where the `broker` group notes that the command line asked for --json (ctx.meta).
+JSON_ERRORS = "broker.json_errors"
+
+
+def _show(message: str, code: int, as_json: bool) -> None:
+    """An error on stderr: the `error: ...` line, or with --json one JSON object
+    `{"error": message, "exit_code": code}` on one line (stdout stays for results)."""
+    if as_json:
+        click.echo(json.dumps({"error": message, "exit_code": code}), err=True)
+    else:
+        click.echo(_error_line(message), err=True)
 
 
 class InputError(click.UsageError):
     """Bad input to a command: `error: ...` on one line, exit code 2."""
 
     exit_code = EXIT_BAD_INPUT
+    as_json = False
 
     def show(self, file: Any = None) -> None:
-        click.echo(_error_line(self.format_message()), err=True)
+        _show(self.format_message(), self.exit_code, self.as_json)
 
 
 class CommandFailed(click.ClickException):
     """The broker refused or failed: `error: ...` on one line, exit code 1 (or `code`)."""
 
     exit_code = EXIT_FAILED
+    as_json = False
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -40,7 +57,7 @@ class CommandFailed(click.ClickException):
             self.exit_code = code  # type: ignore[misc, unused-ignore]  # ClassVar in click 8.5+
 
     def show(self, file: Any = None) -> None:
-        click.echo(_error_line(self.format_message()), err=True)
+        _show(self.format_message(), self.exit_code, self.as_json)
 
 
 class Interrupted(CommandFailed):
@@ -62,15 +79,27 @@ def reported(exc: BaseException) -> click.ClickException | None:
 
 class BrokerGroup(click.Group):
     """The `broker` group: whatever any of its commands raises goes through the one table
-    here. Its own usage errors (an unknown command) keep click's form."""
+    here, as JSON when the command line has --json. Its own usage errors (an unknown
+    command) keep click's form."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        options = args[: args.index("--")] if "--" in args else args
+        ctx.meta[JSON_ERRORS] = "--json" in options
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        as_json = bool(ctx.meta.get(JSON_ERRORS))
         try:
             return super().invoke(ctx)
+        except (InputError, CommandFailed) as exc:
+            exc.as_json = as_json
+            raise
         except Exception as exc:
             failure = reported(exc)
             if failure is None:
                 raise
+            if isinstance(failure, InputError | CommandFailed):
+                failure.as_json = as_json
             raise failure from None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,20 @@ if TYPE_CHECKING:
 # broker.types is a leaf module (standard library only), so the states' one home costs
 # the command nothing to import.
 STATES = JOB_STATES
+
+
+def _error(stored: str | None) -> str | None:
+    """A stored error as its exception line (`ValueError: boom`): a table has room for the
+    line that names the failure, not the traceback's first line (--json keeps it whole)."""
+    from broker.errors import error_line
+
+    return None if stored is None else error_line(stored)
+
+
+def _detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """An event's detail with its `error` (a failed attempt's traceback) as its line."""
+    error = detail.get("error")
+    return {**detail, "error": _error(error)} if isinstance(error, str) else detail
 
 
 @click.group(cls=OneLineGroup)
@@ -74,7 +88,7 @@ def jobs_ls(
             str(j.priority),
             when(j.created_at),
             when(j.run_at),
-            clip(j.last_error, 40),
+            clip(_error(j.last_error), 40),
         ]
         for j in shown
     ]
@@ -148,7 +162,7 @@ def jobs_show(job_id: int, with_logs: bool, as_json: bool) -> None:
                 ("deadline", when(job.deadline)),
                 ("depends on", ", ".join(map(str, job.depends_on)) or "-"),
                 ("result", "-" if job.result is None else clip(to_json(job.result), 200)),
-                ("last error", clip(job.last_error, 200)),
+                ("last error", clip(_error(job.last_error), 200)),
             ]
         )
     )
@@ -159,7 +173,7 @@ def jobs_show(job_id: int, with_logs: bool, as_json: bool) -> None:
             e.event,
             "-" if e.epoch is None else str(e.epoch),
             e.worker_id or "-",
-            "-" if e.detail is None else clip(to_json(e.detail), 60),
+            "-" if e.detail is None else clip(to_json(_detail(e.detail)), 60),
         ]
         for e in events
     ]

@@ -29,6 +29,13 @@ def settings_and_url() -> tuple[Settings, str]:
     from broker.db import database_url
 
     settings = Settings.from_env()
+    if not settings.database_url:
+        # Said, so that a mistyped or forgotten variable is not a silent new database.
+        where = (settings.home / "pgdata").resolve()
+        click.echo(
+            f"note: BROKER_DATABASE_URL is not set: using the embedded PostgreSQL in {where}",
+            err=True,
+        )
     return settings, database_url(settings)
 
 

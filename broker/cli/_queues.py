@@ -24,8 +24,8 @@ def _limit(ctx: click.Context, param: click.Parameter, value: str | None) -> int
 
 def _period(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     """A duration (3600, 90s, 5m, 1h, 1d), or `none`."""
+    from broker._durations import parse_duration
     from broker.errors import ConfigError
-    from broker.pruner import parse_duration
 
     if value is None or value.lower() in UNLIMITED:
         return None

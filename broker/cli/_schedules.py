@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from broker._durations import Duration
 from broker.cli._errors import InputError, OneLineGroup
 from broker.cli._options import echo_json, json_option, open_client
 from broker.spec import DEFAULT_QUEUE
@@ -97,7 +98,7 @@ def schedules_ls(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--kind", required=True, help="The task to enqueue.")
 @click.option("--cron", help='Five cron fields, e.g. "*/5 * * * *".')
-@click.option("--every", type=float, help="Seconds between ticks (at least 1).")
+@click.option("--every", type=Duration(), help="Time between ticks (at least 1s; e.g. 90s, 5m).")
 @click.option("--tz", "timezone", help="Time zone the cron fields are read in [default: UTC].")
 @click.option("--args", "args_json", metavar="JSON", help="Arguments: a JSON object.")
 @click.option("--queue", default=DEFAULT_QUEUE, show_default=True)

@@ -112,7 +112,8 @@ SELECT id, state, cancel_requested FROM applied;
 -- failed/cancel_acked/released/snoozed). finish_state() decides the next state once for
 -- the rest (a requested cancel wins over a retry, a release or a snooze; a failure
 -- retries while attempts remain and it is retryable; a snooze requeues while the job has
--- snoozed fewer than its `cap` times, else fails it). Results arrive as JSON texts
+-- snoozed fewer than its `cap` times, else fails it; a failure's `cap` is its task's
+-- max_attempts). Results arrive as JSON texts
 -- ('null' for none) so they unnest with the ids.
 -- Completions are most rows, so they cost least: broker.lease.finish sends the other rows
 -- first and the outcome columns cover only those; unnest() pads the shorter arrays with
@@ -135,6 +136,10 @@ WITH applied AS (
                         WHEN d.outcome = 'release' OR (d.outcome = 'snooze' AND j.snoozes < d.cap)
                           THEN greatest(j.attempts - 1, 0)
                         ELSE j.attempts END,
+        -- A failure's cap is its task's max_attempts (broker.lease.Failure): the job keeps
+        -- the lower of the two, the one that decides when it stops.
+        max_attempts = CASE WHEN d.outcome = 'fail' AND d.cap < j.max_attempts THEN d.cap
+                            ELSE j.max_attempts END,
         snoozes = CASE WHEN d.outcome IS NULL THEN j.snoozes
                        WHEN d.outcome = 'snooze' AND j.snoozes < d.cap THEN j.snoozes + 1
                        ELSE j.snoozes END,

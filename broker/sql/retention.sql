@@ -7,3 +7,12 @@
 SELECT CASE WHEN pg_try_advisory_xact_lock(hashtext('{schema}.pruner'))
             THEN {schema}.prune_jobs(%(state)s, make_interval(secs => %(older_than)s), %(batch)s)
        END;
+
+-- name: prune_count
+-- How many jobs prune_batch would delete for `state` in one run of at most `most` jobs
+-- (`broker prune --dry-run`); bounded like the run itself.
+SELECT count(*) FROM (
+    SELECT 1 FROM {schema}.jobs j
+    WHERE j.state = %(state)s AND j.finished_at < now() - make_interval(secs => %(older_than)s)
+    LIMIT %(most)s
+) doomed;

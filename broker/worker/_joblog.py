@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from broker.errors import error_line
 from broker.lease import CancelAcked, Completed, Failed, Finish, Released, Snoozed
 from broker.types import Lease, WriteOutcome
-from broker.worker._outcome import error_line
 
 log = logging.getLogger("broker.worker.jobs")
 

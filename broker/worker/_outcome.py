@@ -10,7 +10,6 @@ themselves run in broker/_executor.py, which is a different thing.)
 
 from __future__ import annotations
 
-import re
 import traceback
 
 from broker import lease
@@ -66,10 +65,11 @@ def outcome(
     if isinstance(raised, Retry):
         # A task's own max_attempts caps retries it asks for, as it caps failures.
         reason = contract.storable_text(raised.reason)
-        return lease.failed(held, Failure(reason, not _capped(task, held), raised.delay))
+        failure = Failure(reason, not _capped(task, held), raised.delay, task.max_attempts)
+        return lease.failed(held, failure)
     if isinstance(raised, Fail):
         reason = contract.storable_text(str(raised) or "Fail")
-        return lease.failed(held, Failure(reason, retryable=False))
+        return lease.failed(held, Failure(reason, False, max_attempts=task.max_attempts))
     if raised is not None:
         return _failure(task, held, _describe(raised))
     try:
@@ -77,7 +77,7 @@ def outcome(
     except InvalidJobError as exc:
         # The same check the complete write makes, here so that one result the
         # database cannot store fails its own job, not the batch it would be written in.
-        return lease.failed(held, Failure(str(exc), retryable=False))
+        return lease.failed(held, Failure(str(exc), False, max_attempts=task.max_attempts))
     return lease.completed(held, result)
 
 
@@ -99,32 +99,8 @@ def _failure(task: Task, held: Lease, error: str) -> Finish:
     """A failed attempt, retried unless the task's policy or its max_attempts forbids it."""
     retryable = task.retry is not False and not _capped(task, held)
     error = contract.storable_text(error)[:MAX_ERROR_CHARS]
-    return lease.failed(held, Failure(error, retryable, task.retry_delay(held.attempt)))
-
-
-_FRAME = '  File "'
-_GROUP_HEADER = "Exception Group Traceback (most recent call last):"
-_GROUP_LINE = re.compile(r"^  \| (\S.*)$")
-
-
-def error_line(error: str) -> str:
-    """The line of a stored error that names it, for a one-line report. For a traceback
-    (whole, chained, or cut at its start by MAX_ERROR_CHARS) the exception line after its
-    last frame (`ValueError: boom`, not `Traceback (most recent call last):`); for an
-    exception group, the group's own line; for any other text, its first non-blank line."""
-    lines = error.splitlines()
-    frames = [i for i, line in enumerate(lines) if line.startswith(_FRAME)]
-    if frames:
-        for line in lines[frames[-1] + 1 :]:
-            if line and not line[0].isspace():
-                return line
-    first = next((line.strip() for line in lines if line.strip()), "")
-    if first.endswith(_GROUP_HEADER):
-        for line in lines:
-            found = _GROUP_LINE.match(line)
-            if found and not found.group(1).startswith("File "):
-                return found.group(1)
-    return first
+    delay = task.retry_delay(held.attempt)
+    return lease.failed(held, Failure(error, retryable, delay, task.max_attempts))
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,7 +16,8 @@ import time
 
 import click
 
-from broker import _logging
+from broker import _env, _logging
+from broker._durations import Duration
 from broker._exits import EXIT_OK, error_line, exit_code
 from broker._logging import DEFAULT_LOG_FORMAT, LOG_FORMATS
 from broker.config import Settings
@@ -102,33 +103,33 @@ class _PassThrough(click.Command):
 @click.option(
     "--poll-interval",
     envvar="BROKER_POLL_INTERVAL",
-    type=click.FloatRange(min=0.001),
+    type=Duration(min=0.001),
     default=DEFAULT_POLL_INTERVAL,
     show_default=True,
-    help="Seconds between claims when no notification arrives.",
+    help="Time between claims when no notification arrives (seconds, or e.g. 500ms, 2s).",
 )
 @click.option(
     "--reap-interval",
     envvar="BROKER_REAP_INTERVAL",
-    type=click.FloatRange(min=0.01),
+    type=Duration(min=0.01),
     default=reaper.DEFAULT_INTERVAL,
     show_default=True,
-    help="Seconds between runs of the in-process reaper.",
+    help="Time between runs of the in-process reaper.",
 )
 @click.option(
     "--shutdown-grace",
     envvar="BROKER_SHUTDOWN_GRACE",
-    type=click.FloatRange(min=0),
+    type=Duration(),
     default=DEFAULT_SHUTDOWN_GRACE,
     show_default=True,
-    help="Seconds running jobs get to finish after SIGTERM before they are handed back.",
+    help="Time running jobs get to finish after SIGTERM before they are handed back.",
 )
 @click.option(
     "--max-clock-skew",
     envvar="BROKER_MAX_CLOCK_SKEW",
-    type=click.FloatRange(min=0),
+    type=Duration(),
     default=None,
-    help="Refuse to start when this host's clock is off the database's by more seconds.",
+    help="Refuse to start when this host's clock is off the database's by more (e.g. 2s).",
 )
 @click.option(
     "--metrics-port",
@@ -193,6 +194,9 @@ def worker(
     rest are handed back to the queue (a second signal hands them back at once).
     """
     _logging.configure(log_level, log_format)
+    if _supervisor_pid() is None:  # a supervisor's processes share its environment
+        for line in _env.warnings():
+            click.echo(line, err=True)
     modules = _csv(tasks)
     if not modules and not django_tasks:
         raise click.UsageError(

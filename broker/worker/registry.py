@@ -28,7 +28,7 @@ import msgspec
 import psycopg
 
 from broker import lease
-from broker.config import Settings
+from broker.config import Settings, user_state_dir
 from broker.errors import BrokerError, DatabaseUnavailable
 from broker.lease import Row, Statement
 from broker.task import registered
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_SUBDIR = "state"
 HOST_ID_FILE = "host_id"
 # Marking the row stopped at exit must not hold up the exit when the database is away.
 UNREGISTER_TIMEOUT = 3.0
@@ -54,8 +53,9 @@ class ClockSkewTooLarge(BrokerError):
 
 
 def state_dir(settings: Settings) -> Path:
-    """Where worker identity lives: BROKER_STATE_DIR, else BROKER_HOME/state."""
-    return settings.state_dir if settings.state_dir is not None else settings.home / STATE_SUBDIR
+    """Where worker identity lives: BROKER_STATE_DIR, else the per-user state directory
+    (broker.config.user_state_dir), whatever the working directory or BROKER_HOME."""
+    return settings.state_dir if settings.state_dir is not None else user_state_dir()
 
 
 def load_host_id(directory: Path) -> uuid.UUID:

@@ -159,6 +159,12 @@ def capped() -> None:
     raise RuntimeError("still broken")
 
 
+@task("boom_capped", max_attempts=4, retry=lambda attempt: 0.05)
+def boom_capped(ctx: JobContext) -> None:
+    """Always fails, naming its attempt; the task's own max_attempts (4) ends it."""
+    raise ValueError(f"boom on attempt {ctx.attempt}")
+
+
 @task("retry_capped", max_attempts=2)
 def retry_capped() -> None:
     """Always asks for a retry: the task's own max_attempts (2) still ends it."""

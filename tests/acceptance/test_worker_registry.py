@@ -55,8 +55,16 @@ def test_host_id_is_created_once_and_kept(tmp_path: Path) -> None:
     assert registry.worker_id_for(first, 2) == f"{first}:2"
 
 
-def test_state_dir_defaults_under_broker_home(tmp_path: Path) -> None:
-    assert registry.state_dir(Settings(home=tmp_path)) == tmp_path / "state"
+def test_state_dir_defaults_to_the_users_not_the_working_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert registry.state_dir(Settings(home=tmp_path)) == tmp_path / "xdg" / "pg-broker"
+    assert registry.state_dir(Settings(home=Path("elsewhere"))) == tmp_path / "xdg" / "pg-broker"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    expected = tmp_path / "user" / ".local" / "state" / "pg-broker"
+    assert registry.state_dir(Settings(home=tmp_path)) == expected
     assert registry.state_dir(Settings(home=tmp_path, state_dir=tmp_path / "s")) == tmp_path / "s"
 
 

@@ -334,7 +334,11 @@ def test_readyz_on_an_unmigrated_database(empty_db_url: str) -> None:
     with TestClient(app) as c:
         problem = assert_problem(c.get("/readyz"), 503)
         assert "not been migrated" in problem["detail"]
+        assert problem["detail"].endswith("run `broker migrate`")
         assert c.get("/healthz").status_code == 200
+        listed = assert_problem(c.get("/v1/jobs"), 503)
+        assert listed["type"].endswith("/not-migrated")
+        assert listed["detail"] == "the database is not migrated: run `broker migrate`"
 
 
 def test_readyz_when_the_database_is_unreachable() -> None:

@@ -149,6 +149,9 @@ def wait_for_state(db_url: str, job_id: int, state: str) -> dict[str, object]:
 def test_quickstart_own_postgres_and_own_task(tmp_path: Path, db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     env["BROKER_HOME"] = str(tmp_path / "home")
+    # Worker identity lives in the user's state directory: this test's own, not the
+    # machine's (other sessions run workers with the same seq).
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
     shell = Shell(tmp_path, env, db_url, free_port())
     try:
         # 3. The same with your own PostgreSQL

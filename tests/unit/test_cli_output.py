@@ -66,12 +66,20 @@ def test_progress_writes_only_to_a_terminal() -> None:
     shown = Progress(tty, total_bytes=200)
     shown.update(5000, 100)
     shown.close()
-    assert tty.getvalue() == "\renqueued 5,000 jobs (50%)\n"
+    assert tty.getvalue().startswith("\renqueued 5,000 jobs (50%), ")
+    assert tty.getvalue().endswith("\n")
     pipe = io.StringIO()
     hidden = Progress(pipe, total_bytes=None)
     hidden.update(1, 1)
     hidden.close()
     assert pipe.getvalue() == ""
+
+
+def test_progress_shows_the_rate_and_the_time_left() -> None:
+    progress = Progress(FakeTerminal(), total_bytes=1000)
+    assert progress.line(2000, 250, 2.0) == "enqueued 2,000 jobs (25%), 1,000 jobs/s, ETA 6s"
+    assert progress.line(8000, 1000, 8.0) == "enqueued 8,000 jobs (100%), 1,000 jobs/s"
+    assert Progress(FakeTerminal(), None).line(500, 10, 0.5) == "enqueued 500 jobs, 1,000 jobs/s"
 
 
 def test_parse_line_reads_every_field() -> None:

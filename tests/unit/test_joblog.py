@@ -10,11 +10,12 @@ import logging
 import pytest
 
 from broker import _logging, lease
+from broker.errors import error_line
 from broker.lease import Failure
 from broker.task import Task
 from broker.types import Fence, Lease, WriteOutcome
 from broker.worker import _joblog
-from broker.worker._outcome import MAX_ERROR_CHARS, error_line, outcome
+from broker.worker._outcome import MAX_ERROR_CHARS, outcome
 
 WORKER = "host:1"
 JOB = Lease(7, 3, "mail", "send_mail", {}, 0, 2, 5, None, WORKER)

@@ -94,6 +94,8 @@ def test_the_tasks_max_attempts_caps_failures(attempt: int, retryable: bool) -> 
     task = make_task(max_attempts=2)
     got = failure(outcome(task, held(attempt=attempt), raised=KeyError(), worker_id=WORKER))
     assert got.retryable is retryable
+    # The job takes the task's cap, so it shows the one that ends it.
+    assert got.max_attempts == 2
 
 
 @pytest.mark.parametrize(("attempt", "retryable"), [(1, True), (2, False)])
@@ -104,7 +106,7 @@ def test_retry_asks_for_another_attempt_within_the_tasks_max_attempts(
     job = held(attempt=attempt)
     got = outcome(task, job, raised=Retry(delay=4.5, reason="later"), worker_id=WORKER)
     # Retry is the handler's own request: the retry=False policy does not apply to it.
-    assert got == lease.failed(job, Failure("later", retryable, 4.5))
+    assert got == lease.failed(job, Failure("later", retryable, 4.5, max_attempts=2))
 
 
 def test_retry_without_a_delay_leaves_the_backoff_to_the_database() -> None:
