@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from psycopg import errors as pg_errors
 
-from broker import AsyncBroker, JobSpec, lease
+from broker import AsyncBroker, JobSpec, lease, routing
 from broker.errors import DatabaseUnavailable
 from broker.types import Enqueued, Job
 
@@ -36,24 +36,32 @@ class Created:
 
     job: Job
     created: bool
+    # From the routed enqueue: e.g. that no live worker serves the job's queue.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
     client: AsyncBroker
     spec: JobSpec
+    # The request named no queue: the routed enqueue chooses it (broker.routing).
+    unnamed: bool
     scope: str | None
     future: asyncio.Future[Created]
 
 
 async def enqueue_many(
-    client: AsyncBroker, specs: Sequence[JobSpec], scope: str | None = None
+    client: AsyncBroker,
+    specs: Sequence[JobSpec],
+    unnamed: Sequence[bool],
+    scope: str | None = None,
 ) -> list[Enqueued]:
-    """Enqueue `specs` in one statement (keys within `scope`), repeating on a lost
-    idempotency race."""
+    """Enqueue `specs` in one routed statement (keys within `scope`; the queue of each
+    spec flagged in `unnamed` chosen by broker.routing, each result with its warnings),
+    repeating on a lost idempotency race."""
     for attempt in range(ATTEMPTS):
         try:
-            return await client.enqueue_many(specs, idempotency_scope=scope)
+            return await client.run(routing.enqueue_routed(specs, unnamed, scope))
         except pg_errors.SerializationFailure:
             if attempt == ATTEMPTS - 1:
                 raise
@@ -68,11 +76,13 @@ class EnqueueBatcher:
         self._pending: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
 
-    async def enqueue(self, client: AsyncBroker, spec: JobSpec, scope: str | None) -> Created:
-        """Enqueue one job (its idempotency key within `scope`) and read it back.
-        Raises what the broker raises for it alone."""
+    async def enqueue(
+        self, client: AsyncBroker, spec: JobSpec, scope: str | None, unnamed: bool = False
+    ) -> Created:
+        """Enqueue one job (its idempotency key within `scope`; its queue routed when
+        `unnamed`) and read it back. Raises what the broker raises for it alone."""
         future: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(client, spec, scope, future))
+        self._pending.append(_Pending(client, spec, unnamed, scope, future))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
         # shield: a client that disconnects must not cancel the flush others wait on.
@@ -83,7 +93,10 @@ class EnqueueBatcher:
             group = self._next_group()
             try:
                 enqueued = await enqueue_many(
-                    group[0].client, [p.spec for p in group], group[0].scope
+                    group[0].client,
+                    [p.spec for p in group],
+                    [p.unnamed for p in group],
+                    group[0].scope,
                 )
             except Exception as exc:  # nothing of the group was committed
                 if len(group) == 1 or isinstance(exc, DatabaseUnavailable):
@@ -109,7 +122,9 @@ class EnqueueBatcher:
     async def _one_by_one(self, group: list[_Pending]) -> None:
         for pending in group:
             try:
-                enqueued = await enqueue_many(pending.client, [pending.spec], pending.scope)
+                enqueued = await enqueue_many(
+                    pending.client, [pending.spec], [pending.unnamed], pending.scope
+                )
             except Exception as exc:
                 _settle(pending.future, exc=exc)
             else:
@@ -127,7 +142,10 @@ class EnqueueBatcher:
             return
         jobs = {j.id: j for j in found}
         for pending, result in zip(group, enqueued, strict=True):
-            _settle(pending.future, result=Created(jobs[result.id], result.created))
+            _settle(
+                pending.future,
+                result=Created(jobs[result.id], result.created, result.warnings),
+            )
 
 
 def _settle(

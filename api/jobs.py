@@ -28,6 +28,7 @@ from api.schemas import (
     EnqueuedOut,
     EventList,
     EventOut,
+    JobCreatedOut,
     JobIn,
     JobOut,
     JobPage,
@@ -38,7 +39,7 @@ from api.schemas import (
     StateOut,
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
-from broker import LeaseLost
+from broker import LeaseLost, lease
 from broker.inspection import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.spec import (
     KEY_MAX_LENGTH,
@@ -130,7 +131,7 @@ class JobsController(Controller):
                 required=False,
             ),
         ] = None,
-    ) -> Response[JobOut]:
+    ) -> Response[JobCreatedOut]:
         if idempotency_key and data.idempotency_key and idempotency_key != data.idempotency_key:
             raise HTTPException(
                 status_code=422,
@@ -138,19 +139,25 @@ class JobsController(Controller):
             )
         if idempotency_key and not data.idempotency_key:
             data = msgspec.structs.replace(data, idempotency_key=idempotency_key)
+        spec = data.spec()
         # Refused here, a request the contract rejects never joins a group commit.
-        data.validate()
+        spec.validate()
         caller = principal(request)
         prefix = caller.key_prefix
         runtime = runtime_of(request)
-        stored = await runtime.batcher.enqueue(client, data, caller.token_id)
+        stored = await runtime.batcher.enqueue(
+            client, spec, caller.token_id, unnamed=data.queue is None
+        )
         job = stored.job
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if stored.created:
             runtime.metrics.enqueued.labels(job.queue).inc()
         else:
             headers[REPLAY_HEADER] = "true"
-        return Response(JobOut.of(job, prefix), status_code=201, headers=headers)
+        created = msgspec.structs.replace(
+            JobCreatedOut.of(job, prefix), warnings=list(stored.warnings)
+        )
+        return Response(created, status_code=201, headers=headers)
 
     @post(
         "/batch",
@@ -176,12 +183,17 @@ class JobsController(Controller):
                 status_code=422,
                 detail="a batch takes an idempotency_key per job, not an Idempotency-Key header",
             )
-        enqueued = await enqueue_many(client, data.jobs, principal(request).token_id)
+        specs = [job.spec() for job in data.jobs]
+        unnamed = [job.queue is None for job in data.jobs]
+        enqueued = await enqueue_many(client, specs, unnamed, principal(request).token_id)
         runtime = runtime_of(request)
-        for job, result in zip(data.jobs, enqueued, strict=True):
+        routed = [e.id for e, u in zip(enqueued, unnamed, strict=True) if u and e.created]
+        # Only a routed job's queue is unknown here: read those back for the metric.
+        queues = {j.id: j.queue for j in await client.run(lease.get_jobs(routed))} if routed else {}
+        for spec, result in zip(specs, enqueued, strict=True):
             if result.created:
-                runtime.metrics.enqueued.labels(job.queue).inc()
-        return BatchOut([EnqueuedOut(e.id, e.created) for e in enqueued])
+                runtime.metrics.enqueued.labels(queues.get(result.id, spec.queue)).inc()
+        return BatchOut([EnqueuedOut(e.id, e.created, list(e.warnings)) for e in enqueued])
 
     @get(
         "/{job_id:str}",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from msgspec import Meta
 
 from broker.inspection import MAX_PAGE_SIZE
 from broker.lease import DEFAULT_MAX_SNOOZES
-from broker.spec import JobSpec, QueueName
+from broker.spec import DEFAULT_QUEUE, JobSpec, QueueName
 from broker.types import Job, JobEvent, JobState, LogLine
 
 # Everything a submitter sends is the job spec of broker.spec (its fields, bounds and
@@ -28,7 +28,16 @@ MAX_ERROR_LENGTH = 10_000
 
 class JobIn(JobSpec, frozen=True):
     """A job to enqueue (broker.spec.JobSpec). Give run_at or delay (seconds), not both, and
-    deadline or start_within (seconds), not both."""
+    deadline or start_within (seconds), not both. Without `queue`, the job goes to the
+    queue live workers declare for its kind, else `default` (broker.routing)."""
+
+    # Not named is not `default`: the routed enqueue chooses (mypy: a wider type than
+    # JobSpec's, on purpose; spec() narrows it back).
+    queue: QueueName | None = None  # type: ignore[assignment]
+
+    def spec(self) -> JobSpec:
+        """The job spec to enqueue (`default` standing in for a queue not named)."""
+        return msgspec.structs.replace(self, queue=self.queue or DEFAULT_QUEUE)
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -68,7 +77,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     depends_on: list[int] = []
 
     @classmethod
-    def of(cls, job: Job, key_prefix: str = "") -> JobOut:
+    def of(cls, job: Job, key_prefix: str = "") -> Self:
         """The API view of `job`; the caller's own idempotency-key scope is stripped."""
         key = job.idempotency_key
         if key is not None and key_prefix and key.startswith(key_prefix):
@@ -104,10 +113,19 @@ class JobOut(msgspec.Struct, kw_only=True):
 
 
 class EnqueuedOut(msgspec.Struct):
-    """One job of a batch: its id, and created=false for an idempotent repeat."""
+    """One job of a batch: its id, created=false for an idempotent repeat, and warnings
+    (e.g. that no live worker serves the queue it went to)."""
 
     id: int
     created: bool
+    warnings: list[str] = []
+
+
+class JobCreatedOut(JobOut, kw_only=True):
+    """The enqueued job, with warnings: e.g. that no live worker serves its queue, so it
+    would wait until one starts."""
+
+    warnings: list[str] = []
 
 
 class BatchOut(msgspec.Struct):
@@ -273,6 +291,8 @@ class QueueOut(msgspec.Struct):
     concurrency_limit: int | None = None
     rate_limit: int | None = None
     rate_period_seconds: float | None = None
+    # Whether a live worker serves the queue (queued jobs in one nobody serves wait).
+    served: bool = True
 
 
 class QueueList(msgspec.Struct):

@@ -14,13 +14,12 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import _copy as copy
 from broker import _executor as executor
-from broker import lease, waiting
+from broker import lease, routing, waiting
 from broker import spec as contract
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
 from broker.errors import ConfigError, DatabaseUnavailable, JobNotFound
 from broker.lease import Failure, Statement
 from broker.spec import DEFAULT_QUEUE, JobSpec
-from broker.task import get_task
 from broker.types import (
     TERMINAL_STATES,
     Enqueued,
@@ -64,7 +63,7 @@ def _spec(
     return JobSpec(
         kind,
         args if args is not None else {},
-        queue=declared_queue(kind) if queue is None else queue,
+        queue=routing.fallback(queue),
         delay=contract.seconds(delay, "delay"),
         timeout=contract.seconds(timeout, "timeout"),
         **options,
@@ -85,12 +84,10 @@ def _check_wait(timeout: float) -> None:
 
 
 def declared_queue(kind: str) -> str:
-    """Where a job of `kind` goes when its enqueuer names no queue: the queue its task
-    declares (`@task(queue=...)`) if this process registered the task, else the default
-    queue. Only this process's registry counts: the REST API and the CLI import no task
-    code, so their jobs go to the queue the request names, or `default`."""
-    declared = get_task(kind)
-    return declared.queue if declared is not None else DEFAULT_QUEUE
+    """The queue the task of `kind` declares (`@task(queue=...)`) if this process
+    registered the task, else `default`. An enqueue that names no queue uses it when it
+    says a task's queue; otherwise live workers' declarations decide (broker.routing)."""
+    return routing.declared_queue(kind) or DEFAULT_QUEUE
 
 
 class _Base:
@@ -179,12 +176,16 @@ class Broker(_Base):
     ) -> Enqueued:
         """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
         succeed. With no `queue`, the job goes to its task's declared queue if this process
-        registered the task (`declared_queue`), else to `default`. Raises InvalidJobError
-        (also for a depends_on id no job has) or IdempotencyConflict."""
+        registered the task (`declared_queue`), else to the queue live workers declare for
+        the kind, else to `default` (broker.routing; the registry is read in the same
+        statement, and its warnings are logged and returned in `Enqueued.warnings`).
+        Raises InvalidJobError (also for a depends_on id no job has) or
+        IdempotencyConflict."""
+        chosen = routing.resolve(kind, queue)
         spec = _spec(
             kind,
             args,
-            queue=queue,
+            queue=chosen,
             priority=priority,
             run_at=run_at,
             delay=delay,
@@ -199,6 +200,10 @@ class Broker(_Base):
             deadline=deadline,
             start_within=contract.seconds(start_within, "start_within"),
         )
+        if chosen is None:
+            routed = self.run(routing.enqueue_routed([spec], [True]), conn)
+            routing.report(routed)
+            return routed[0]
         return self.run(lease.enqueue_many([spec]), conn)[0]
 
     def enqueue_many(
@@ -402,12 +407,13 @@ class AsyncBroker(_Base):
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Enqueued:
         """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
-        succeed. Raises InvalidJobError (also for a depends_on id no job has) or
-        IdempotencyConflict."""
+        succeed. The queue is chosen as by `Broker.enqueue`. Raises InvalidJobError (also
+        for a depends_on id no job has) or IdempotencyConflict."""
+        chosen = routing.resolve(kind, queue)
         spec = _spec(
             kind,
             args,
-            queue=queue,
+            queue=chosen,
             priority=priority,
             run_at=run_at,
             delay=delay,
@@ -422,6 +428,10 @@ class AsyncBroker(_Base):
             deadline=deadline,
             start_within=contract.seconds(start_within, "start_within"),
         )
+        if chosen is None:
+            routed = await self.run(routing.enqueue_routed([spec], [True]), conn)
+            routing.report(routed)
+            return routed[0]
         return (await self.run(lease.enqueue_many([spec]), conn))[0]
 
     async def enqueue_many(
