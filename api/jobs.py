@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +39,8 @@ from api.schemas import (
     StateOut,
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
-from broker import LeaseLost, lease
+from broker import JobNotFound, LeaseLost, lease
+from broker.follow import follow_logs as follow_logs  # the UI's live log follows with it
 from broker.inspection import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.spec import (
     KEY_MAX_LENGTH,
@@ -50,10 +51,9 @@ from broker.spec import (
     TAG_MAX_LENGTH,
     TAG_PATTERN,
 )
-from broker.types import TERMINAL_STATES, Fence, JobState
+from broker.types import Fence, JobState
 
 MAX_ID = MAX_BIGINT
-FOLLOW_POLL_SECONDS = 0.25
 # GET /v1/jobs/{id}?wait= holds a request open at most this long (a proxy's idle timeout
 # is often 60 s); Python callers of Broker.wait may wait longer.
 MAX_API_WAIT_SECONDS = 60.0
@@ -281,7 +281,10 @@ class JobsController(Controller):
         summary="A job's log lines",
         description=(
             "With `follow=true` the answer is a text/event-stream: one `log` event per line "
-            "(data: the line as JSON), then one `end` event when the job has finished."
+            "(data: the line as JSON, id: the line's id), in commit order, as lines are "
+            "written (woken by the database's NOTIFY), then one `end` event when the job "
+            "has finished and every line was sent. A client that reconnects with "
+            "`Last-Event-ID` (or `after`) gets only the lines after that id."
         ),
     )
     async def logs(
@@ -292,11 +295,21 @@ class JobsController(Controller):
         after: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 1000,
         follow: FromQuery[bool] = False,
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Last-Event-ID",
+                pattern=r"^[0-9]{1,16}$",
+                required=False,
+                description="Resume a follow after this line id (sent by EventSource).",
+            ),
+        ] = None,
     ) -> Response[LogPage]:
         await client.get_job(job_id)
         if follow:
+            resume = max(after, int(last_event_id)) if last_event_id else after
             # Typed as the JSON page for the schema; the stream is described above.
-            return ServerSentEvent(_follow(client, job_id, after))  # type: ignore[return-value]
+            return ServerSentEvent(_follow(client, job_id, resume))  # type: ignore[return-value]
         lines = await client.logs(job_id, after, limit)
         return Response(
             LogPage([LogLineOut.of(line) for line in lines], lines[-1].id if lines else after)
@@ -359,24 +372,16 @@ class JobsController(Controller):
 async def _follow(
     client: BrokerClient, job_id: int, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
-    # The state is read before the lines: once a finished state has been seen, every
-    # line its worker wrote is already visible, so nothing is lost at the end.
-    while True:
+    """The event stream of follow_logs: a `log` event per line, then `end`."""
+    async for line in follow_logs(client, job_id, after):
+        yield ServerSentEventMessage(
+            data=msgspec.json.encode(LogLineOut.of(line)).decode(),
+            event="log",
+            id=str(line.id),
+        )
+    with contextlib.suppress(JobNotFound):
         job = await client.get_job(job_id)
-        lines = await client.logs(job_id, after, 1000)
-        for line in lines:
-            after = line.id
-            yield ServerSentEventMessage(
-                data=msgspec.json.encode(LogLineOut.of(line)).decode(),
-                event="log",
-                id=str(line.id),
-            )
-        if lines:
-            continue
-        if job.state in TERMINAL_STATES:
-            yield ServerSentEventMessage(
-                data=msgspec.json.encode({"id": job.id, "state": job.state}).decode(),
-                event="end",
-            )
-            return
-        await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        yield ServerSentEventMessage(
+            data=msgspec.json.encode({"id": job.id, "state": job.state}).decode(),
+            event="end",
+        )

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import _copy as copy
 from broker import _executor as executor
-from broker import lease, routing, waiting
+from broker import follow, lease, routing, waiting
 from broker import spec as contract
 from broker.config import DEFAULT_LEASE_TTL, DEFAULT_SCHEMA, Settings, validate_schema
 from broker.errors import ConfigError, DatabaseUnavailable, JobNotFound
@@ -344,6 +344,7 @@ class AsyncBroker(_Base):
         super().__init__(schema, lease_ttl)
         self.pool = pool
         self._waiters: waiting.Waiters | None = None
+        self._log_watch: follow.LogWatch | None = None
 
     @classmethod
     async def connect(
@@ -370,6 +371,8 @@ class AsyncBroker(_Base):
     async def close(self) -> None:
         if self._waiters is not None:
             await self._waiters.close()
+        if self._log_watch is not None:
+            await self._log_watch.close()
         await self.pool.close()
 
     async def __aenter__(self) -> Self:
@@ -531,6 +534,13 @@ class AsyncBroker(_Base):
             )
         await self._waiters.wait(job_id, timeout)
         return await self.get_job(job_id)
+
+    def log_watch(self) -> follow.LogWatch:
+        """The LISTEN connection that wakes this client's log followers
+        (broker.follow.follow_logs), opened on first use and closed with the client."""
+        if self._log_watch is None:
+            self._log_watch = follow.LogWatch(self._listen_connection, self.settings)
+        return self._log_watch
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(
