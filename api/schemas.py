@@ -33,7 +33,14 @@ class JobIn(JobSpec, frozen=True):
 
     # Not named is not `default`: the routed enqueue chooses (mypy: a wider type than
     # JobSpec's, on purpose; spec() narrows it back).
-    queue: QueueName | None = None  # type: ignore[assignment]
+    queue: Annotated[
+        QueueName | None,
+        Meta(
+            description="Default: the queue live workers declare for the kind (each "
+            "records its tasks' queues), else `default`; the answer's `warnings` say when "
+            "no live worker serves the queue the job went to."
+        ),
+    ] = None  # type: ignore[assignment]
 
     def spec(self) -> JobSpec:
         """The job spec to enqueue (`default` standing in for a queue not named)."""
