@@ -5,7 +5,9 @@ statement per request caps throughput however many connections there are. Reques
 arrive while a flush is in flight wait for the next one and go together: one enqueue
 statement, one commit, one NOTIFY per queue, one read of the created rows. No request
 waits on a timer; with one client the path is the same as calling the broker directly.
-Each caller still gets its answer only after its job is committed.
+Each caller still gets its answer only after its job is committed. The statement is the
+routed enqueue (broker.routing): a request that names no queue gets the one the live
+workers declare for its kind, and every answer carries its warnings.
 
 A group's enqueue is one statement, so when it fails nothing of it was committed, and it
 is replayed one job at a time (whatever the error: a bad job, an idempotency conflict, an

@@ -298,8 +298,13 @@ class QueueOut(msgspec.Struct):
     concurrency_limit: int | None = None
     rate_limit: int | None = None
     rate_period_seconds: float | None = None
-    # Whether a live worker serves the queue (queued jobs in one nobody serves wait).
-    served: bool = True
+    served: Annotated[
+        bool,
+        Meta(
+            description="Whether a live worker serves the queue: queued jobs in a queue "
+            "nobody serves wait until such a worker starts."
+        ),
+    ] = True
 
 
 class QueueList(msgspec.Struct):
