@@ -5,7 +5,9 @@ statement per request caps throughput however many connections there are. Reques
 arrive while a flush is in flight wait for the next one and go together: one enqueue
 statement, one commit, one NOTIFY per queue, one read of the created rows. No request
 waits on a timer; with one client the path is the same as calling the broker directly.
-Each caller still gets its answer only after its job is committed.
+Each caller still gets its answer only after its job is committed. The statement is the
+routed enqueue (broker.routing): a request that names no queue gets the one the live
+workers declare for its kind, and every answer carries its warnings.
 
 A group's enqueue is one statement, so when it fails nothing of it was committed, and it
 is replayed one job at a time (whatever the error: a bad job, an idempotency conflict, an
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 from psycopg import errors as pg_errors
 
-from broker import AsyncBroker, JobSpec, lease
+from broker import AsyncBroker, JobSpec, lease, routing, tracing
 from broker.errors import DatabaseUnavailable
 from broker.types import Enqueued, Job
 
@@ -37,27 +39,37 @@ class Created:
 
     job: Job
     created: bool
+    # From the routed enqueue: e.g. that no live worker serves the job's queue.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
     client: AsyncBroker
     spec: JobSpec
+    # The request named no queue: the routed enqueue chooses it (broker.routing).
+    unnamed: bool
     scope: str | None
     future: asyncio.Future[Created]
 
 
 async def enqueue_many(
-    client: AsyncBroker, specs: Sequence[JobSpec], scope: str | None = None
+    client: AsyncBroker,
+    specs: Sequence[JobSpec],
+    unnamed: Sequence[bool],
+    scope: str | None = None,
 ) -> list[Enqueued]:
-    """Enqueue `specs` in one statement (keys within `scope`), repeating on a lost
-    idempotency race."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return await client.enqueue_many(specs, idempotency_scope=scope)
-        except pg_errors.SerializationFailure:
-            if attempt == ATTEMPTS - 1:
-                raise
+    """Enqueue `specs` in one routed statement (keys within `scope`; the queue of each
+    spec flagged in `unnamed` chosen by broker.routing, each result with its warnings),
+    repeating on a lost idempotency race."""
+    # One producer span for the statement (broker.tracing), its context in each job's meta.
+    with tracing.enqueue_span(list(specs)) as traced:
+        for attempt in range(ATTEMPTS):
+            try:
+                return await client.run(routing.enqueue_routed(traced, unnamed, scope))
+            except pg_errors.SerializationFailure:
+                if attempt == ATTEMPTS - 1:
+                    raise
     raise AssertionError("unreachable")
 
 
@@ -69,11 +81,13 @@ class EnqueueBatcher:
         self._pending: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
 
-    async def enqueue(self, client: AsyncBroker, spec: JobSpec, scope: str | None) -> Created:
-        """Enqueue one job (its idempotency key within `scope`) and read it back.
-        Raises what the broker raises for it alone."""
+    async def enqueue(
+        self, client: AsyncBroker, spec: JobSpec, scope: str | None, unnamed: bool = False
+    ) -> Created:
+        """Enqueue one job (its idempotency key within `scope`; its queue routed when
+        `unnamed`) and read it back. Raises what the broker raises for it alone."""
         future: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(client, spec, scope, future))
+        self._pending.append(_Pending(client, spec, unnamed, scope, future))
         if self._draining is None or self._draining.done():
             # A fresh context: the flush serves every waiting request, so it must not run
             # in the first one's (a trace span of that request would parent them all).
@@ -86,7 +100,10 @@ class EnqueueBatcher:
             group = self._next_group()
             try:
                 enqueued = await enqueue_many(
-                    group[0].client, [p.spec for p in group], group[0].scope
+                    group[0].client,
+                    [p.spec for p in group],
+                    [p.unnamed for p in group],
+                    group[0].scope,
                 )
             except Exception as exc:  # nothing of the group was committed
                 if len(group) == 1 or isinstance(exc, DatabaseUnavailable):
@@ -112,7 +129,9 @@ class EnqueueBatcher:
     async def _one_by_one(self, group: list[_Pending]) -> None:
         for pending in group:
             try:
-                enqueued = await enqueue_many(pending.client, [pending.spec], pending.scope)
+                enqueued = await enqueue_many(
+                    pending.client, [pending.spec], [pending.unnamed], pending.scope
+                )
             except Exception as exc:
                 _settle(pending.future, exc=exc)
             else:
@@ -130,7 +149,10 @@ class EnqueueBatcher:
             return
         jobs = {j.id: j for j in found}
         for pending, result in zip(group, enqueued, strict=True):
-            _settle(pending.future, result=Created(jobs[result.id], result.created))
+            _settle(
+                pending.future,
+                result=Created(jobs[result.id], result.created, result.warnings),
+            )
 
 
 def _settle(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +28,7 @@ from api.schemas import (
     EnqueuedOut,
     EventList,
     EventOut,
+    JobCreatedOut,
     JobIn,
     JobOut,
     JobPage,
@@ -38,7 +39,8 @@ from api.schemas import (
     StateOut,
 )
 from api.strict import JobId, StrictJSON, job_id_is_a_number
-from broker import LeaseLost
+from broker import JobNotFound, LeaseLost, lease
+from broker.follow import follow_logs
 from broker.inspection import MAX_PAGE_SIZE, JobFilter, list_jobs
 from broker.spec import (
     KEY_MAX_LENGTH,
@@ -49,10 +51,9 @@ from broker.spec import (
     TAG_MAX_LENGTH,
     TAG_PATTERN,
 )
-from broker.types import TERMINAL_STATES, Fence, JobState
+from broker.types import Fence, JobState
 
 MAX_ID = MAX_BIGINT
-FOLLOW_POLL_SECONDS = 0.25
 # GET /v1/jobs/{id}?wait= holds a request open at most this long (a proxy's idle timeout
 # is often 60 s); Python callers of Broker.wait may wait longer.
 MAX_API_WAIT_SECONDS = 60.0
@@ -130,7 +131,7 @@ class JobsController(Controller):
                 required=False,
             ),
         ] = None,
-    ) -> Response[JobOut]:
+    ) -> Response[JobCreatedOut]:
         if idempotency_key and data.idempotency_key and idempotency_key != data.idempotency_key:
             raise HTTPException(
                 status_code=422,
@@ -138,19 +139,25 @@ class JobsController(Controller):
             )
         if idempotency_key and not data.idempotency_key:
             data = msgspec.structs.replace(data, idempotency_key=idempotency_key)
+        spec = data.spec()
         # Refused here, a request the contract rejects never joins a group commit.
-        data.validate()
+        spec.validate()
         caller = principal(request)
         prefix = caller.key_prefix
         runtime = runtime_of(request)
-        stored = await runtime.batcher.enqueue(client, data, caller.token_id)
+        stored = await runtime.batcher.enqueue(
+            client, spec, caller.token_id, unnamed=data.queue is None
+        )
         job = stored.job
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if stored.created:
             runtime.metrics.enqueued.labels(job.queue).inc()
         else:
             headers[REPLAY_HEADER] = "true"
-        return Response(JobOut.of(job, prefix), status_code=201, headers=headers)
+        created = msgspec.structs.replace(
+            JobCreatedOut.of(job, prefix), warnings=list(stored.warnings)
+        )
+        return Response(created, status_code=201, headers=headers)
 
     @post(
         "/batch",
@@ -176,12 +183,17 @@ class JobsController(Controller):
                 status_code=422,
                 detail="a batch takes an idempotency_key per job, not an Idempotency-Key header",
             )
-        enqueued = await enqueue_many(client, data.jobs, principal(request).token_id)
+        specs = [job.spec() for job in data.jobs]
+        unnamed = [job.queue is None for job in data.jobs]
+        enqueued = await enqueue_many(client, specs, unnamed, principal(request).token_id)
         runtime = runtime_of(request)
-        for job, result in zip(data.jobs, enqueued, strict=True):
+        routed = [e.id for e, u in zip(enqueued, unnamed, strict=True) if u and e.created]
+        # Only a routed job's queue is unknown here: read those back for the metric.
+        queues = {j.id: j.queue for j in await client.run(lease.get_jobs(routed))} if routed else {}
+        for spec, result in zip(specs, enqueued, strict=True):
             if result.created:
-                runtime.metrics.enqueued.labels(job.queue).inc()
-        return BatchOut([EnqueuedOut(e.id, e.created) for e in enqueued])
+                runtime.metrics.enqueued.labels(queues.get(result.id, spec.queue)).inc()
+        return BatchOut([EnqueuedOut(e.id, e.created, list(e.warnings)) for e in enqueued])
 
     @get(
         "/{job_id:str}",
@@ -269,7 +281,10 @@ class JobsController(Controller):
         summary="A job's log lines",
         description=(
             "With `follow=true` the answer is a text/event-stream: one `log` event per line "
-            "(data: the line as JSON), then one `end` event when the job has finished."
+            "(data: the line as JSON, id: the line's id), in commit order, as lines are "
+            "written (woken by the database's NOTIFY), then one `end` event when the job "
+            "has finished and every line was sent. A client that reconnects with "
+            "`Last-Event-ID` (or `after`) gets only the lines after that id."
         ),
     )
     async def logs(
@@ -280,11 +295,21 @@ class JobsController(Controller):
         after: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 1000,
         follow: FromQuery[bool] = False,
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Last-Event-ID",
+                pattern=r"^[0-9]{1,16}$",
+                required=False,
+                description="Resume a follow after this line id (sent by EventSource).",
+            ),
+        ] = None,
     ) -> Response[LogPage]:
         await client.get_job(job_id)
         if follow:
+            resume = max(after, int(last_event_id)) if last_event_id else after
             # Typed as the JSON page for the schema; the stream is described above.
-            return ServerSentEvent(follow_logs(client, job_id, after))  # type: ignore[return-value]
+            return ServerSentEvent(log_events(client, job_id, resume))  # type: ignore[return-value]
         lines = await client.logs(job_id, after, limit)
         return Response(
             LogPage([LogLineOut.of(line) for line in lines], lines[-1].id if lines else after)
@@ -344,29 +369,21 @@ class JobsController(Controller):
         return LogsStored(job_id, stored)
 
 
-async def follow_logs(
+async def log_events(
     client: BrokerClient, job_id: int, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """A job's log lines after `after` as server-sent events (`log` per line, then `end`
-    once the job is finished); /v1 logs?follow=true and the UI's live log both send it."""
-    # The state is read before the lines: once a finished state has been seen, every
-    # line its worker wrote is already visible, so nothing is lost at the end.
-    while True:
+    """A job's log lines after `after` as server-sent events (broker.follow.follow_logs: a
+    `log` event per line, each once, in commit order, then `end` once the job is finished
+    and its log drained); /v1 logs?follow=true and the UI's live log both send it."""
+    async for line in follow_logs(client, job_id, after):
+        yield ServerSentEventMessage(
+            data=msgspec.json.encode(LogLineOut.of(line)).decode(),
+            event="log",
+            id=str(line.id),
+        )
+    with contextlib.suppress(JobNotFound):
         job = await client.get_job(job_id)
-        lines = await client.logs(job_id, after, 1000)
-        for line in lines:
-            after = line.id
-            yield ServerSentEventMessage(
-                data=msgspec.json.encode(LogLineOut.of(line)).decode(),
-                event="log",
-                id=str(line.id),
-            )
-        if lines:
-            continue
-        if job.state in TERMINAL_STATES:
-            yield ServerSentEventMessage(
-                data=msgspec.json.encode({"id": job.id, "state": job.state}).decode(),
-                event="end",
-            )
-            return
-        await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        yield ServerSentEventMessage(
+            data=msgspec.json.encode({"id": job.id, "state": job.state}).decode(),
+            event="end",
+        )

@@ -57,6 +57,7 @@ class QueuesController(Controller):
                     r.concurrency_limit,
                     r.rate_limit,
                     r.rate_period_seconds,
+                    r.served,
                 )
                 for r in rows
             ]

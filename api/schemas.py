@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from msgspec import Meta
 
 from broker.inspection import MAX_PAGE_SIZE
 from broker.lease import DEFAULT_MAX_SNOOZES
-from broker.spec import JobSpec, QueueName
+from broker.spec import DEFAULT_QUEUE, JobSpec, QueueName
 from broker.types import Job, JobEvent, JobState, LogLine
 
 # Everything a submitter sends is the job spec of broker.spec (its fields, bounds and
@@ -28,7 +28,23 @@ MAX_ERROR_LENGTH = 10_000
 
 class JobIn(JobSpec, frozen=True):
     """A job to enqueue (broker.spec.JobSpec). Give run_at or delay (seconds), not both, and
-    deadline or start_within (seconds), not both."""
+    deadline or start_within (seconds), not both. Without `queue`, the job goes to the
+    queue live workers declare for its kind, else `default` (broker.routing)."""
+
+    # Not named is not `default`: the routed enqueue chooses (mypy: a wider type than
+    # JobSpec's, on purpose; spec() narrows it back).
+    queue: Annotated[
+        QueueName | None,
+        Meta(
+            description="Default: the queue live workers declare for the kind (each "
+            "records its tasks' queues), else `default`; the answer's `warnings` say when "
+            "no live worker serves the queue the job went to."
+        ),
+    ] = None  # type: ignore[assignment]
+
+    def spec(self) -> JobSpec:
+        """The job spec to enqueue (`default` standing in for a queue not named)."""
+        return msgspec.structs.replace(self, queue=self.queue or DEFAULT_QUEUE)
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,7 +86,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     meta: dict[str, Any] = {}
 
     @classmethod
-    def of(cls, job: Job, key_prefix: str = "") -> JobOut:
+    def of(cls, job: Job, key_prefix: str = "") -> Self:
         """The API view of `job`; the caller's own idempotency-key scope is stripped."""
         key = job.idempotency_key
         if key is not None and key_prefix and key.startswith(key_prefix):
@@ -107,10 +123,19 @@ class JobOut(msgspec.Struct, kw_only=True):
 
 
 class EnqueuedOut(msgspec.Struct):
-    """One job of a batch: its id, and created=false for an idempotent repeat."""
+    """One job of a batch: its id, created=false for an idempotent repeat, and warnings
+    (e.g. that no live worker serves the queue it went to)."""
 
     id: int
     created: bool
+    warnings: list[str] = []
+
+
+class JobCreatedOut(JobOut, kw_only=True):
+    """The enqueued job, with warnings: e.g. that no live worker serves its queue, so it
+    would wait until one starts."""
+
+    warnings: list[str] = []
 
 
 class BatchOut(msgspec.Struct):
@@ -278,6 +303,13 @@ class QueueOut(msgspec.Struct):
     concurrency_limit: int | None = None
     rate_limit: int | None = None
     rate_period_seconds: float | None = None
+    served: Annotated[
+        bool,
+        Meta(
+            description="Whether a live worker serves the queue: queued jobs in a queue "
+            "nobody serves wait until such a worker starts."
+        ),
+    ] = True
 
 
 class QueueList(msgspec.Struct):

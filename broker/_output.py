@@ -144,6 +144,7 @@ def queue_json(q: QueueStats) -> dict[str, Any]:
         "concurrency_limit": q.concurrency_limit,
         "rate_limit": q.rate_limit,
         "rate_period_seconds": q.rate_period_seconds,
+        "served": q.served,
     }
 
 

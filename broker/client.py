@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from broker import _copy as copy
 from broker import _executor as executor
-from broker import lease, tracing, waiting
+from broker import follow, lease, routing, tracing, waiting
 from broker import spec as contract
 from broker.config import (
     DEFAULT_LEASE_TTL,
@@ -26,7 +26,6 @@ from broker.config import (
 from broker.errors import ConfigError, DatabaseUnavailable, JobNotFound
 from broker.lease import Failure, Statement
 from broker.spec import DEFAULT_QUEUE, JobSpec
-from broker.task import get_task
 from broker.types import (
     TERMINAL_STATES,
     Enqueued,
@@ -145,7 +144,7 @@ def _spec(
     return JobSpec(
         kind,
         args if args is not None else {},
-        queue=declared_queue(kind) if queue is None else queue,
+        queue=routing.fallback(queue),
         delay=contract.seconds(delay, "delay"),
         timeout=contract.seconds(timeout, "timeout"),
         **options,
@@ -171,12 +170,10 @@ def _check_wait(timeout: float) -> None:
 
 
 def declared_queue(kind: str) -> str:
-    """Where a job of `kind` goes when its enqueuer names no queue: the queue its task
-    declares (`@task(queue=...)`) if this process registered the task, else the default
-    queue. Only this process's registry counts: the REST API and the CLI import no task
-    code, so their jobs go to the queue the request names, or `default`."""
-    declared = get_task(kind)
-    return declared.queue if declared is not None else DEFAULT_QUEUE
+    """The queue the task of `kind` declares (`@task(queue=...)`) if this process
+    registered the task, else `default`. An enqueue that names no queue uses it when it
+    says a task's queue; otherwise live workers' declarations decide (broker.routing)."""
+    return routing.declared_queue(kind) or DEFAULT_QUEUE
 
 
 class _Base:
@@ -272,14 +269,18 @@ class Broker(_Base):
     ) -> Enqueued:
         """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
         succeed. With no `queue`, the job goes to its task's declared queue if this process
-        registered the task (`declared_queue`), else to `default`. `meta` is carrier data
-        for the run (string values or objects; broker.tracing adds the trace context).
+        registered the task (`declared_queue`), else to the queue live workers declare for
+        the kind, else to `default` (broker.routing; the registry is read in the same
+        statement, and its warnings are logged and returned in `Enqueued.warnings`).
+        `meta` is carrier data for the run (string values or objects; broker.tracing adds
+        the trace context).
         Raises InvalidJobError (also for a depends_on id no job has) or
         IdempotencyConflict."""
+        chosen = routing.resolve(kind, queue)
         spec = _spec(
             kind,
             args,
-            queue=queue,
+            queue=chosen,
             priority=priority,
             run_at=run_at,
             delay=delay,
@@ -295,6 +296,11 @@ class Broker(_Base):
             start_within=contract.seconds(start_within, "start_within"),
             meta=meta if meta is not None else {},
         )
+        if chosen is None:
+            with tracing.enqueue_span([spec]) as traced:
+                routed = self.run(routing.enqueue_routed(traced, [True]), conn)
+            routing.report(routed)
+            return routed[0]
         return self.enqueue_many([spec], conn)[0]
 
     def enqueue_many(
@@ -437,6 +443,7 @@ class AsyncBroker(_Base):
         super().__init__(schema, lease_ttl, listen_url)
         self.pool = pool
         self._waiters: waiting.Waiters | None = None
+        self._log_watch: follow.LogWatch | None = None
 
     @classmethod
     async def connect(
@@ -466,6 +473,8 @@ class AsyncBroker(_Base):
     async def close(self) -> None:
         if self._waiters is not None:
             await self._waiters.close()
+        if self._log_watch is not None:
+            await self._log_watch.close()
         await self.pool.close()
 
     async def __aenter__(self) -> Self:
@@ -504,12 +513,14 @@ class AsyncBroker(_Base):
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Enqueued:
         """Enqueue one job. With `depends_on` (ids of existing jobs) it waits until they all
-        succeed. `meta` is carrier data for the run (see Broker.enqueue). Raises
-        InvalidJobError (also for a depends_on id no job has) or IdempotencyConflict."""
+        succeed. The queue is chosen as by `Broker.enqueue`. `meta` is carrier data for
+        the run (see Broker.enqueue). Raises InvalidJobError (also
+        for a depends_on id no job has) or IdempotencyConflict."""
+        chosen = routing.resolve(kind, queue)
         spec = _spec(
             kind,
             args,
-            queue=queue,
+            queue=chosen,
             priority=priority,
             run_at=run_at,
             delay=delay,
@@ -525,6 +536,11 @@ class AsyncBroker(_Base):
             start_within=contract.seconds(start_within, "start_within"),
             meta=meta if meta is not None else {},
         )
+        if chosen is None:
+            with tracing.enqueue_span([spec]) as traced:
+                routed = await self.run(routing.enqueue_routed(traced, [True]), conn)
+            routing.report(routed)
+            return routed[0]
         return (await self.enqueue_many([spec], conn))[0]
 
     async def enqueue_many(
@@ -624,6 +640,13 @@ class AsyncBroker(_Base):
             )
         await self._waiters.wait(job_id, timeout)
         return await self.get_job(job_id)
+
+    def log_watch(self) -> follow.LogWatch:
+        """The LISTEN connection that wakes this client's log followers
+        (broker.follow.follow_logs), opened on first use and closed with the client."""
+        if self._log_watch is None:
+            self._log_watch = follow.LogWatch(self._listen_connection, self.settings)
+        return self._log_watch
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
         conninfo, options = _listen_target(self.pool, self.listen_url)

@@ -158,3 +158,9 @@ class Settings:
         """NOTIFY channel announcing jobs that reached a terminal state; the payload is
         their ids, comma-separated (broker.waiting)."""
         return f"{self.schema}_done"
+
+    @property
+    def logs_channel(self) -> str:
+        """NOTIFY channel announcing log lines of followed jobs; the payload is their ids,
+        comma-separated (broker.follow)."""
+        return f"{self.schema}_logs"

@@ -50,6 +50,9 @@ class QueueStats:
     concurrency_limit: int | None = None
     rate_limit: int | None = None
     rate_period_seconds: float | None = None
+    # Whether a live worker (worker_status) serves the queue: queued jobs in a queue no
+    # live worker serves wait until one starts (broker.routing).
+    served: bool = True
 
 
 @dataclass(frozen=True, slots=True)

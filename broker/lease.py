@@ -78,22 +78,34 @@ def enqueue_many(
     `idempotency_scope` namespaces the specs' idempotency keys (the REST API uses one per
     token): a key is unique within its scope and checked against the key bounds on its own.
     Raises InvalidJobError for a spec outside the contract."""
+    return Statement(
+        "job_enqueue_many",
+        {"specs": enqueue_payload(specs, idempotency_scope)},
+        lambda rows: [Enqueued(int(r[1]), bool(r[2])) for r in rows],
+    )
+
+
+def enqueue_payload(
+    specs: Iterable[JobSpec],
+    idempotency_scope: str | None = None,
+    unnamed: Sequence[bool] = (),
+) -> str:
+    """The specs as the enqueue_many() SQL function reads them (a JSON array), checked.
+    A spec whose flag in `unnamed` is true goes without its queue, for the routed enqueue
+    (broker.routing) to choose. Raises InvalidJobError for a spec outside the contract."""
     if idempotency_scope is not None:
         contract.check_scope(idempotency_scope)
     fields: list[dict[str, Any]] = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         args = contract.check(spec)
         wire = contract.wire(spec)
         wire["args"] = msgspec.Raw(args)  # encoded once, by the check
         if idempotency_scope is not None and spec.idempotency_key is not None:
             wire["idempotency_scope"] = idempotency_scope
+        if i < len(unnamed) and unnamed[i]:
+            del wire["queue"]
         fields.append(wire)
-    payload = msgspec.json.encode(fields).decode()
-    return Statement(
-        "job_enqueue_many",
-        {"specs": payload},
-        lambda rows: [Enqueued(int(r[1]), bool(r[2])) for r in rows],
-    )
+    return msgspec.json.encode(fields).decode()
 
 
 # --- claim ----------------------------------------------------------------------------

@@ -28,10 +28,13 @@ class StopReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """Result of an enqueue: the job id, and False in `created` for an idempotent replay."""
+    """Result of an enqueue: the job id, and False in `created` for an idempotent replay.
+    `warnings` come from a routed enqueue (broker.routing): e.g. that no live worker serves
+    the queue the job went to."""
 
     id: int
     created: bool
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

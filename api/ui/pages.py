@@ -9,11 +9,11 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get
 from litestar.exceptions import ValidationException
-from litestar.params import QueryParameter
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, Template
 
 from api.deps import BrokerClient, runtime_of
-from api.jobs import MAX_ID, decode_cursor, encode_cursor, follow_logs
+from api.jobs import MAX_ID, decode_cursor, encode_cursor, log_events
 from api.strict import JobId
 from api.ui._web import render, viewer
 from broker import inspection as views
@@ -183,11 +183,17 @@ class PagesController(Controller):
         job_id: JobId,
         client: BrokerClient,
         after: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(name="Last-Event-ID", pattern=r"^[0-9]{1,16}$", required=False),
+        ] = None,
     ) -> ServerSentEvent:
         """The job's log lines as server-sent events (`log`, then `end`), as
-        /v1/jobs/{id}/logs?follow=true sends them."""
+        /v1/jobs/{id}/logs?follow=true sends them; a reconnecting EventSource resumes
+        after the last line it got (Last-Event-ID)."""
         await client.get_job(job_id)
-        return ServerSentEvent(follow_logs(client, job_id, after))
+        resume = max(after, int(last_event_id)) if last_event_id else after
+        return ServerSentEvent(log_events(client, job_id, resume))
 
     @get("/workers")
     async def workers(self, request: Request[Any, Any, Any], client: BrokerClient) -> Template:

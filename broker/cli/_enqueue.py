@@ -14,7 +14,6 @@ from broker._durations import Duration
 from broker.cli._errors import CommandFailed, InputError, Interrupted, OneLineCommand
 from broker.cli._options import echo_json, json_option, open_client
 from broker.errors import BrokerError
-from broker.spec import DEFAULT_QUEUE
 
 
 def _parse_args_json(text: str | None, option: str = "--args") -> dict[str, Any]:
@@ -58,7 +57,10 @@ def _parse_ids(text: str | None) -> list[int] | None:
 @click.command(cls=OneLineCommand)
 @click.argument("kind", required=False)
 @click.option("--args", "args_json", metavar="JSON", help="Arguments: a JSON object.")
-@click.option("--queue", default=DEFAULT_QUEUE, show_default=True)
+@click.option(
+    "--queue",
+    help="Default: the queue live workers declare for KIND, else `default`.",
+)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 # Bounds are the job spec's (broker.spec), checked when the options become a JobSpec.
 @click.option("--delay", type=Duration(), help="Run after this long (e.g. 90s, 10m, 1h30m).")
@@ -98,7 +100,7 @@ def _parse_ids(text: str | None) -> list[int] | None:
 def enqueue(
     kind: str | None,
     args_json: str | None,
-    queue: str,
+    queue: str | None,
     priority: int,
     delay: float | None,
     run_at: str | None,
@@ -148,7 +150,7 @@ def enqueue(
         }
         extra = [name for name, value in given.items() if value is not None]
         extra += ["--tag"] if tags else []
-        extra += ["--queue"] if queue != DEFAULT_QUEUE else []
+        extra += ["--queue"] if queue is not None else []
         extra += ["--priority"] if priority != 0 else []
         if extra:
             raise InputError(f"--file takes each job's fields from the file, not {extra[0]}")
@@ -187,8 +189,13 @@ def enqueue(
         name = (exc.field or "").split("[")[0]
         option = {"kind": "KIND", "tags": "--tag"}.get(name, "--" + name.replace("_", "-"))
         raise InputError(f"{option}: {exc.why}" if exc.field else exc.why) from None
+    from broker import routing
+
     with open_client() as client:
-        [done] = client.enqueue_many([spec])
+        # The CLI imports no task code: without --queue, live workers' declarations route.
+        [done] = client.run(routing.enqueue_routed([spec], [queue is None]))
+    for line in done.warnings:
+        click.echo(f"warning: {line}", err=True)
     if as_json:
         echo_json({"id": done.id, "created": done.created})
     else:

@@ -1,4 +1,5 @@
-"""`broker jobs ls | show | cancel | retry`: reading jobs and the two operator transitions."""
+"""`broker jobs ls | show | logs | cancel | retry`: reading jobs (following a log as it is
+written) and the two operator transitions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from broker.cli._options import echo_json, json_option, open_client
 from broker.types import JOB_STATES
 
 if TYPE_CHECKING:
-    from broker.types import Job
+    from collections.abc import Callable
+
+    from broker.types import Job, LogLine
 
 # broker.types is a leaf module (standard library only), so the states' one home costs
 # the command nothing to import.
@@ -115,7 +118,7 @@ def jobs_show(job_id: int, with_logs: bool, as_json: bool) -> None:
         to_json,
         when,
     )
-    from broker.types import JobEvent, LogLine
+    from broker.types import JobEvent
 
     with open_client() as client:
         job = client.get_job(job_id)
@@ -184,6 +187,64 @@ def jobs_show(job_id: int, with_logs: bool, as_json: bool) -> None:
             click.echo(f"{when(line.at)} [{line.epoch}] {line.line}")
         if not lines:
             click.echo("(none)")
+
+
+@jobs.command("logs")
+@click.argument("job_id", metavar="ID", type=click.IntRange(min=1))
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Print lines as they are written; exit once the job has finished and every line is shown.",
+)
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="LINE_ID",
+    help="Only lines after this line id (to resume).",
+)
+@json_option
+def jobs_logs(job_id: int, follow: bool, after: int, as_json: bool) -> None:
+    """The lines a job's handler logged, in the order they were written: time, [epoch],
+    line. With --json, one JSON object per line (JSON Lines)."""
+    from broker._output import log_json, to_json, when
+
+    def show(line: LogLine) -> None:
+        if as_json:
+            click.echo(to_json(log_json(line)))
+        else:
+            click.echo(f"{when(line.at)} [{line.epoch}] {line.line}")
+
+    if not follow:
+        with open_client() as client:
+            client.get_job(job_id)
+            while page := client.logs(job_id, after):
+                for line in page:
+                    show(line)
+                after = page[-1].id
+        return
+    import asyncio
+
+    from broker.cli._errors import Interrupted
+
+    try:
+        asyncio.run(_follow_logs(job_id, after, show))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted") from None
+
+
+async def _follow_logs(job_id: int, after: int, show: Callable[[LogLine], None]) -> None:
+    from broker.cli._options import settings_and_url
+    from broker.client import AsyncBroker
+    from broker.follow import follow_logs
+
+    settings, url = settings_and_url()
+    async with await AsyncBroker.connect(
+        url, schema=settings.schema, max_size=1, connect_timeout=5
+    ) as client:
+        async for line in follow_logs(client, job_id, after):
+            show(line)
 
 
 def _state_change(job_id: int, state: str, as_json: bool) -> None:

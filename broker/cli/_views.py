@@ -64,6 +64,9 @@ def stats(as_json: bool) -> None:
     headers = ["QUEUE", *(name.upper() for name in counts), "OLDEST WAIT", "PAUSED"]
     right = headers[1:-1]
     click.echo(table(headers, [*rows, total_row], right=right))
+    for q in queues:
+        if q.queued and not q.served:
+            click.echo(f"\nqueue '{q.queue}': {q.queued} queued, and no live worker serves it")
     click.echo(f"\nworkers alive: {summary.workers_alive}   database time: {when(summary.db_time)}")
 
 

@@ -26,13 +26,15 @@ LIMIT %(limit)s;
 
 -- name: queues_list
 -- queue_stats, plus configured queues (paused or limited) that hold no jobs (the view only
--- lists queues with jobs), with their limits.
+-- lists queues with jobs), with their limits, and whether a live worker serves the queue.
 SELECT coalesce(s.queue, p.name) AS queue,
        coalesce(s.queued, 0), coalesce(s.available, 0), coalesce(s.scheduled, 0),
        coalesce(s.running, 0), coalesce(s.succeeded, 0), coalesce(s.failed, 0),
        coalesce(s.cancelled, 0), coalesce(s.oldest_available_age_seconds, 0),
        coalesce(p.paused, false) AS paused, p.paused_at, p.pause_reason, coalesce(s.waiting, 0),
-       p.concurrency_limit, p.rate_limit, extract(epoch FROM p.rate_period)::float8
+       p.concurrency_limit, p.rate_limit, extract(epoch FROM p.rate_period)::float8,
+       EXISTS (SELECT 1 FROM {schema}.worker_status ws
+               WHERE ws.status = 'alive' AND coalesce(s.queue, p.name) = ANY (ws.queues))
 FROM {schema}.queue_stats s
 FULL JOIN (SELECT * FROM {schema}.queues
            WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL) p

@@ -6,6 +6,48 @@
 -- live in the enqueue_many() SQL function, shared with broker.enqueue() for SQL callers.
 SELECT ord, job_id, created FROM {schema}.enqueue_many(%(specs)s::jsonb) ORDER BY ord;
 
+-- name: job_enqueue_routed
+-- enqueue_many() with the registry's part of the routing rule (decision 023), in the
+-- same round trip: a spec without "queue" goes to the queue that live workers (as
+-- worker_status judges them) declare for its kind in meta->'task_queues', the one most of
+-- them declare (ties: the first by name), else 'default'. Each row also says what the
+-- warnings need: every queue declared for the kind, whether a live worker serves the
+-- job's queue, whether one that runs the kind does, and the queues where live workers run
+-- the kind. The registry holds a row per worker process, so this reads a few rows.
+WITH live AS (
+    SELECT w.queues, w.meta
+    FROM {schema}.worker_status ws JOIN {schema}.workers w USING (worker_id)
+    WHERE ws.status = 'alive'
+),
+spec AS (
+    SELECT e.ord, e.spec, e.spec ->> 'kind' AS kind, e.spec ? 'queue' AS named
+    FROM jsonb_array_elements(%(specs)s::jsonb) WITH ORDINALITY AS e(spec, ord)
+),
+routed AS (
+    SELECT s.ord, s.kind, s.named, d.declared,
+           CASE WHEN s.named THEN s.spec
+                ELSE s.spec || jsonb_build_object('queue', coalesce(d.declared[1], 'default'))
+           END AS spec
+    FROM spec s
+    CROSS JOIN LATERAL (
+        SELECT coalesce(array_agg(c.queue ORDER BY c.n DESC, c.queue), '{{}}') AS declared
+        FROM (SELECT l.meta -> 'task_queues' ->> s.kind AS queue, count(*) AS n
+              FROM live l WHERE l.meta -> 'task_queues' ? s.kind GROUP BY 1) c
+    ) d
+),
+done AS (
+    SELECT e.ord, e.job_id, e.created
+    FROM {schema}.enqueue_many((SELECT jsonb_agg(r.spec ORDER BY r.ord) FROM routed r)) e
+)
+SELECT d.ord, d.job_id, d.created, r.kind, r.spec ->> 'queue', r.named, r.declared,
+       EXISTS (SELECT 1 FROM live l WHERE r.spec ->> 'queue' = ANY (l.queues)),
+       EXISTS (SELECT 1 FROM live l
+               WHERE r.spec ->> 'queue' = ANY (l.queues) AND l.meta -> 'kinds' ? r.kind),
+       ARRAY(SELECT DISTINCT q FROM live l CROSS JOIN unnest(l.queues) AS q
+             WHERE l.meta -> 'kinds' ? r.kind ORDER BY 1)
+FROM done d JOIN routed r USING (ord)
+ORDER BY d.ord;
+
 -- name: job_get
 SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,
        lease_expires_at, worker_id, idempotency_key, subject_key, result, last_error, tags,

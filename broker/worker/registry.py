@@ -273,7 +273,12 @@ class Registration:
                 self.concurrency,
                 self.version,
                 self.skew,
-                {"kinds": sorted(registered())},
+                # The queue each task declares: enqueuers that import no task code route
+                # by it (broker.routing).
+                {
+                    "kinds": sorted(registered()),
+                    "task_queues": {k: t.queue for k, t in sorted(registered().items())},
+                },
             )
         )
 

@@ -440,6 +440,7 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
     assert lines[3].split() == ["idle", "0", "0", "0", "0", "0", "0", "0", "0", "-", "paused"]
     assert lines[4].split()[:9] == ["(all)", "0", "2", "1", "1", "0", "1", "0", "0"]
     assert "workers alive: 0" in table.stdout
+    assert "queue 'a': 2 queued, and no live worker serves it" in table.stdout
 
     body = json.loads(cli(db_url, "stats", "--json").stdout)
     assert set(body) == {"queues", "totals", "workers_alive", "db_time"}
@@ -462,6 +463,7 @@ def test_stats_table_and_json(db_url: str, broker: Broker, conn: psycopg.Connect
         "concurrency_limit": None,
         "rate_limit": None,
         "rate_period_seconds": None,
+        "served": False,
     }
     assert a["oldest_available_age_seconds"] >= 0 and a["paused_at"] is not None
     assert body["queues"][1]["paused"] is False and body["queues"][1]["paused_at"] is None
@@ -554,7 +556,8 @@ def test_exit_codes_and_stderr_of_a_real_process(db_url: str) -> None:
     fed = broker_process(db_url, "enqueue", "--file", "-", input='{"kind": "a"}\n{"kind": "b"}\n')
     assert (fed.returncode, fed.stderr) == (0, "")
     ok = broker_process(db_url, "enqueue", "k", "--args", '{"x": 1}')
-    assert ok.returncode == 0 and ok.stderr == ""
+    # One line on stderr: no worker runs here, so nobody serves the job's queue.
+    assert ok.returncode == 0 and ok.stderr == "warning: no live worker serves queue 'default'\n"
     job_id = int(ok.stdout)
     shown = broker_process(db_url, "jobs", "show", str(job_id), "--json")
     assert json.loads(shown.stdout)["job"]["args"] == {"x": 1}

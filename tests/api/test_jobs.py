@@ -107,6 +107,8 @@ def test_body_over_the_limit_is_413(client: Client) -> None:
 def test_get_job_and_404(client: Client) -> None:
     job = enqueue(client)
     r = client.get(f"/v1/jobs/{job['id']}", headers=H)
+    # The enqueue's answer is the job plus its warnings (no worker runs here).
+    assert job.pop("warnings") == ["no live worker serves queue 'default'"]
     assert r.status_code == 200 and r.json() == job
     assert_problem(client.get("/v1/jobs/999999", headers=H), 404)
     assert_problem(client.get("/v1/jobs/0", headers=H), 400)

@@ -405,3 +405,42 @@ def test_the_decision_record_shows_this_table() -> None:
         line for line in text.splitlines() if re.match(r"\| [^|]+ \| (accepted|refused|n/a)", line)
     ]
     assert shown == table()
+
+
+def test_every_door_that_lets_the_queue_be_left_out_routes_by_one_rule(
+    db_url: str, broker: Broker, conn: Conn, tmp_path: Path
+) -> None:
+    """A live worker declares `routed.kind` on `nc` (the row a worker writes at start).
+    Python (the task not imported), REST and the CLI send an unnamed queue there; a job
+    file line and SQL's broker.enqueue() name their queue, `default` when left out
+    (decision 023)."""
+    import uuid
+
+    from api.app import create_app
+    from api.config import ApiSettings, parse_tokens
+    from broker.config import Settings
+    from broker.worker import registry
+    from tests.api.conftest import TOKENS
+
+    meta = {"kinds": ["routed.kind"], "task_queues": {"routed.kind": "nc"}}
+    broker.run(registry.register("h:1", uuid.uuid4(), 1, ["nc"], 4, "test", 0.0, meta))
+    case = ok("routed", kind="routed.kind")
+    app = create_app(
+        Settings(database_url=db_url), api_settings=ApiSettings(tokens=parse_tokens(TOKENS))
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        doors = {
+            "python": python_door(broker),
+            "rest": rest_door(client),
+            "cli": cli_door(db_url),
+            "file": file_door(db_url, tmp_path),
+            "sql": sql_door(conn),
+        }
+        queues = {}
+        for name, enqueue in doors.items():
+            assert enqueue(case) == ACCEPTED, name
+            row = conn.execute("SELECT queue FROM broker.jobs ORDER BY id DESC LIMIT 1").fetchone()
+            assert row is not None
+            queues[name] = row[0]
+    routed = {"python": "nc", "rest": "nc", "cli": "nc"}
+    assert queues == {**routed, "file": "default", "sql": "default"}
