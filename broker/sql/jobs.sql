@@ -180,7 +180,8 @@ WITH applied AS (
                         ELSE j.attempts END,
         -- A failure's cap is its task's max_attempts (broker.lease.Failure): the job keeps
         -- the lower of the two, the one that decides when it stops.
-        max_attempts = CASE WHEN d.outcome = 'fail' AND d.cap < j.max_attempts THEN d.cap
+        max_attempts = CASE WHEN d.outcome IS NULL THEN j.max_attempts
+                            WHEN d.outcome = 'fail' AND d.cap < j.max_attempts THEN d.cap
                             ELSE j.max_attempts END,
         snoozes = CASE WHEN d.outcome IS NULL THEN j.snoozes
                        WHEN d.outcome = 'snooze' AND j.snoozes < d.cap THEN j.snoozes + 1
