@@ -50,15 +50,13 @@ WORKER = "bench:1"
 
 
 BEFORE_REV = "d0188d8"
-NOTIFY_BLOCK = re.compile(
-    r"\n      IF EXISTS \(SELECT 1 FROM \S+\.job_waiters\) THEN\n.*?\n      END IF;(?=\n)", re.S
-)
-WAITER_CHECK = f"IF EXISTS (SELECT 1 FROM {DEFAULT_SCHEMA}.job_waiters) THEN"
+NOTIFY_BLOCK = re.compile(r"\n      IF waited THEN\n.*?\n      END IF;(?=\n)", re.S)
+WAITER_CHECK = "IF waited THEN"
 WAITER_JOIN = (
     f"\n                AND EXISTS (SELECT 1 FROM {DEFAULT_SCHEMA}.job_waiters w"
     " WHERE w.job_id = n.id)"
 )
-KEYED_BLOCK = re.compile(r"\n  IF keyed AND EXISTS .*?\n  END IF;(?=\n)", re.S)
+KEYED_BLOCK = re.compile(r"\n  IF keyed THEN\n.*?\n  END IF;(?=\n)", re.S)
 
 
 def _trigger_function(text: str) -> str:

@@ -118,6 +118,9 @@ DECLARE
   lo bigint;
   hi bigint;
   keyed boolean;
+  old_ended boolean;
+  waited boolean;
+  edges boolean;
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     DELETE FROM {s}.job_counts;
@@ -126,7 +129,7 @@ BEGIN
   ELSIF TG_OP = 'INSERT' THEN
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, count(*) FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
-    SELECT bool_or(concurrency_key IS NOT NULL) INTO keyed FROM new_rows;
+    SELECT coalesce(bool_or(concurrency_key IS NOT NULL), false) INTO keyed FROM new_rows;
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO {s}.job_counts (queue, state, n)
     SELECT queue, state, -count(*) FROM old_rows WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2;
@@ -139,14 +142,24 @@ BEGIN
     END IF;
     RETURN NULL;
   ELSE
-    -- One pass over the new rows says what else there is to do; a claim or a heartbeat
-    -- (nothing ended, nothing keyed) then reads the old rows once and is done.
-    SELECT min(id) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled')),
-           max(id) FILTER (WHERE state IN ('succeeded', 'failed', 'cancelled')),
-           bool_or(concurrency_key IS NOT NULL)
-    INTO lo, hi, keyed FROM new_rows;
-    IF lo IS NOT NULL OR EXISTS (SELECT 1 FROM old_rows
-                                 WHERE state IN ('succeeded', 'failed', 'cancelled')) THEN
+    -- One statement says what else there is to do (each statement a plpgsql function runs
+    -- costs more than these scans of the transition tables): what ended (lo, hi), whether
+    -- a key was written, whether a finished job changed state, whether anybody waits and
+    -- whether any dependency edge names a job in the ended range. A claim or a heartbeat
+    -- stops there. Its snapshot is taken after every row of the statement was written,
+    -- which the waiters' registration relies on (see below).
+    SELECT min(n.id) FILTER (WHERE n.state IN ('succeeded', 'failed', 'cancelled')),
+           max(n.id) FILTER (WHERE n.state IN ('succeeded', 'failed', 'cancelled')),
+           coalesce(bool_or(n.concurrency_key IS NOT NULL), false),
+           EXISTS (SELECT 1 FROM old_rows o WHERE o.state IN ('succeeded', 'failed', 'cancelled')),
+           EXISTS (SELECT 1 FROM {s}.job_waiters),
+           EXISTS (SELECT 1 FROM {s}.job_dependencies d
+                   WHERE d.depends_on BETWEEN (SELECT min(e.id) FROM new_rows e
+                                               WHERE e.state IN ('succeeded', 'failed', 'cancelled'))
+                                          AND (SELECT max(e.id) FROM new_rows e
+                                               WHERE e.state IN ('succeeded', 'failed', 'cancelled')))
+    INTO lo, hi, keyed, old_ended, waited, edges FROM new_rows n;
+    IF lo IS NOT NULL OR old_ended THEN
       INSERT INTO {s}.job_counts (queue, state, n)
       SELECT queue, state, sum(d) FROM (
         SELECT queue, state, 1 AS d FROM new_rows WHERE state IN ('succeeded', 'failed', 'cancelled')
@@ -162,18 +175,17 @@ BEGIN
       -- takes a snapshot of its own after every row of the statement is written, so a
       -- registration it misses was committed after those rows were locked: the waiter's
       -- read (job_wait_settled, FOR SHARE SKIP LOCKED) finds them locked and looks again.
-      IF EXISTS (SELECT 1 FROM {s}.job_waiters) THEN
+      IF waited THEN
         PERFORM pg_notify('{done_channel}', string_agg(id::text, ','))
         FROM (SELECT n.id, (row_number() OVER () - 1) / 300 AS chunk FROM new_rows n
               WHERE n.state IN ('succeeded', 'failed', 'cancelled')
                 AND EXISTS (SELECT 1 FROM {s}.job_waiters w WHERE w.job_id = n.id)) ended
         GROUP BY chunk;
       END IF;
-      -- One range probe first: no edge names a job between the lowest and highest id
-      -- that ended here (always so for anyone not using dependencies); only then one
+      -- The range probe (edges) first: no edge names a job between the lowest and highest
+      -- id that ended here (always so for anyone not using dependencies); only then one
       -- probe per job that ended.
-      IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
-         AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+      IF edges AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
                      AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
         PERFORM {s}._resolve_dependents(
           ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
@@ -189,11 +201,13 @@ BEGIN
   -- listed once, by the statement that wrote the key (an enqueue, or an UPDATE by hand),
   -- so no claim can see a keyed job and miss its queue. Once listed, a keyed write only
   -- reads the list (no lock).
-  IF keyed AND EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
-    INSERT INTO {s}.keyed_queues (name)
-    SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
-    ON CONFLICT DO NOTHING;
+  IF keyed THEN
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM {s}.keyed_queues k WHERE k.name = n.queue)) THEN
+      INSERT INTO {s}.keyed_queues (name)
+      SELECT DISTINCT queue FROM new_rows WHERE concurrency_key IS NOT NULL
+      ON CONFLICT DO NOTHING;
+    END IF;
   END IF;
   RETURN NULL;
 END
