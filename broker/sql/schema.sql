@@ -765,7 +765,6 @@ DECLARE
   keyed boolean;
   old_ended boolean;
   waited boolean;
-  edges boolean;
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     DELETE FROM {s}.job_counts;
@@ -789,21 +788,15 @@ BEGIN
   ELSE
     -- One statement says what else there is to do (each statement a plpgsql function runs
     -- costs more than these scans of the transition tables): what ended (lo, hi), whether
-    -- a key was written, whether a finished job changed state, whether anybody waits and
-    -- whether any dependency edge names a job in the ended range. A claim or a heartbeat
-    -- stops there. Its snapshot is taken after every row of the statement was written,
+    -- a key was written, whether a finished job changed state and whether anybody waits. A
+    -- claim or a heartbeat stops there. Its snapshot is taken after every row of the statement was written,
     -- which the waiters' registration relies on (see below).
     SELECT min(n.id) FILTER (WHERE n.state IN ('succeeded', 'failed', 'cancelled')),
            max(n.id) FILTER (WHERE n.state IN ('succeeded', 'failed', 'cancelled')),
            coalesce(bool_or(n.concurrency_key IS NOT NULL), false),
            EXISTS (SELECT 1 FROM old_rows o WHERE o.state IN ('succeeded', 'failed', 'cancelled')),
-           EXISTS (SELECT 1 FROM {s}.job_waiters),
-           EXISTS (SELECT 1 FROM {s}.job_dependencies d
-                   WHERE d.depends_on BETWEEN (SELECT min(e.id) FROM new_rows e
-                                               WHERE e.state IN ('succeeded', 'failed', 'cancelled'))
-                                          AND (SELECT max(e.id) FROM new_rows e
-                                               WHERE e.state IN ('succeeded', 'failed', 'cancelled')))
-    INTO lo, hi, keyed, old_ended, waited, edges FROM new_rows n;
+           EXISTS (SELECT 1 FROM {s}.job_waiters)
+    INTO lo, hi, keyed, old_ended, waited FROM new_rows n;
     IF lo IS NOT NULL OR old_ended THEN
       INSERT INTO {s}.job_counts (queue, state, n)
       SELECT queue, state, sum(d) FROM (
@@ -827,10 +820,11 @@ BEGIN
                 AND EXISTS (SELECT 1 FROM {s}.job_waiters w WHERE w.job_id = n.id)) ended
         GROUP BY chunk;
       END IF;
-      -- The range probe (edges) first: no edge names a job between the lowest and highest
-      -- id that ended here (always so for anyone not using dependencies); only then one
+      -- One range probe first: no edge names a job between the lowest and highest id
+      -- that ended here (always so for anyone not using dependencies); only then one
       -- probe per job that ended.
-      IF edges AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
+      IF EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on BETWEEN lo AND hi)
+         AND EXISTS (SELECT 1 FROM new_rows n WHERE n.state IN ('succeeded', 'failed', 'cancelled')
                      AND EXISTS (SELECT 1 FROM {s}.job_dependencies d WHERE d.depends_on = n.id)) THEN
         PERFORM {s}._resolve_dependents(
           ARRAY(SELECT n.id FROM new_rows n JOIN old_rows o USING (id)
