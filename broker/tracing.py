@@ -16,6 +16,7 @@ docs/decisions/021-tracing.md why it is shaped so.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import metadata
@@ -54,11 +55,28 @@ if trace is not None:
     _tracer = trace.get_tracer("pg-broker", _version)
 
 
+# Once an application sets its tracer provider it stays set (OpenTelemetry allows one per
+# process), so that answer is kept. Until then the question is asked again at most once a
+# second: get_tracer_provider() looks OTEL_PYTHON_TRACER_PROVIDER up in os.environ on
+# every call, 1-4 us a job run, the largest per-job cost of a worker that traces nothing.
+_provider_set = False
+_ask_again_at = 0.0
+RECHECK_SECONDS = 1.0
+
+
 def _unconfigured() -> bool:
     """Whether the application has set no tracer provider yet (the API's placeholder is
     still in place): then no span could be recorded, so none is started (measured: 9 us
-    per job run otherwise, 0.3 us with this check)."""
-    return isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    per job run otherwise). A provider set later is seen within RECHECK_SECONDS."""
+    global _provider_set, _ask_again_at
+    if _provider_set:
+        return False
+    now = time.monotonic()
+    if now < _ask_again_at:
+        return True
+    _ask_again_at = now + RECHECK_SECONDS
+    _provider_set = not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    return not _provider_set
 
 
 def enqueue_span(specs: list[JobSpec]) -> AbstractContextManager[list[JobSpec]]:
