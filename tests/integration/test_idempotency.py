@@ -135,7 +135,8 @@ def test_different_request_same_key_conflicts(broker: Broker, conn: Conn) -> Non
         broker.enqueue("refund", {"cents": 100}, idempotency_key="k")
     assert _jobs_with_key(conn, "k") == [first.id]
     again = broker.enqueue("charge", {"cents": 100}, idempotency_key="k")
-    assert again == Enqueued(first.id, False)
+    # (The answer may carry routing warnings: no worker serves the queue here.)
+    assert (again.id, again.created) == (first.id, False)
 
 
 def test_fingerprint_ignores_json_key_order(broker: Broker, conn: Conn) -> None:
@@ -145,7 +146,7 @@ def test_fingerprint_ignores_json_key_order(broker: Broker, conn: Conn) -> None:
     same = broker.enqueue(
         "sync", {"n": {"y": "z", "x": [1, 2]}, "b": 2, "a": 1}, idempotency_key="ko"
     )
-    assert (first.created, same) == (True, Enqueued(first.id, False))
+    assert (first.created, same.id, same.created) == (True, first.id, False)
     # Through SQL, with other key order and whitespace: still the same request.
     row = conn.execute(
         "SELECT broker.enqueue('sync', %s::jsonb, idempotency_key => 'ko')",
@@ -201,4 +202,5 @@ def test_sql_enqueue_keeps_null_args(broker: Broker, conn: Conn) -> None:
     ).fetchone()
     assert row is not None
     assert broker.get_job(int(row[0])).args == args
-    assert broker.enqueue("nulls", args, idempotency_key="nk") == Enqueued(int(row[0]), False)
+    replay = broker.enqueue("nulls", args, idempotency_key="nk")
+    assert (replay.id, replay.created) == (int(row[0]), False)
