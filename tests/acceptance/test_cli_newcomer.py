@@ -24,6 +24,7 @@ import pytest
 from worker_harness import ROOT
 
 from broker import AsyncBroker, Broker, DatabaseUnavailable
+from tests.conftest import with_dbname
 
 
 def run(
@@ -61,7 +62,9 @@ def home() -> Iterator[Path]:
 
 
 def missing_database(db_url: str) -> str:
-    return db_url.rsplit("/", 1)[0] + "/pg_broker_no_such_db"
+    """`db_url` aimed at a database that does not exist (the URL may name a Unix socket
+    directory in its query, as the embedded server's does: only the path changes)."""
+    return with_dbname(db_url, "pg_broker_no_such_db")
 
 
 # --- item 5: database errors say their cause ---------------------------------------------
