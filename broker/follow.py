@@ -28,7 +28,7 @@ from broker._queries import queries
 from broker.config import Settings
 from broker.errors import JobNotFound
 from broker.types import TERMINAL_STATES, LogLine
-from broker.waiting import CONNECT_TIMEOUT, parse_ids
+from broker.waiting import CONNECT_TIMEOUT, ListenLoop, parse_ids
 
 if TYPE_CHECKING:
     from broker.client import AsyncBroker
@@ -47,22 +47,23 @@ REGISTRATION_SECONDS = 3600.0
 PING_SECONDS = 30.0
 
 
-class LogWatch:
+class LogWatch(ListenLoop):
     """Wakes the followers of job ids, for one async process, from one LISTEN connection
     (opened on the first follower, reopened after a failure; every follower is woken then,
     since notifications may have been lost meanwhile)."""
+
+    task_name = "broker log watch"
+    lost = "log watch connection lost"
 
     def __init__(
         self,
         connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
         settings: Settings,
     ) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._settings = settings
         self._queries = queries(settings.schema)
         self._followers: dict[int, set[asyncio.Event]] = {}
-        self._ready: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def watching(self, job_id: int) -> AsyncIterator[asyncio.Event]:
@@ -85,38 +86,8 @@ class LogWatch:
         return sum(len(f) for f in self._followers.values())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop()
         self._wake_all()
-
-    async def _started(self) -> None:
-        if self._task is None or self._task.done():
-            self._ready = asyncio.Event()
-            self._task = asyncio.create_task(self._run(self._ready), name="broker log watch")
-        assert self._ready is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), CONNECT_TIMEOUT)
-
-    async def _run(self, ready: asyncio.Event) -> None:
-        delay = 0.05
-        while True:
-            conn: psycopg.AsyncConnection[Any] | None = None
-            try:
-                conn = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
-                await self._listen(conn, ready)
-                delay = 0.05
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.warning("log watch connection lost: %s", str(exc).strip() or type(exc))
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 1.0)
-            ready.set()  # followers go on under their fallback poll meanwhile
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any], ready: asyncio.Event) -> None:
         await conn.execute(self._queries["logs_listen"])

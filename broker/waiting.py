@@ -61,12 +61,69 @@ def parse_ids(payload: str) -> list[int]:
     return ids
 
 
-class Waiters:
+class ListenLoop:
+    """One LISTEN connection for one async process: opened by the first `_started()` (which
+    waits, at most CONNECT_TIMEOUT, until it listens), replaced after any failure (backoff
+    from 0.05 s doubling to 2 s), stopped by `_stop()`. A subclass's `_listen(conn, ready)`
+    LISTENs, sets `ready` and serves notifications until the connection fails; while it is
+    replaced `ready` stays set, and what the subclass serves falls back to polling."""
+
+    # The task's name and the warning's words when the connection fails.
+    task_name = "broker listen"
+    lost = "listen connection lost"
+
+    def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]) -> None:
+        self._connect = connect
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any], ready: asyncio.Event) -> None:
+        raise NotImplementedError
+
+    async def _started(self) -> None:
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._ready), name=self.task_name)
+        assert self._ready is not None
+        # Until the first LISTEN holds, callers rely on their fallback; do not start blind.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), CONNECT_TIMEOUT)
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        delay = 0.05
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+                await self._listen(conn, ready)
+                delay = 0.05
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                log.warning("%s: %s", self.lost, str(exc).strip() or type(exc))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 1.0)
+            ready.set()  # the fallback serves while the connection is replaced
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class Waiters(ListenLoop):
     """Waits for jobs to end, for one async process, on one LISTEN connection.
 
     `connect` opens an autocommit connection (the caller's pool settings, keepalives);
     the connection is opened on the first wait and reopened after a failure. `run` runs
     a statement on the caller's pool (registrations and reads)."""
+
+    task_name = "broker waiters"
+    lost = "waiters' connection lost"
 
     def __init__(
         self,
@@ -75,14 +132,12 @@ class Waiters:
         settings: Settings,
         sweep: float = DEFAULT_SWEEP_SECONDS,
     ) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self._runner = run
         self._settings = settings
         self._sweep = sweep
         self._queries = queries(settings.schema)
         self._waiting: dict[int, list[asyncio.Future[None]]] = {}
-        self._ready: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def wait(self, job_id: int, timeout: float) -> None:
         """Return once `job_id` is terminal or gone, or after `timeout` seconds."""
@@ -124,43 +179,12 @@ class Waiters:
         return sum(len(f) for f in self._waiting.values())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop()
         for futures in self._waiting.values():
             for done in futures:
                 if not done.done():
                     done.cancel()
         self._waiting.clear()
-
-    async def _started(self) -> None:
-        if self._task is None or self._task.done():
-            self._ready = asyncio.Event()
-            self._task = asyncio.create_task(self._run(self._ready), name="broker waiters")
-        assert self._ready is not None
-        # Until the first LISTEN holds, a wait relies on the sweep; do not start it blind.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), CONNECT_TIMEOUT)
-
-    async def _run(self, ready: asyncio.Event) -> None:
-        delay = 0.05
-        while True:
-            conn: psycopg.AsyncConnection[Any] | None = None
-            try:
-                conn = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
-                await self._listen(conn, ready)
-                delay = 0.05
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.warning("waiters' connection lost: %s", str(exc).strip() or type(exc))
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 1.0)
-            ready.set()  # waits go on under the sweep while the connection is replaced
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any], ready: asyncio.Event) -> None:
         await conn.execute(self._queries["job_wait_listen"])
