@@ -404,8 +404,9 @@ class Broker(_Base):
         `timeout` seconds. Woken by NOTIFY on a connection of its own (broker.waiting),
         so the pool is not held while waiting. Raises JobNotFound."""
         _check_wait(timeout)
-        if self.get_job(job_id).state in TERMINAL_STATES:
-            return self.get_job(job_id)
+        job = self.get_job(job_id)
+        if job.state in TERMINAL_STATES:
+            return job
         conninfo, options = _listen_target(self.pool, self.listen_url)
         with psycopg.connect(conninfo, **options) as conn:
             executor.configure(conn)
