@@ -46,9 +46,7 @@ COPY_EVENT_TYPES = ["int8", "text"]
 def copy_eligible(specs: Sequence[JobSpec]) -> bool:
     """Whether the COPY path may enqueue `specs` (it skips idempotency and supersede, and
     leaves dependencies to enqueue_many(), which locks and checks them)."""
-    return len(specs) >= COPY_MIN_BATCH and all(
-        s.idempotency_key is None and s.subject_key is None and not s.depends_on for s in specs
-    )
+    return len(specs) >= COPY_MIN_BATCH and all(contract.plain(s) for s in specs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,12 +296,11 @@ class Broker(_Base):
             start_within=contract.seconds(start_within, "start_within"),
             meta=meta if meta is not None else {},
         )
-        if chosen is None:
-            with tracing.enqueue_span([spec]) as traced:
-                routed = self.run(routing.enqueue_routed(traced, [True]), conn)
-            routing.report(routed)
-            return routed[0]
-        return self.enqueue_many([spec], conn)[0]
+        with tracing.enqueue_span([spec]) as traced:
+            stmt = routing.enqueue_one(traced[0], chosen is None, self.settings.jobs_channel)
+            done = self.run(stmt, conn)
+        routing.report([done])
+        return done
 
     def enqueue_many(
         self,
@@ -537,12 +536,11 @@ class AsyncBroker(_Base):
             start_within=contract.seconds(start_within, "start_within"),
             meta=meta if meta is not None else {},
         )
-        if chosen is None:
-            with tracing.enqueue_span([spec]) as traced:
-                routed = await self.run(routing.enqueue_routed(traced, [True]), conn)
-            routing.report(routed)
-            return routed[0]
-        return (await self.enqueue_many([spec], conn))[0]
+        with tracing.enqueue_span([spec]) as traced:
+            stmt = routing.enqueue_one(traced[0], chosen is None, self.settings.jobs_channel)
+            done = await self.run(stmt, conn)
+        routing.report([done])
+        return done
 
     async def enqueue_many(
         self,

@@ -25,8 +25,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from broker.lease import Row, Statement, enqueue_payload
-from broker.spec import DEFAULT_QUEUE, JobSpec
+import msgspec
+
+from broker import spec as contract
+from broker.lease import Row, Statement, enqueue_many, enqueue_payload
+from broker.spec import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, JobSpec
 from broker.task import get_task
 from broker.types import Enqueued
 
@@ -108,6 +111,45 @@ def enqueue_routed(
         {"specs": enqueue_payload(specs, idempotency_scope, unnamed)},
         decode,
     )
+
+
+def enqueue_one(spec: JobSpec, unnamed: bool, channel: str) -> Statement[Enqueued]:
+    """Enqueue one job: a plain spec (broker.spec.plain) in the lean job_enqueue_one
+    statement, any other through enqueue_many() (routed by the registry when `unnamed`).
+    `channel` is the jobs NOTIFY channel. Raises InvalidJobError."""
+    if not contract.plain(spec):
+        if unnamed:
+            return _first(enqueue_routed([spec], [True]))
+        return _first(enqueue_many([spec]))
+    args = contract.check(spec)
+    params = {
+        "queue": None if unnamed else spec.queue,
+        "kind": spec.kind,
+        "args": args.decode(),
+        "priority": spec.priority,
+        "run_at": contract.utc(spec.run_at) if spec.run_at is not None else None,
+        "delay": contract.seconds(spec.delay, "delay"),
+        "max_attempts": DEFAULT_MAX_ATTEMPTS if spec.max_attempts is None else spec.max_attempts,
+        "timeout": contract.seconds(spec.timeout, "timeout"),
+        "tags": list(spec.tags),
+        "group": spec.group,
+        "concurrency_key": spec.concurrency_key,
+        "deadline": contract.utc(spec.deadline, "deadline") if spec.deadline is not None else None,
+        "start_within": contract.seconds(spec.start_within, "start_within"),
+        "meta": msgspec.json.encode(spec.meta).decode() if spec.meta else None,
+        "channel": channel,
+    }
+
+    def decode(rows: list[Row]) -> Enqueued:
+        row = rows[0]
+        warnings = placement_warnings(_placement(row)) if unnamed else ()
+        return Enqueued(int(row[1]), True, warnings)
+
+    return Statement("job_enqueue_one", params, decode)
+
+
+def _first(stmt: Statement[list[Enqueued]]) -> Statement[Enqueued]:
+    return Statement(stmt.query, stmt.params, lambda rows: stmt.decode(rows)[0], stmt.prepare)
 
 
 def resolve(kind: str, queue: str | None) -> str | None:

@@ -264,6 +264,14 @@ _SCOPE = re.compile(r"[A-Za-z0-9_.-]+")
 _NUL_ESCAPE = b"\\u0000"
 
 
+def plain(spec: JobSpec) -> bool:
+    """Whether `spec` needs none of enqueue_many()'s own rules: no idempotency key (a
+    replay check), no subject key (superseding) and no dependencies (locked and checked
+    there). Plain specs may take the lean paths (one job: job_enqueue_one; big batches:
+    COPY), which apply check() and the table's constraints and nothing else."""
+    return spec.idempotency_key is None and spec.subject_key is None and not spec.depends_on
+
+
 def check(spec: JobSpec) -> bytes:
     """Validate `spec` and return its args encoded as JSON (ready for COPY).
     Raises InvalidJobError naming the field at fault.

@@ -1,14 +1,16 @@
-"""Both batch enqueue paths (COPY for plain batches, the enqueue_many() SQL function for
-the rest) keep the caller's transaction semantics and the same rules."""
+"""The enqueue paths (COPY for plain batches, job_enqueue_one for one plain job, the
+enqueue_many() SQL function for the rest) keep the caller's transaction semantics and
+the same rules."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
-from broker import Broker, InvalidJobError, JobSpec
+from broker import Broker, InvalidJobError, JobSpec, lease
 from broker._copy import COPY_MIN_BATCH
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -117,3 +119,72 @@ def test_replayed_spec_never_supersedes(broker: Broker, conn: Conn) -> None:
         "SELECT job_id, detail->>'superseded_by' FROM broker.job_events WHERE event = 'superseded'"
     ).fetchall()
     assert superseded == [(original.id, str(newest.id))]
+
+
+# --- one plain job: the lean statement (job_enqueue_one) -----------------------------------
+
+EVERY_FIELD: dict[str, Any] = {
+    "queue": "q1",
+    "priority": 7,
+    "delay": 60,
+    "max_attempts": 3,
+    "timeout": 9.5,
+    "tags": ("a", "b"),
+    "group": "g1",
+    "concurrency_key": "c1",
+    "start_within": 30,
+    "meta": {"m": "v"},
+}
+STORED = """SELECT queue, kind, args, priority, max_attempts, timeout, tags, "group",
+                   concurrency_key, meta, state, attempts, lease_epoch,
+                   CASE WHEN %(absolute)s THEN run_at - '2031-01-01' ELSE run_at - created_at END,
+                   deadline - created_at, finished_at, last_error
+            FROM broker.jobs WHERE id = %(id)s"""
+
+
+@pytest.mark.parametrize(
+    "fields", [{}, EVERY_FIELD, {"run_at": datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)}]
+)
+def test_one_plain_job_is_stored_as_the_function_stores_it(
+    broker: Broker, conn: Conn, fields: dict[str, Any]
+) -> None:
+    absolute = "run_at" in fields
+    lean = broker.enqueue("same", {"n": [1, {"x": None}]}, **fields)
+    [function] = broker.run(
+        lease.enqueue_many([JobSpec("same", {"n": [1, {"x": None}]}, **fields)])
+    )
+    assert lean.created and function.created
+    assert (
+        conn.execute(STORED, {"id": lean.id, "absolute": absolute}).fetchone()
+        == conn.execute(STORED, {"id": function.id, "absolute": absolute}).fetchone()
+    )
+    events = "SELECT event, epoch, worker_id, detail FROM broker.job_events WHERE job_id = %s"
+    assert conn.execute(events, (lean.id,)).fetchall() == [("enqueued", None, None, None)]
+    assert (
+        conn.execute(events, (lean.id,)).fetchall()
+        == conn.execute(events, (function.id,)).fetchall()
+    )
+
+
+def test_one_plain_job_joins_the_callers_transaction_and_notifies_at_commit(
+    broker: Broker, db_url: str, conn: Conn
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN broker_jobs")
+        with psycopg.connect(db_url) as caller:
+            broker.enqueue("t", queue="now", conn=caller)
+            broker.enqueue("t", queue="later", delay=3600, conn=caller)
+            assert count_jobs(conn) == 0, "visible before the caller committed"
+            assert list(listener.notifies(timeout=0.3)) == []
+            caller.commit()
+        payloads = [n.payload for n in listener.notifies(timeout=1.0, stop_after=1)]
+    assert payloads == ["now"], "a job not runnable yet wakes nobody"
+    assert count_jobs(conn) == 2
+
+
+def test_one_job_that_is_not_plain_takes_the_function(broker: Broker, conn: Conn) -> None:
+    first = broker.enqueue("t", idempotency_key="k1", queue="q")
+    again = broker.enqueue("t", idempotency_key="k1", queue="q")
+    assert (again.id, again.created) == (first.id, False)
+    child = broker.enqueue("t", depends_on=[first.id], queue="q")
+    assert broker.get_job(child.id).state == "waiting"

@@ -34,8 +34,9 @@ def test_sync_statements_copy_steps_and_errors_are_observed(
     with pytest.raises(JobNotFound):
         broker.retry(10**12)
     assert seen == [
-        # No queue named and no task imported: the registry routes, in the same statement.
-        ("job_enqueue_routed", None),
+        # One plain job; no queue named and no task imported: the registry routes, in the
+        # same statement.
+        ("job_enqueue_one", None),
         ("job_copy_reserve", None),
         ("job_copy_jobs", None),
         ("job_copy_events", None),
