@@ -1,11 +1,11 @@
-"""The COPY enqueue path: large plain batches as binary COPY of jobs and events rows.
+"""The COPY enqueue path: large plain batches as a binary COPY of jobs rows.
 
 Batches at least COPY_MIN_BATCH big, with no idempotency or subject keys and no
 dependencies, skip the enqueue_many() SQL function: about 1.5x the rows per second, at
-the price of four round trips (docs/decisions/003-enqueue-function.md). The sequence
-(reserve ids and read the database's now(), COPY the jobs, COPY their `enqueued` events,
-NOTIFY the queues with a job runnable now) is written once, as a generator of steps that
-broker._executor runs on a sync or an async connection. A start_within becomes a deadline
+the price of three round trips (docs/decisions/003-enqueue-function.md). The sequence
+(reserve ids and read the database's now(), COPY the jobs, then one statement for their
+`enqueued` events and the NOTIFY of the queues with a job runnable now) is written once,
+as a generator of steps that broker._executor runs on a sync or an async connection. A start_within becomes a deadline
 on that same now().
 """
 
@@ -25,11 +25,16 @@ from broker.spec import DEFAULT_MAX_ATTEMPTS, JobSpec
 from broker.types import Enqueued
 
 COPY_MIN_BATCH = 500
+# Binary COPY hands each field's bytes to the column type's receive function, whatever
+# the client calls them: a jsonb field is a version byte (1) and the JSON text, which the
+# rows carry ready-made as bytes (args come encoded from check()), so no value is
+# wrapped or dumped per row.
+JSONB_BINARY = b"\x01"
 COPY_JOB_TYPES = [
     "int8",
     "text",
     "text",
-    "jsonb",
+    "bytea",  # args: jsonb in binary, see JSONB_BINARY
     "int4",
     "timestamptz",
     "int4",
@@ -38,9 +43,8 @@ COPY_JOB_TYPES = [
     "text",
     "text",
     "timestamptz",
-    "jsonb",
+    "bytea",  # meta: jsonb in binary
 ]
-COPY_EVENT_TYPES = ["int8", "text"]
 
 
 def copy_eligible(specs: Sequence[JobSpec]) -> bool:
@@ -54,16 +58,13 @@ class CopyPlan:
     """Rows for the COPY enqueue path, and the queues whose workers to wake."""
 
     job_rows: list[tuple[Any, ...]]
-    event_rows: list[tuple[int, str]]
     notify_queues: list[str]
 
 
 def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) -> CopyPlan:
     """Lay out `specs` as jobs rows with reserved `ids`. Delays are added to the database's
     now() (`db_now`), never to the host clock."""
-    from psycopg.types.json import Jsonb
-
-    no_meta = Jsonb(b"{}", dumps=_encoded)
+    no_meta = JSONB_BINARY + b"{}"
     job_rows: list[tuple[Any, ...]] = []
     runnable: set[str] = set()
     for spec, job_id in zip(specs, ids, strict=True):
@@ -86,7 +87,7 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
                 job_id,
                 spec.queue,
                 spec.kind,
-                Jsonb(args, dumps=_encoded),
+                JSONB_BINARY + args,
                 spec.priority,
                 run_at,
                 spec.max_attempts if spec.max_attempts is not None else DEFAULT_MAX_ATTEMPTS,
@@ -95,15 +96,10 @@ def copy_plan(specs: Sequence[JobSpec], ids: Sequence[int], db_now: datetime) ->
                 spec.group,
                 spec.concurrency_key,
                 deadline,
-                Jsonb(msgspec.json.encode(spec.meta), dumps=_encoded) if spec.meta else no_meta,
+                JSONB_BINARY + msgspec.json.encode(spec.meta) if spec.meta else no_meta,
             )
         )
-    return CopyPlan(job_rows, [(i, "enqueued") for i in ids], sorted(runnable))
-
-
-def _encoded(data: bytes) -> bytes:
-    """A Jsonb dumps() for JSON already encoded (args by check(), meta here)."""
-    return data
+    return CopyPlan(job_rows, sorted(runnable))
 
 
 def reserve(n: int) -> Statement[tuple[datetime, list[int]]]:
@@ -118,8 +114,9 @@ def reserve(n: int) -> Statement[tuple[datetime, list[int]]]:
     return Statement("job_copy_reserve", {"n": n}, decode)
 
 
-def _notify(channel: str, queues: list[str]) -> Statement[None]:
-    return Statement("job_notify_queues", {"channel": channel, "queues": queues}, lambda rows: None)
+def _events(ids: list[int], channel: str, queues: list[str]) -> Statement[None]:
+    params = {"ids": ids, "channel": channel, "queues": queues}
+    return Statement("job_copy_events", params, lambda rows: None)
 
 
 def copy_enqueue(
@@ -133,7 +130,5 @@ def copy_enqueue(
     db_now, ids = reserved if reserved is not None else (yield reserve(len(specs)))
     plan = copy_plan(specs, ids, db_now)
     yield Copy("job_copy_jobs", COPY_JOB_TYPES, plan.job_rows)
-    yield Copy("job_copy_events", COPY_EVENT_TYPES, plan.event_rows)
-    if plan.notify_queues:
-        yield _notify(channel, plan.notify_queues)
+    yield _events(list(ids), channel, plan.notify_queues)
     return [Enqueued(i, True) for i in ids]

@@ -384,9 +384,21 @@ def check_group(group: str) -> None:
     _name(group, GROUP_MAX_LENGTH, GROUP_RULE)
 
 
+# Names already accepted, by length bound: a batch repeats a few kinds and queues
+# thousands of times, and the match is most of check()'s cost for a plain spec.
+_ACCEPTED: dict[int, set[str]] = {}
+_ACCEPTED_MAX = 4096
+
+
 def _name(value: object, longest: int, rule: str) -> None:
+    accepted = _ACCEPTED.setdefault(longest, set())
+    if type(value) is str and value in accepted:
+        return
     if not (isinstance(value, str) and len(value) <= longest and _NAME.fullmatch(value)):
         raise InvalidJobError(rule)
+    if len(accepted) >= _ACCEPTED_MAX:
+        accepted.clear()
+    accepted.add(value)
 
 
 def _key(value: object, name: str) -> None:

@@ -40,7 +40,6 @@ def test_sync_statements_copy_steps_and_errors_are_observed(
         ("job_copy_reserve", None),
         ("job_copy_jobs", None),
         ("job_copy_events", None),
-        ("job_notify_queues", None),
         ("job_claim", None),
         ("job_retry", "JobNotFound"),
     ]
@@ -62,7 +61,6 @@ def test_async_statements_are_observed_the_same_way(
         "job_copy_reserve",
         "job_copy_jobs",
         "job_copy_events",
-        "job_notify_queues",
         "job_claim",
         "job_finish_many",
         "job_cancel",
