@@ -79,6 +79,11 @@ WORKLOAD_PEERS: dict[str, tuple[str, ...]] = {
 
 QUEUE = "bench"
 PGQ_ENTRYPOINT = "noop"
+# pgqueuer's batch_size: how many jobs one dequeue takes, and how many completions its
+# log buffer collects before it writes them. 100 is the claim size pg-broker's 100 slots
+# give and the bare-SQL loop uses; pgqueuer's own default (10) drained 2-4x slower in
+# smoke runs on a loaded 2-core machine (bench/README.md).
+PGQ_BATCH_SIZE = 100
 FILL_CHUNK = 5_000
 # The bare-SQL drain claims and completes this many jobs per statement, as the reference
 # bound (/work/shared/reference/fenced_bound.py) does.
@@ -160,7 +165,10 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--concurrency", type=int, default=100, help="pg-broker handler slots per worker"
     )
     parser.add_argument(
-        "--pgq-batch-size", type=int, default=10, help="pgqueuer QueueManager.run batch_size"
+        "--pgq-batch-size",
+        type=int,
+        default=PGQ_BATCH_SIZE,
+        help=f"pgqueuer QueueManager.run batch_size (default {PGQ_BATCH_SIZE})",
     )
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="length of the one-per-call enqueue runs"
@@ -379,9 +387,12 @@ class Crew:
             self.pipes.append(ours)
             self.procs.append(proc)
         for pipe, started in zip(self.pipes, self.procs, strict=True):
-            if not pipe.poll(HANDSHAKE_TIMEOUT) or pipe.recv() != "ready":
+            said = None
+            with contextlib.suppress(EOFError):
+                said = pipe.recv() if pipe.poll(HANDSHAKE_TIMEOUT) else None
+            if said != "ready":
                 self.stop()
-                raise SystemExit(f"process {started.pid} never said READY")
+                raise SystemExit(f"process {started.pid} never said READY ({started.exitcode=})")
 
     def go(self) -> float:
         """Release every process at once; returns the moment (time.time())."""
@@ -555,24 +566,24 @@ def start_workers(peer: str, url: str, opts: Options, handler: str, count: int) 
     return Crew(bare_worker, [(url, seq) for seq in range(1, count + 1)])
 
 
-def wait_finished(url: str, peer: str, jobs: int, crew: Crew, timeout: float = 600) -> float:
+def wait_finished(
+    conn: psycopg.Connection[Any], peer: str, jobs: int, crew: Crew, timeout: float = 600
+) -> float:
     """Poll the database until `jobs` jobs have finished; returns the last finish time
     (epoch seconds, database clock)."""
     deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(FINISHED[peer]).fetchone()
-            assert row is not None
-            if row[0] >= jobs:
-                return float(row[1])
-            crew.check()
-            time.sleep(POLL)
+    while time.monotonic() < deadline:
+        row = conn.execute(FINISHED[peer]).fetchone()
+        assert row is not None
+        if row[0] >= jobs:
+            return float(row[1])
+        crew.check()
+        time.sleep(POLL)
     raise SystemExit(f"{peer}: {jobs} jobs did not finish within {timeout:.0f} s")
 
 
-def db_now(url: str) -> float:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+def db_now(conn: psycopg.Connection[Any]) -> float:
+    row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
     assert row is not None
     return float(row[0])
 
@@ -670,11 +681,12 @@ def run_drain(peer: str, opts: Options, handler: str) -> float:
         settle(url, peer)
         crew = start_workers(peer, url, opts, handler, opts.processes)
         try:
-            # GO in database time, so the rate is one clock's difference even on a remote
-            # server; the processes are told right after.
-            go = db_now(url)
-            crew.go()
-            last = wait_finished(url, peer, opts.jobs, crew)
+            with psycopg.connect(url, autocommit=True) as conn:
+                # GO in database time, so the rate is one clock's difference even on a
+                # remote server; the processes are told right after.
+                go = db_now(conn)
+                crew.go()
+                last = wait_finished(conn, peer, opts.jobs, crew)
         finally:
             crew.stop()
     return opts.jobs / (last - go)
@@ -711,7 +723,8 @@ def run_latency(peer: str, opts: Options) -> dict[str, float]:
                 returned = _broker_spaced(url, opts.latency_jobs, opts.gap)
             else:
                 returned = _run_pgq(_pgq_spaced(url, opts.latency_jobs, opts.gap))
-            wait_finished(url, peer, opts.latency_jobs, crew)
+            with psycopg.connect(url, autocommit=True) as conn:
+                wait_finished(conn, peer, opts.latency_jobs, crew)
         finally:
             sent = crew.stop()
     starts: dict[int, float] = {}
@@ -773,8 +786,8 @@ def median_of(runs: list[Any]) -> Any:
 
 
 def ratios(medians: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """pg-broker over each peer per workload: throughput ratios (higher is better) and,
-    for latency, pgqueuer's percentiles over pg-broker's (also higher is better)."""
+    """pg-broker's median over each peer's, per workload: for throughput higher is
+    better, for latency percentiles lower is."""
     out: dict[str, dict[str, float]] = {}
     for workload, by_peer in medians.items():
         ours = by_peer.get(BROKER)
@@ -784,7 +797,7 @@ def ratios(medians: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
         if workload == LATENCY:
             if PGQUEUER in by_peer:
                 for key, value in ours.items():
-                    entry[f"{key}_pgqueuer_over_broker"] = by_peer[PGQUEUER][key] / value
+                    entry[f"{key}_of_pgqueuer"] = value / by_peer[PGQUEUER][key]
         else:
             if PGQUEUER in by_peer:
                 entry["of_pgqueuer"] = ours / by_peer[PGQUEUER]
@@ -823,8 +836,8 @@ def ratio_cell(workload: str, entry: dict[str, float]) -> str:
     if workload == LATENCY:
         if not entry:
             return "-"
-        parts = [f"{key.split('_')[0]} {value:.2f}x" for key, value in entry.items()]
-        return "pgqueuer/pg-broker: " + ", ".join(parts)
+        shown = " / ".join(f"{value:.2f}" for value in entry.values())
+        return f"{shown}x of pgqueuer's (lower is better)"
     parts = []
     if "of_pgqueuer_async" in entry:
         parts.append(f"{entry['of_pgqueuer_async']:.2f}x of pgqueuer's async")
