@@ -5,8 +5,8 @@ dependencies, skip the enqueue_many() SQL function: about 1.5x the rows per seco
 the price of three round trips (docs/decisions/003-enqueue-function.md). The sequence
 (reserve ids and read the database's now(), COPY the jobs, then one statement for their
 `enqueued` events and the NOTIFY of the queues with a job runnable now) is written once,
-as a generator of steps that broker._executor runs on a sync or an async connection. A start_within becomes a deadline
-on that same now().
+as a generator of steps that broker._executor runs on a sync or an async connection. A
+start_within becomes a deadline on that same now().
 """
 
 from __future__ import annotations
