@@ -5,8 +5,8 @@ blocks another: the claim loop (here), the outcome writer (writer.py), heartbeat
 (heartbeat.py), the reaper (reaper.py), the scheduler (scheduler.py) and the LISTEN
 connection (listener.py); identity
 and the registry row are registry.py's, and what a handler's return or exception means
-is _outcome.py's. Async handlers run on the loop, sync handlers in a thread pool sized
-to the concurrency.
+is _outcome.py's. Async handlers run on the loop, sync handlers on _threads.py's
+handler threads, as many as the concurrency.
 
 Local rules that keep the database's fencing honest: a lease reported lost (by a
 heartbeat, or by a rejected write) stops its handler and its outcome is discarded; a
@@ -24,7 +24,6 @@ import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +38,7 @@ from broker.task import JobContext, Task, declared_schedules, get_task
 from broker.types import Lease, StopReason, WriteOutcome
 from broker.worker import _joblog, _outcome, registry
 from broker.worker._conn import Backoff, Connection
+from broker.worker._threads import HandlerThreads
 from broker.worker.config import WorkerConfig
 from broker.worker.heartbeat import Heartbeat
 from broker.worker.listener import Listener
@@ -114,9 +114,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._threads = ThreadPoolExecutor(
-            max_workers=config.concurrency, thread_name_prefix="broker-task"
-        )
+        self._threads = HandlerThreads(config.concurrency, "broker-task")
         # The scheduler needs transactions, which a test's fake connections do not give.
         self.scheduler: Scheduler | None = None
         if connect is None:
@@ -385,9 +383,7 @@ class Worker:
                 result = await task.fn(**kwargs)
             else:
                 call = functools.partial(task.fn, **kwargs)
-                result = await self._loop.run_in_executor(
-                    self._threads, contextvars.copy_context().run, call
-                )
+                result = await self._threads.call(call, contextvars.copy_context())
         except asyncio.CancelledError:
             if held.stop_reason == StopReason.TIMEOUT and timeout is not None:
                 raised = _outcome.TimedOut(timeout)
