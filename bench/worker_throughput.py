@@ -1,20 +1,24 @@
 """Worker throughput: N no-op jobs pre-queued, drained by 1 and by 2 worker processes.
 
     python bench/worker_throughput.py [--jobs 20000] [--processes 1,2] [--concurrency 100]
-                                      [--metrics]
+                                      [--metrics] [--sync]
 
 `--metrics` runs the workers with --metrics-port (a free port), to measure what recording
-the worker's Prometheus metrics costs a drain.
+the worker's Prometheus metrics costs a drain. `--sync` drains a plain `def` no-op task
+(run on the worker's handler threads) instead of the `async def` one.
 
 Uses BROKER_DATABASE_URL's server (else an embedded one), in a scratch database per run.
-Prints jobs/s measured by the database: first claim to last completion. This file is
-also the task module the workers import (`bench_noop`).
+Prints jobs/s measured by the database (first claim to last completion) and the CPU
+seconds the worker processes used from start to exit (imports included: compare it between
+runs of the same size; on a busy machine it moves less than the rate). This file is
+also the task module the workers import (`bench_noop`, `bench_noop_sync`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -35,6 +39,11 @@ ROOT = HERE.parent
 @task("bench_noop", queue="bench")
 async def bench_noop() -> None:
     """Does nothing: the cost measured is the broker's."""
+
+
+@task("bench_noop_sync", queue="bench")
+def bench_noop_sync() -> None:
+    """Does nothing in a handler thread: the cost measured is the broker's sync dispatch."""
 
 
 def server_url() -> str:
@@ -70,16 +79,18 @@ def drop_database(server: str, name: str) -> None:
         )
 
 
-def enqueue(url: str, jobs: int) -> None:
+def enqueue(url: str, jobs: int, kind: str = "bench_noop") -> None:
     with Broker.connect(url) as client:
         for start in range(0, jobs, 5000):
             count = min(5000, jobs - start)
-            client.enqueue_many([JobSpec("bench_noop", queue="bench") for _ in range(count)])
+            client.enqueue_many([JobSpec(kind, queue="bench") for _ in range(count)])
 
 
 def drain(
     url: str, processes: int, concurrency: int, jobs: int, state_dir: Path, metrics: bool = False
-) -> float:
+) -> tuple[float, float]:
+    """Seconds from the first claim to the last completion, and the workers' CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {
         **os.environ,
         "BROKER_DATABASE_URL": url,
@@ -116,13 +127,17 @@ def drain(
                 ).fetchone()
                 assert row is not None
                 if row[0] >= jobs:
-                    return float(row[1])
+                    seconds = float(row[1])
+                    break
                 if proc.poll() is not None:
                     raise SystemExit(f"worker exited with {proc.returncode}")
                 time.sleep(0.1)
     finally:
         proc.terminate()
         proc.wait(60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
 
 
 def main() -> None:
@@ -137,6 +152,7 @@ def main() -> None:
         " function, drop a trigger)",
     )
     parser.add_argument("--metrics", action="store_true", help="serve worker metrics")
+    parser.add_argument("--sync", action="store_true", help="a plain def handler, not async")
     args = parser.parse_args()
     setup = args.setup_sql.read_text() if args.setup_sql else None
     server = server_url()
@@ -144,15 +160,16 @@ def main() -> None:
     for processes in [int(p) for p in args.processes.split(",")]:
         url = scratch_database(server, name, setup)
         try:
-            enqueue(url, args.jobs)
+            enqueue(url, args.jobs, "bench_noop_sync" if args.sync else "bench_noop")
             state = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-            seconds = drain(url, processes, args.concurrency, args.jobs, state, args.metrics)
+            seconds, cpu = drain(url, processes, args.concurrency, args.jobs, state, args.metrics)
         finally:
             drop_database(server, name)
         print(
-            f"{args.jobs} no-op jobs, {processes} process(es) x concurrency {args.concurrency}"
+            f"{args.jobs} {'sync' if args.sync else 'async'} no-op jobs, {processes}"
+            f" process(es) x concurrency {args.concurrency}"
             f"{' with metrics' if args.metrics else ''}: "
-            f"{seconds:.2f} s, {args.jobs / seconds:,.0f} jobs/s"
+            f"{seconds:.2f} s, {args.jobs / seconds:,.0f} jobs/s, worker CPU {cpu:.2f} s"
         )
 
 

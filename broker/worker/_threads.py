@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # A call's states; all changes happen under HandlerThreads._lock.
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
@@ -135,6 +137,10 @@ class HandlerThreads:
             self._pending.append(work)
             if not self._looking:
                 self._wake_one()
+            if not self._threads:
+                # Not even one thread could start: nothing would ever run this call.
+                self._pending.pop()
+                raise RuntimeError("no handler thread could be started")
 
     def _stop_waiting(self, work: _Call) -> None:
         with self._lock:
@@ -176,7 +182,12 @@ class HandlerThreads:
             )
             self._started += 1
             self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the process is out of threads
+                self._looking -= 1
+                self._threads.discard(thread)
+                log.warning("could not start another handler thread: %s", exc)
 
     def _take(self) -> _Call | None:
         """Under the lock: the next call to run, waking a helper if more are waiting."""

@@ -219,3 +219,29 @@ def test_a_result_arriving_after_the_loop_closed_is_dropped(
     assert done.wait(WAIT)
     threads.shutdown(wait=True)
     assert threads.threads == 0
+
+
+def test_a_thread_that_cannot_start_leaves_the_call_to_the_threads_there_are(
+    gates: list[threading.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = gate(gates)
+
+    def cannot_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def scenario(threads: HandlerThreads) -> None:
+        first = asyncio.ensure_future(call(threads, busy.wait))
+        await asyncio.sleep(0.05)
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Thread, "start", cannot_start)
+            second = asyncio.ensure_future(call(threads, lambda: "second"))
+            await asyncio.sleep(0.05)
+            assert threads.threads == 1 and not second.done()
+            # With no thread at all, a call fails at once rather than waiting forever.
+            with pytest.raises(RuntimeError, match="no handler thread"):
+                await call(HandlerThreads(1, "test-none"), lambda: None)
+        busy.set()
+        assert await first is True
+        assert await second == "second"
+
+    run(scenario, size=2)
