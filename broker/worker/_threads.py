@@ -9,15 +9,17 @@ thread per call, all of them then queueing for the GIL. Here:
 
 - calls wait in one deque, and a submission wakes a parked thread only when no thread is
   already awake between calls; a thread that takes a call while more are waiting wakes
-  one helper. A burst of no-op calls is run back to back by one or two threads, and a
-  slow call still never delays the next: the helper it woke takes it.
+  one helper (unless one is awake already). A burst of no-op calls is run back to back
+  by one or two threads, and a slow call still never delays the next: the helper it
+  woke takes it.
 - results go back in batches: a finishing thread appends to a deque, and only the first
   to append since the loop last emptied it schedules the loop's `_deliver`, so a burst of
   completions costs one wake-up.
 - a caller that stops waiting (timeout, cancel, lost lease, shutdown) leaves a queued call
   dropped, or a running one abandoned: a thread cannot be interrupted, so its late result
   is thrown away, and the thread no longer counts against `size` (one more may start), so
-  a stuck handler never takes a slot from the jobs after it.
+  a stuck handler never takes a slot from the jobs after it. At most `size` such extra
+  threads: past that, new calls wait for a thread to come back, as they all did before.
 
 docs/decisions/0XX-sync-dispatch.md has the measurements.
 """
@@ -54,7 +56,8 @@ class _Call:
 
 
 class HandlerThreads:
-    """Up to `size` threads (plus one per abandoned call) running sync calls for one loop.
+    """Up to `size` threads, plus one per abandoned call still running (at most `size`
+    more), running sync calls for one loop.
 
     Threads start on demand and park when there is nothing to run; they are not daemons,
     so the process waits for a handler still running at exit (broker.worker.command
@@ -149,6 +152,12 @@ class HandlerThreads:
             elif work.state == _RUNNING and not work.abandoned:
                 work.abandoned = True
                 self._abandoned += 1
+                if self._abandoned == self.size:
+                    log.warning(
+                        "%d sync handlers the worker stopped waiting for still run on their"
+                        " threads; each one more now takes a thread from the sync jobs",
+                        self._abandoned,
+                    )
                 # Its thread serves no one now: let another take what waits.
                 if self._pending and not self._looking:
                     self._wake_one()
@@ -173,7 +182,7 @@ class HandlerThreads:
         if self._parked:
             self._looking += 1
             self._parked.pop().release()
-        elif len(self._threads) < self.size + self._abandoned:
+        elif len(self._threads) < self.size + min(self._abandoned, self.size):
             self._looking += 1
             wake = threading.Lock()
             wake.acquire()

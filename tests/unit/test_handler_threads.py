@@ -245,3 +245,29 @@ def test_a_thread_that_cannot_start_leaves_the_call_to_the_threads_there_are(
         assert await second == "second"
 
     run(scenario, size=2)
+
+
+def test_abandoned_calls_add_at_most_size_threads(
+    gates: list[threading.Event], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = gate(gates), gate(gates)
+
+    async def abandon(threads: HandlerThreads, stuck: threading.Event) -> None:
+        waiting = asyncio.ensure_future(call(threads, stuck.wait))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    async def scenario(threads: HandlerThreads) -> None:
+        await abandon(threads, first)
+        await abandon(threads, second)  # ran on the one extra thread size 1 allows
+        assert threads.threads == 2
+        third = asyncio.ensure_future(call(threads, lambda: "third"))
+        await asyncio.sleep(0.05)
+        assert threads.threads == 2 and not third.done()
+        first.set()  # its thread comes back and takes the waiting call
+        assert await third == "third"
+
+    run(scenario, size=1)
+    assert "stopped waiting for still run" in caplog.text
