@@ -344,8 +344,9 @@ def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode
 
 
 def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None:
-    """The worker's claim connection runs its prepared claim on the generic plan this file
-    checks (SESSION_SETTINGS); the other services keep the server's default."""
+    """The worker's shared connection runs its prepared claim (and everything else it runs)
+    on the generic plans this file checks (SESSION_SETTINGS); the heartbeat connection
+    keeps the server's default."""
     import asyncio
 
     from broker.worker._conn import Connection
@@ -360,5 +361,5 @@ def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None
         finally:
             await conn.close()
 
-    assert asyncio.run(mode("claim")) == "force_generic_plan"
-    assert asyncio.run(mode("write")) == "auto"
+    assert asyncio.run(mode("work")) == "force_generic_plan"
+    assert asyncio.run(mode("heartbeat")) == "auto"
