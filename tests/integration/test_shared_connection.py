@@ -160,7 +160,7 @@ async def quick() -> str:
     return "quick"
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> Any:
+async def _until(condition: Any, timeout: float = 30.0) -> Any:
     for _ in range(int(timeout / 0.05)):
         found = await asyncio.to_thread(condition)
         if found:
