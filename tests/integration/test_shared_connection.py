@@ -145,6 +145,33 @@ def test_a_transaction_runs_alone_on_the_shared_connection(db_url: str) -> None:
     assert other[1] > two[1]
 
 
+def test_a_transaction_cancelled_mid_statement_is_not_handed_on(db_url: str) -> None:
+    # The scheduler's pass cancelled at shutdown while its statement runs: the
+    # cancellation reaches the caller (not swallowed as a failed rollback), and the next
+    # statement runs on a fresh connection, never inside the abandoned transaction.
+    def steps() -> Generator[Statement[Row], Row, Row]:
+        return (yield sleep(30))
+
+    async def main() -> tuple[int, Row, int]:
+        conn = Connection(db_url, "broker", "work")
+        try:
+            first, _, _ = await conn.run(sleep(0))
+            atomic = asyncio.create_task(conn.atomic(steps()))
+            queued = asyncio.create_task(conn.run(sleep(0)))
+            await asyncio.sleep(0.3)
+            atomic.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(atomic, 5)
+            after = await asyncio.wait_for(queued, 5)
+            return first, after, conn.opened
+        finally:
+            await conn.close()
+
+    first, after, opened = asyncio.run(main())
+    assert after[0] != first
+    assert opened == 2
+
+
 # --- the heartbeat connection is never held up by the shared one ----------------------
 
 
