@@ -685,7 +685,7 @@ BEGIN
 END
 $$;
 
--- Planned with its values (plan_cache_mode = auto, migration 0013) even on the worker's
+-- Planned with its values (plan_cache_mode = auto, migration 0014) even on the worker's
 -- shared connection, which asks for generic plans: a generic plan guesses at the batch
 -- LIMIT and reads all of broker.jobs instead of walking jobs_finished_idx.
 CREATE FUNCTION {s}.prune_jobs(state text, older_than interval, batch integer DEFAULT 1000)

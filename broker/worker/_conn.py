@@ -93,7 +93,7 @@ class Backoff:
 # statements, the jobs trigger and _resolve_dependents(), the scheduler's statements and
 # enqueue_many(); tests/integration/test_plans.py checks each keeps its access path.
 # Those whose plans need their values set plan_cache_mode = auto in their definition:
-# _claim_flow() (LIMIT and queue list) and prune_jobs() (its batch LIMIT, migration 0013).
+# _claim_flow() (LIMIT and queue list) and prune_jobs() (its batch LIMIT, migration 0014).
 SESSION_SETTINGS: dict[str, tuple[str, ...]] = {
     "work": ("SET plan_cache_mode = force_generic_plan",),
 }

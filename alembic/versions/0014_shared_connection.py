@@ -11,8 +11,8 @@ _claim_flow() does, and runs as it did on the reaper's own connection before. Th
 functions the shared connection reaches (the jobs trigger, _resolve_dependents(),
 enqueue_many()) plan no differently under generic plans; the same test checks that.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-02
 """
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
