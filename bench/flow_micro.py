@@ -58,7 +58,7 @@ def main() -> None:
         "--no-worker-sessions",
         dest="worker_sessions",
         action="store_false",
-        help="run the current claim under --plan-mode too, not the claim connection's settings",
+        help="run the current claim under --plan-mode too, not the worker connection's settings",
     )
     args = parser.parse_args()
     server = os.environ.get("BROKER_DATABASE_URL", DEFAULT_DSN)
@@ -101,11 +101,11 @@ def run(url: str, args: argparse.Namespace) -> None:
         def one(label: str, qs: dict[str, str], prepare: bool) -> None:
             claim = lease.claim(["default"], batch, "micro:1", 30.0)
             # Each side's claim runs with its worker's claim-connection session: the base
-            # had none; the current one is SESSION_SETTINGS["claim"] (generic plans).
+            # had none; the current one is SESSION_SETTINGS["work"] (generic plans).
             # Statements are prepared per text, so switching the mode between the two
             # sides leaves each side's plan to its own mode.
             if label == "new" and args.worker_sessions:
-                for setting in SESSION_SETTINGS.get("claim", ()):
+                for setting in SESSION_SETTINGS.get("work", ()):
                     conn.execute(setting)
             else:
                 conn.execute(mode)

@@ -152,7 +152,7 @@ WITH flow AS (
     SET state = 'running', attempts = j.attempts + 1, lease_epoch = j.lease_epoch + 1,
         lease_expires_at = now() + make_interval(secs => %(ttl)s), worker_id = %(worker_id)s,
         started_at = now()
-    -- = ANY(ARRAY(...)), not a join with `next`: the generic plan (the worker's claim
+    -- = ANY(ARRAY(...)), not a join with `next`: the generic plan (the worker's shared
     -- connection uses it, see broker/worker/_conn.py) guesses a tenth of the table for a
     -- parameter LIMIT and would hash-join a sequential scan; an array is always probed
     -- through the primary key.

@@ -572,7 +572,7 @@ RETURNS TABLE (id bigint, lease_epoch bigint, queue text, kind text, args jsonb,
                priority integer, attempts integer, max_attempts integer,
                timeout double precision, meta jsonb)
 -- Its statements are planned for their parameters whatever the caller's session asks
--- (the worker's claim connection asks for generic plans: migration 0012).
+-- (the worker's shared connection asks for generic plans: migration 0012, decision 0XX).
 LANGUAGE plpgsql VOLATILE SET plan_cache_mode = auto AS $$
 #variable_conflict use_column
 DECLARE
@@ -685,9 +685,12 @@ BEGIN
 END
 $$;
 
+-- Planned with its values (plan_cache_mode = auto, migration 0014) even on the worker's
+-- shared connection, which asks for generic plans: a generic plan guesses at the batch
+-- LIMIT and reads all of broker.jobs instead of walking jobs_finished_idx.
 CREATE FUNCTION {s}.prune_jobs(state text, older_than interval, batch integer DEFAULT 1000)
 RETURNS integer
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = auto AS $$
 DECLARE
   pruned integer;
 BEGIN

@@ -1,8 +1,10 @@
-"""A dedicated database connection per worker service, reopened after any failure.
+"""The worker's database connections, each reopened on its next use after any failure.
 
-Each background service (claims, outcome writes, heartbeats, reaper, LISTEN) owns one,
-so a slow statement on one never queues behind another, and a broken connection is
-replaced on the next use instead of killing the worker.
+A worker process holds three (decision 0XX): `work`, shared by the claim loop, the outcome
+writer, the reaper, the pruner and the scheduler, which run their statements on it one at
+a time; `heartbeat`, for the heartbeats and the registry row alone, so that no slow write,
+prune batch or lock wait can hold up the beat that keeps every lease alive; and the
+LISTEN connection (listener.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Generator
 from typing import Any, TypeVar
 
 import psycopg
@@ -20,6 +23,7 @@ from broker.errors import DatabaseUnavailable, first_line
 from broker.lease import Statement
 
 T = TypeVar("T")
+R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5
@@ -78,21 +82,34 @@ class Backoff:
         await asyncio.sleep(self.next())
 
 
-# What a service's connection sets for its session when it opens. The claim statement is
-# prepared (psycopg prepares a statement on its fifth run), but under plan_cache_mode=auto
+# What a connection sets for its session when it opens. The claim statement is prepared
+# (psycopg prepares a statement on its fifth run), but under plan_cache_mode=auto
 # PostgreSQL still plans it afresh on every call, because its generic plan, costed with
 # default guesses for the LIMIT and the queue array, never looks cheaper than a custom
 # one; planning was a tenth of a claim of 100. The statement is written so the generic
 # plan has the custom plan's shape (index walks per queue, primary-key lookups for the
-# update), so the claim connection asks for it (decision 014 has the figures). It runs
-# nothing but the claim, whose _claim_flow() sets its own plan_cache_mode.
+# update), so the connection the claims run on asks for it (decision 014 has the figures).
+# Everything else that runs there gets generic plans too: the finish, reap and expire
+# statements, the jobs trigger and _resolve_dependents(), the scheduler's statements and
+# enqueue_many(); tests/integration/test_plans.py checks each keeps its access path.
+# Those whose plans need their values set plan_cache_mode = auto in their definition:
+# _claim_flow() (LIMIT and queue list) and prune_jobs() (its batch LIMIT, migration 0014).
 SESSION_SETTINGS: dict[str, tuple[str, ...]] = {
-    "claim": ("SET plan_cache_mode = force_generic_plan",),
+    "work": ("SET plan_cache_mode = force_generic_plan",),
 }
 
 
 class Connection:
-    """One lazily opened connection that runs broker Statements.
+    """One lazily opened connection that runs broker Statements, one at a time, for any
+    number of services (asyncio tasks) at once.
+
+    A statement holds the connection from the moment it is sent until its rows are read,
+    and a transaction (`atomic`) until it commits, so services never interleave their
+    statements: they queue for it in arrival order. A service whose statement fails at the
+    connection level (or is cancelled mid-flight) discards the connection before the next
+    one in the queue gets it, and that one reopens it: no service is ever handed a broken
+    or half-closed connection, and one service's failure costs the others nothing but the
+    reconnect.
 
     Raises DatabaseUnavailable when the database cannot be reached or the connection
     breaks (the connection is then discarded and reopened on the next call), the broker's
@@ -111,45 +128,89 @@ class Connection:
         self.name = name
         self.schema = schema
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._turn = asyncio.Lock()
         self.application_name = f"broker {name}"
+        # How many times a connection was opened (a test and the footprint bench read it).
+        self.opened = 0
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
+        """The open connection, opened first if needed; call with `_turn` held."""
         if self._conn is None or self._conn.closed:
             try:
                 conn = await connect(self.url, self.application_name, self.prepare_threshold)
                 # Plan modes matter only to prepared statements; unprepared (behind a
                 # transaction pooler) a session SET would also outlive this client's turn.
-                if self.prepare_threshold is not None:
-                    for setting in SESSION_SETTINGS.get(self.name, ()):
-                        await conn.execute(setting)
+                try:
+                    if self.prepare_threshold is not None:
+                        for setting in SESSION_SETTINGS.get(self.name, ()):
+                            await conn.execute(setting)
+                except BaseException:
+                    await _close(conn, self.name)
+                    raise
             except psycopg.OperationalError as exc:
-                raise DatabaseUnavailable(first_line(exc)) from exc
+                raise DatabaseUnavailable(f"{self.name}: {first_line(exc)}") from exc
             self._conn = conn
+            self.opened += 1
         return self._conn
 
     async def run(self, stmt: Statement[T]) -> T:
-        conn = await self._open()
-        try:
-            return await executor.arun(conn, stmt, self.schema)
-        except (DatabaseUnavailable, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        async with self._turn:
+            conn = await self._open()
+            try:
+                return await executor.arun(conn, stmt, self.schema)
+            except BaseException as exc:
+                await self._failed(conn, exc)
+                raise
+
+    async def atomic(self, steps: Generator[Statement[Any], Any, R]) -> R:
+        """Drive `steps` (statements yielded by a generator) inside one transaction; no
+        other statement runs on the connection until it has committed or rolled back."""
+        async with self._turn:
+            conn = await self._open()
+            try:
+                async with conn.transaction():
+
+                    async def do(stmt: Statement[Any]) -> Any:
+                        return await executor.arun(conn, stmt, self.schema)
+
+                    return await executor.adrive(steps, do)
+            except BaseException as exc:
+                await self._failed(conn, exc)
+                raise
+
+    async def _failed(self, conn: psycopg.AsyncConnection[Any], exc: BaseException) -> None:
+        """Discard `conn` after a failure that leaves it unfit for the next statement, and
+        say which connection failed. Called with `_turn` held."""
+        if isinstance(exc, asyncio.CancelledError):
+            # The statement may still be running on the server: this connection's
+            # protocol state is unknown, so it is never reused.
+            await self._discard(conn)
+        elif isinstance(
+            exc, DatabaseUnavailable | psycopg.OperationalError | psycopg.InterfaceError
+        ):
             # Translation is the executor's; what is this connection's own is that after a
             # connection-level failure (or a serialization failure, deadlock or timeout,
             # which a service retries the same way) it is never reused.
-            await self.discard()
+            await self._discard(conn)
             raise DatabaseUnavailable(f"{self.name}: {first_line(exc)}") from exc
-        except asyncio.CancelledError:
-            # The statement may still be running on the server: this connection's
-            # protocol state is unknown, so it is never reused.
-            await self.discard()
-            raise
+
+    async def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Detached before the first await: whoever runs next opens a fresh one.
+        if self._conn is conn:
+            self._conn = None
+        await _close(conn, self.name)
 
     async def discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 1.0)
-            except Exception:
-                log.debug("closing %s connection failed", self.name, exc_info=True)
+        """Close the connection now; the next statement opens a new one."""
+        if self._conn is not None:
+            await self._discard(self._conn)
 
     async def close(self) -> None:
         await self.discard()
+
+
+async def _close(conn: psycopg.AsyncConnection[Any], name: str) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 1.0)
+    except Exception:
+        log.debug("closing the %s connection failed", name, exc_info=True)

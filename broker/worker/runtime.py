@@ -1,12 +1,13 @@
 """The worker runtime: claims jobs into free slots, runs their handlers, reports outcomes.
 
-One asyncio loop per process. Services, each on its own connection so a slow one never
-blocks another: the claim loop (here), the outcome writer (writer.py), heartbeats
-(heartbeat.py), the reaper (reaper.py), the scheduler (scheduler.py) and the LISTEN
-connection (listener.py); identity
-and the registry row are registry.py's, and what a handler's return or exception means
-is _outcome.py's. Async handlers run on the loop, sync handlers on _threads.py's
-handler threads, as many as the concurrency.
+One asyncio loop per process, and three connections (decision 025): the claim loop (here)
+shares `lease` with heartbeats (heartbeat.py) and the registry row, whose statements are
+all short; the outcome writer (writer.py), the reaper (reaper.py), the pruner
+(broker/pruner.py) and the scheduler (scheduler.py) take turns on `work`, so no slow
+write or prune can delay a beat or a claim; the LISTEN connection is listener.py's.
+Identity and the registry row are registry.py's, and what a handler's return or
+exception means is _outcome.py's. Async handlers run on the loop, sync handlers on
+_threads.py's handler threads, as many as the concurrency.
 
 Local rules that keep the database's fencing honest: a lease reported lost (by a
 heartbeat, or by a rejected write) stops its handler and its outcome is discarded; a
@@ -44,7 +45,7 @@ from broker.worker.heartbeat import Heartbeat
 from broker.worker.listener import Listener
 from broker.worker.metrics import Metrics
 from broker.worker.reaper import Reaper
-from broker.worker.scheduler import Scheduler, TransactionConnection
+from broker.worker.scheduler import Scheduler
 from broker.worker.writer import OutcomeWriter
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,16 @@ class ServiceConnection(Runner, Protocol):
     async def close(self) -> None: ...
 
 
-# Service name ("claim", "write", "heartbeat", "reaper") -> that service's connection.
+# Connection name -> that connection: "work" (claims, outcome writes, the reaper, the
+# pruner, the scheduler) and "heartbeat" (heartbeats and the registry row).
 ConnectionFactory = Callable[[str], ServiceConnection]
 
 
 class Worker:
     """One worker process's runtime. `await worker.run()` until `stop()` (or a signal).
 
-    `connect` opens each service's connection (default: a `_conn.Connection` to
-    config.database_url); a test passes fakes to drive the runtime without PostgreSQL.
+    `connect` makes the "work" and "heartbeat" connections (default: a `_conn.Connection`
+    to config.database_url); a test passes fakes to drive the runtime without PostgreSQL.
     `metrics` receives what happens (broker.worker.metrics; default: recorded nowhere).
     """
 
@@ -115,26 +117,23 @@ class Worker:
         self._hurry = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._threads = HandlerThreads(config.concurrency, "broker-task")
+        if connect is None:
+            connect = functools.partial(
+                Connection,
+                config.database_url,
+                self.settings.schema,
+                prepare_threshold=self.settings.prepare_threshold,
+            )
+        self._work = connect("work")
+        self._beats = connect("heartbeat")
         # The scheduler needs transactions, which a test's fake connections do not give.
         self.scheduler: Scheduler | None = None
-        if connect is None:
-            threshold = self.settings.prepare_threshold
-            connect = functools.partial(
-                Connection, config.database_url, self.settings.schema, prepare_threshold=threshold
-            )
-            if config.scheduler.enabled:
-                scheduling = TransactionConnection(
-                    config.database_url, self.settings.schema, prepare_threshold=threshold
-                )
-                self.scheduler = Scheduler(scheduling, declared_schedules(), config.scheduler)
-        self._claims = connect("claim")
-        self._writes = connect("write")
-        self._beats = connect("heartbeat")
-        self._reaps = connect("reaper")
+        if isinstance(self._work, Connection) and config.scheduler.enabled:
+            self.scheduler = Scheduler(self._work, declared_schedules(), config.scheduler)
         self.writer = OutcomeWriter(
-            self._writes, self.settings.jobs_channel, self._written, config.writer, self.metrics
+            self._work, self.settings.jobs_channel, self._written, config.writer, self.metrics
         )
-        self.reaper = Reaper(self._reaps, config.reaper)
+        self.reaper = Reaper(self._work, config.reaper)
         self.registration = registry.Registration(
             self._beats,
             self.settings,
@@ -199,9 +198,9 @@ class Worker:
             asyncio.create_task(self._service("reaper", self.reaper.run)),
         ]
         if self.config.pruner.enabled:
-            # Once a minute by default: it shares the reaper's connection (statements on
-            # one connection run one at a time) rather than holding another one.
-            prune = functools.partial(run_pruner, self._reaps, self.config.pruner)
+            # Once a minute by default, one bounded batch per statement, on the shared
+            # connection: claims and writes wait at most one batch behind it.
+            prune = functools.partial(run_pruner, self._work, self.config.pruner)
             services.append(asyncio.create_task(self._service("pruner", prune)))
         if self.scheduler is not None:
             self.scheduler.worker_id = self.worker_id
@@ -220,10 +219,8 @@ class Worker:
                 service.cancel()
             await asyncio.gather(*services, return_exceptions=True)
             await self.registration.unregister()
-            for conn in (self._claims, self._writes, self._beats, self._reaps):
+            for conn in (self._work, self._beats):
                 await conn.close()
-            if self.scheduler is not None:
-                await self.scheduler.conn.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.registration.release()
             log.info("worker %s stopped", self.worker_id)
@@ -242,7 +239,7 @@ class Worker:
 
     async def _register(self) -> None:
         self.worker_id = self.registration.take_identity()
-        for conn in (self._claims, self._writes, self._beats, self._reaps):
+        for conn in (self._work, self._beats):
             conn.application_name = f"broker {conn.name} {self.worker_id}"
         self.listener.application_name = f"broker listen {self.worker_id}"
         await self.registration.register(self._stopping)
@@ -260,7 +257,7 @@ class Worker:
                 continue
             self._wake.clear()
             try:
-                leases = await self._claims.run(
+                leases = await self._work.run(
                     lease.claim(queues, free, self.worker_id, self.config.lease_ttl)
                 )
             except (BrokerError, psycopg.Error) as exc:

@@ -1,13 +1,14 @@
 """The scheduler service: enqueues periodic jobs' ticks, in every worker, with no leader.
 
 At start it declares the schedules of this process's periodic tasks (an upsert that never
-resets `paused` or `next_run_at`). Then each pass, one transaction on its own connection,
-locks the due schedules no other pass holds (SKIP LOCKED), enqueues each tick's job with
-the key `schedule:<name>:<tick>` and advances next_run_at past the database's now()
-(broker.schedules.scheduler_pass). Locks keep two passes off one schedule and the key
-would refuse a second job for a tick anyway, so any number of workers on any hosts enqueue
-each tick once. Between passes it sleeps until the earliest next_run_at (database time),
-at most `max_sleep`, so schedules created at run time are noticed within that.
+resets `paused` or `next_run_at`). Then each pass, one transaction on the worker's shared
+connection, locks the due schedules no other pass holds (SKIP LOCKED), enqueues each
+tick's job with the key `schedule:<name>:<tick>` and advances next_run_at past the
+database's now() (broker.schedules.scheduler_pass). Locks keep two passes off one
+schedule and the key would refuse a second job for a tick anyway, so any number of
+workers on any hosts enqueue each tick once. Between passes it sleeps until the earliest
+next_run_at (database time), at most `max_sleep`, so schedules created at run time are
+noticed within that.
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
-from broker import _executor as executor
 from broker import schedules
-from broker.config import DEFAULT_PREPARE_THRESHOLD
-from broker.errors import BrokerError, DatabaseUnavailable, first_line
+from broker.errors import BrokerError
 from broker.lease import Statement
 from broker.schedules import PassResult, ScheduleSpec
-from broker.worker._conn import Backoff, connect
+from broker.worker._conn import Backoff
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -59,49 +58,11 @@ class SchedulerConfig:
             raise ValueError("scheduler sleeps must be positive, min_sleep <= max_sleep")
 
 
-class TransactionConnection:
-    """One lazily opened connection that runs a sequence of statements in one transaction;
-    reopened after any connection failure (raised as DatabaseUnavailable)."""
+class Transactions(Protocol):
+    """What the scheduler runs its transactions on: the worker's shared connection
+    (`_conn.Connection.atomic`), which runs nothing else until one has committed."""
 
-    def __init__(
-        self,
-        url: str,
-        schema: str,
-        application_name: str = "broker scheduler",
-        prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD,
-    ) -> None:
-        self.url = url
-        self.prepare_threshold = prepare_threshold
-        self.schema = schema
-        self.application_name = application_name
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def atomic(self, steps: schedules.Pass | schedules.PutPlan) -> Any:
-        """Drive `steps` (statements yielded by a generator) inside one transaction."""
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await connect(self.url, self.application_name, self.prepare_threshold)
-            conn = self._conn
-            async with conn.transaction():
-
-                async def do(stmt: Any) -> Any:
-                    return await executor.arun(conn, stmt, self.schema)
-
-                return await executor.adrive(steps, do)
-        except (DatabaseUnavailable, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            await self.close()
-            raise DatabaseUnavailable(f"scheduler: {first_line(exc)}") from exc
-        except asyncio.CancelledError:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 1.0)
-            except Exception:
-                log.debug("closing the scheduler connection failed", exc_info=True)
+    async def atomic(self, steps: Generator[Statement[Any], Any, R]) -> R: ...
 
 
 class Scheduler:
@@ -110,7 +71,7 @@ class Scheduler:
 
     def __init__(
         self,
-        conn: TransactionConnection,
+        conn: Transactions,
         declared: Sequence[ScheduleSpec],
         config: SchedulerConfig | None = None,
     ) -> None:
@@ -186,6 +147,6 @@ class Scheduler:
 
 
 def _single(stmt: Statement[R]) -> Any:
-    """A one-statement sequence for TransactionConnection.atomic."""
+    """A one-statement sequence for Transactions.atomic."""
     result = yield stmt
     return result

@@ -68,7 +68,9 @@ def test_worker_survives_its_connections_being_killed(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE application_name LIKE 'broker %%' AND datname = current_database()",
             )
-            assert killed >= 3  # of claim, write, heartbeat, reaper, listen
+            # Of work, heartbeat and listen; after a kill the heartbeat connection is
+            # only reopened by the next beat (lease TTL / 3), which may not have come yet.
+            assert killed >= 2
         wait_for(
             lambda: states(db_url) == {"succeeded": total},
             90,

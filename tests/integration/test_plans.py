@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,8 @@ from broker import inspection, lease
 from broker._queries import queries
 from broker.client import Broker
 from broker.lease import Failure, Lease, Statement
+from broker.pruner import prune_batch
+from broker.spec import JobSpec
 from tests.conftest import create_database, drop_database
 
 HISTORY_ROWS = int(os.environ.get("BROKER_PLAN_TEST_ROWS", "2000000"))
@@ -145,16 +148,19 @@ def _plan(conn: psycopg.Connection[Any], stmt: Statement[Any], mode: str) -> dic
     return dict(plan[0]["Plan"])
 
 
-def _scans_of_jobs(node: dict[str, Any]) -> Iterator[tuple[str, str | None, str | None]]:
-    """(node type, index, index condition) for every node reading broker.jobs."""
-    if node.get("Relation Name") == "jobs" and node.get("Node Type") != "ModifyTable":
+def _scans_of_jobs(
+    node: dict[str, Any], relation: str = "jobs"
+) -> Iterator[tuple[str, str | None, str | None]]:
+    """(node type, index, index condition) for every node reading broker.jobs (or another
+    `relation`)."""
+    if node.get("Relation Name") == relation and node.get("Node Type") != "ModifyTable":
         kind = node["Node Type"]
         if kind == "Bitmap Heap Scan":
             yield from _bitmap_scans(kind, node)
         else:
             yield kind, node.get("Index Name"), node.get("Index Cond")
     for child in node.get("Plans", []):
-        yield from _scans_of_jobs(child)
+        yield from _scans_of_jobs(child, relation)
 
 
 def _bitmap_scans(kind: str, node: dict[str, Any]) -> Iterator[tuple[str, str | None, str | None]]:
@@ -167,12 +173,12 @@ def _bitmap_scans(kind: str, node: dict[str, Any]) -> Iterator[tuple[str, str | 
 
 
 def access_path_violations(
-    plan: dict[str, Any], allowed: set[str], keyed: bool = True
+    plan: dict[str, Any], allowed: set[str], keyed: bool = True, relation: str = "jobs"
 ) -> list[str]:
-    """Every read of broker.jobs that is not on an allowed index, or (`keyed`) that is not a
-    lookup or range on it."""
+    """Every read of broker.jobs (or `relation`) that is not on an allowed index, or
+    (`keyed`) that is not a lookup or range on it."""
     bad = []
-    for kind, index, cond in _scans_of_jobs(plan):
+    for kind, index, cond in _scans_of_jobs(plan, relation):
         if index is None or index not in allowed or (keyed and cond is None):
             bad.append(f"{kind} on {index or 'jobs'} (condition {cond})")
     return bad
@@ -344,8 +350,9 @@ def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode
 
 
 def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None:
-    """The worker's claim connection runs its prepared claim on the generic plan this file
-    checks (SESSION_SETTINGS); the other services keep the server's default."""
+    """The worker's shared connection runs its prepared claim (and everything else it runs)
+    on the generic plans this file checks (SESSION_SETTINGS); the heartbeat connection
+    keeps the server's default."""
     import asyncio
 
     from broker.worker._conn import Connection
@@ -360,5 +367,107 @@ def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None
         finally:
             await conn.close()
 
-    assert asyncio.run(mode("claim")) == "force_generic_plan"
-    assert asyncio.run(mode("write")) == "auto"
+    assert asyncio.run(mode("work")) == "force_generic_plan"
+    assert asyncio.run(mode("heartbeat")) == "auto"
+
+
+# The tables that grow with the history, and the indexes the worker's functions and
+# triggers may read them through.
+GROWING: dict[str, set[str]] = {
+    "jobs": FLOW_ALLOWED | {"jobs_finished_idx", "jobs_deadline_idx", "jobs_idempotency_key_idx"},
+    "job_events": {"job_events_job_idx"},
+    "job_logs": {"job_logs_job_idx"},
+    "job_dependencies": {"job_dependencies_pkey", "job_dependencies_parent_idx"},
+}
+
+
+def _rows(conn: psycopg.Connection[Any], stmt: Statement[Any]) -> list[Any]:
+    return conn.execute(queries("broker")[stmt.query], dict(stmt.params), prepare=False).fetchall()
+
+
+def _leases(conn: psycopg.Connection[Any], queue: str) -> list[Lease]:
+    rows = conn.execute(
+        "UPDATE broker.jobs SET state = 'running', attempts = 1, lease_epoch = 1,"
+        " lease_expires_at = now() + interval '1 minute', worker_id = %s, started_at = now()"
+        " WHERE queue = %s RETURNING id, lease_epoch, queue, kind",
+        [WORKER, queue],
+    ).fetchall()
+    return [Lease(i, e, q, k, {}, 0, 1, 1, None, WORKER) for i, e, q, k in rows]
+
+
+def _worker_function_reads(url: str, mode: str) -> list[str]:
+    """Every read of a growing table, not a lookup or range on an allowed index, by the
+    statements (nested ones included) that the worker's writes, reaper, pruner and
+    scheduler run under `mode`: on jobs with waiters, keys and dependents two levels deep,
+    inside a rolled-back transaction."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"SET plan_cache_mode = {mode}")
+        with conn.transaction(force_rollback=True):
+            conn.execute(
+                "INSERT INTO broker.jobs (kind, queue, max_attempts, concurrency_key)"
+                " SELECT 'fn', CASE WHEN g % 3 = 0 THEN 'fn-reap' ELSE 'fn-done' END, 1,"
+                " CASE WHEN g % 5 = 0 THEN 'k' || g END FROM generate_series(1, 60) g"
+            )
+            for parents, children in (("fn-%", "fn-child"), ("fn-child", "fn-grandchild")):
+                conn.execute(
+                    "SELECT broker.enqueue('fn', queue => %s, depends_on => ARRAY[id])"
+                    " FROM broker.jobs WHERE queue LIKE %s",
+                    [children, parents],
+                )
+            conn.execute(
+                "INSERT INTO broker.job_waiters (job_id, expires_at)"
+                " SELECT id, now() + interval '1 minute' FROM broker.jobs WHERE queue = 'fn-done'"
+            )
+            conn.execute(
+                "INSERT INTO broker.jobs (kind, queue, deadline)"
+                " SELECT 'fn', 'fn-late', now() - interval '1 minute' FROM generate_series(1, 5)"
+            )
+            done, reaped = _leases(conn, "fn-done"), _leases(conn, "fn-reap")
+            conn.execute(
+                "UPDATE broker.jobs SET lease_expires_at = now() - interval '1 minute'"
+                " WHERE queue = 'fn-reap'"
+            )
+            outcomes = [
+                lease.completed(h) if i % 2 else lease.failed(h, Failure("boom", retryable=False))
+                for i, h in enumerate(done)
+            ]
+            scheduled = JobSpec("fn", queue="fn-scheduled", idempotency_key="schedule:fn:1")
+
+            def worker_paths() -> None:
+                assert len(_rows(conn, lease.finish(outcomes, CHANNEL))) == len(done)
+                assert len(_rows(conn, lease.reap())) == len(reaped)
+                assert len(_rows(conn, lease.expire())) == 5
+                assert _rows(conn, prune_batch("succeeded", 3600.0, 1000)) == [(1000,)]
+                for _ in range(2):  # the second finds the tick's key taken
+                    _rows(conn, lease.enqueue_many([scheduled]))
+
+            plans = _nested_plans(conn, worker_paths)
+            cancelled = conn.execute(
+                "SELECT count(*) FROM broker.jobs WHERE queue = 'fn-grandchild'"
+                " AND state = 'cancelled'"
+            ).fetchone()
+    assert len(plans) >= 10, "auto_explain logged no nested statements"
+    # The dependency cascade ran (grandchildren of failed parents were cancelled).
+    assert cancelled is not None and cancelled[0] > 0
+    return [
+        f"{v} in {plan['Query Text']}"
+        for plan in plans
+        for relation, allowed in GROWING.items()
+        for v in access_path_violations(plan, allowed, relation=relation)
+    ]
+
+
+def test_worker_functions_plan_no_worse_on_the_shared_connection(
+    history: tuple[str, list[Lease]],
+) -> None:
+    # The worker's shared connection asks for generic plans (SESSION_SETTINGS, for the
+    # claim), and every plpgsql statement its other services reach inherits that: the
+    # jobs trigger with waiters, keys and dependents (_count_finished,
+    # _resolve_dependents), the pruner's prune_jobs() and the scheduler's enqueue_many().
+    # None may read more under generic plans than with its values, as the services' own
+    # connections planned it before (decision 0XX). With its values, some read a live
+    # partial index whole (the waiting jobs; here, the whole history is past retention).
+    url, _ = history
+    custom = Counter(_worker_function_reads(url, "force_custom_plan"))
+    generic = Counter(_worker_function_reads(url, "force_generic_plan"))
+    assert generic - custom == Counter(), "\n\n".join(generic - custom)
