@@ -572,7 +572,7 @@ RETURNS TABLE (id bigint, lease_epoch bigint, queue text, kind text, args jsonb,
                priority integer, attempts integer, max_attempts integer,
                timeout double precision, meta jsonb)
 -- Its statements are planned for their parameters whatever the caller's session asks
--- (the worker's shared connection asks for generic plans: migration 0012, decision 0XX).
+-- (the worker's shared connection asks for generic plans: migration 0012, decision 025).
 LANGUAGE plpgsql VOLATILE SET plan_cache_mode = auto AS $$
 #variable_conflict use_column
 DECLARE

@@ -88,13 +88,16 @@ class Backoff:
 # default guesses for the LIMIT and the queue array, never looks cheaper than a custom
 # one; planning was a tenth of a claim of 100. The statement is written so the generic
 # plan has the custom plan's shape (index walks per queue, primary-key lookups for the
-# update), so the connection the claims run on asks for it (decision 014 has the figures).
-# Everything else that runs there gets generic plans too: the finish, reap and expire
-# statements, the jobs trigger and _resolve_dependents(), the scheduler's statements and
-# enqueue_many(); tests/integration/test_plans.py checks each keeps its access path.
+# update), so the connection the claims run on asks for it (decision 014 has the figures),
+# and so does `work`, where generic plans spare the finish its re-planning too (decision
+# 025). Everything that runs on either gets generic plans: the heartbeat, the finish, reap
+# and expire statements, the jobs trigger and _resolve_dependents(), the scheduler's
+# statements and enqueue_many(); tests/integration/test_plans.py checks each keeps its
+# access path.
 # Those whose plans need their values set plan_cache_mode = auto in their definition:
 # _claim_flow() (LIMIT and queue list) and prune_jobs() (its batch LIMIT, migration 0014).
 SESSION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "lease": ("SET plan_cache_mode = force_generic_plan",),
     "work": ("SET plan_cache_mode = force_generic_plan",),
 }
 

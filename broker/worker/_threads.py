@@ -21,7 +21,7 @@ thread per call, all of them then queueing for the GIL. Here:
   a stuck handler never takes a slot from the jobs after it. At most `size` such extra
   threads: past that, new calls wait for a thread to come back, as they all did before.
 
-docs/decisions/0XX-sync-dispatch.md has the measurements.
+docs/decisions/026-sync-dispatch.md has the measurements.
 """
 
 from __future__ import annotations

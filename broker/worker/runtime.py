@@ -86,15 +86,15 @@ class ServiceConnection(Runner, Protocol):
     async def close(self) -> None: ...
 
 
-# Connection name -> that connection: "work" (claims, outcome writes, the reaper, the
-# pruner, the scheduler) and "heartbeat" (heartbeats and the registry row).
+# Connection name -> that connection: "lease" (claims, heartbeats and the registry row)
+# and "work" (outcome writes, the reaper, the pruner, the scheduler).
 ConnectionFactory = Callable[[str], ServiceConnection]
 
 
 class Worker:
     """One worker process's runtime. `await worker.run()` until `stop()` (or a signal).
 
-    `connect` makes the "work" and "heartbeat" connections (default: a `_conn.Connection`
+    `connect` makes the "lease" and "work" connections (default: a `_conn.Connection`
     to config.database_url); a test passes fakes to drive the runtime without PostgreSQL.
     `metrics` receives what happens (broker.worker.metrics; default: recorded nowhere).
     """
@@ -124,8 +124,8 @@ class Worker:
                 self.settings.schema,
                 prepare_threshold=self.settings.prepare_threshold,
             )
+        self._leases = connect("lease")
         self._work = connect("work")
-        self._beats = connect("heartbeat")
         # The scheduler needs transactions, which a test's fake connections do not give.
         self.scheduler: Scheduler | None = None
         if isinstance(self._work, Connection) and config.scheduler.enabled:
@@ -135,7 +135,7 @@ class Worker:
         )
         self.reaper = Reaper(self._work, config.reaper)
         self.registration = registry.Registration(
-            self._beats,
+            self._leases,
             self.settings,
             seq=config.seq,
             queues=config.queues,
@@ -145,7 +145,7 @@ class Worker:
             max_clock_skew=config.max_clock_skew,
         )
         self.heartbeat = Heartbeat(
-            self._beats,
+            self._leases,
             self.registration,
             config.lease_ttl,
             config.heartbeat,
@@ -219,7 +219,7 @@ class Worker:
                 service.cancel()
             await asyncio.gather(*services, return_exceptions=True)
             await self.registration.unregister()
-            for conn in (self._work, self._beats):
+            for conn in (self._leases, self._work):
                 await conn.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.registration.release()
@@ -239,7 +239,7 @@ class Worker:
 
     async def _register(self) -> None:
         self.worker_id = self.registration.take_identity()
-        for conn in (self._work, self._beats):
+        for conn in (self._leases, self._work):
             conn.application_name = f"broker {conn.name} {self.worker_id}"
         self.listener.application_name = f"broker listen {self.worker_id}"
         await self.registration.register(self._stopping)
@@ -257,7 +257,7 @@ class Worker:
                 continue
             self._wake.clear()
             try:
-                leases = await self._work.run(
+                leases = await self._leases.run(
                     lease.claim(queues, free, self.worker_id, self.config.lease_ttl)
                 )
             except (BrokerError, psycopg.Error) as exc:

@@ -206,11 +206,11 @@ def test_worker_drains_through_pgbouncer(bouncer: Bouncer, broker: Broker, tmp_p
             f"{n} jobs to succeed",
             diagnose=lambda: f"{states(bouncer.direct)}\n{worker.output()}",
         )
-        # The shared (work) and heartbeat connections are pgbouncer's clients; the LISTEN
+        # The lease and work connections are pgbouncer's clients; the LISTEN
         # connection is not (it went to BROKER_LISTEN_URL).
         names = [str(c["application_name"]) for c in through_bouncer(bouncer, "broker ")]
         pooled = {name.split()[1] for name in names}
-        assert {"work", "heartbeat"} <= pooled, pooled
+        assert {"work", "lease"} <= pooled, pooled
         assert "listen" not in pooled
         assert direct_sessions(bouncer.direct, "broker listen ") == 1
         assert worker.stop() == 0

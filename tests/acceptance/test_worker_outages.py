@@ -68,8 +68,8 @@ def test_worker_survives_its_connections_being_killed(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE application_name LIKE 'broker %%' AND datname = current_database()",
             )
-            # Of work, heartbeat and listen; after a kill the heartbeat connection is
-            # only reopened by the next beat (lease TTL / 3), which may not have come yet.
+            # Of lease, work and listen; after a kill the work connection is reopened by
+            # the next write or reap, which may not have come yet.
             assert killed >= 2
         wait_for(
             lambda: states(db_url) == {"succeeded": total},

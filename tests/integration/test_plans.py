@@ -350,9 +350,9 @@ def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode
 
 
 def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None:
-    """The worker's shared connection runs its prepared claim (and everything else it runs)
-    on the generic plans this file checks (SESSION_SETTINGS); the heartbeat connection
-    keeps the server's default."""
+    """Both of the worker's statement connections (claims and heartbeats; writes, reaper,
+    pruner and scheduler) run on the generic plans this file checks (SESSION_SETTINGS);
+    any other keeps the server's default."""
     import asyncio
 
     from broker.worker._conn import Connection
@@ -367,8 +367,9 @@ def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None
         finally:
             await conn.close()
 
+    assert asyncio.run(mode("lease")) == "force_generic_plan"
     assert asyncio.run(mode("work")) == "force_generic_plan"
-    assert asyncio.run(mode("heartbeat")) == "auto"
+    assert asyncio.run(mode("other")) == "auto"
 
 
 # The tables that grow with the history, and the indexes the worker's functions and
@@ -465,7 +466,7 @@ def test_worker_functions_plan_no_worse_on_the_shared_connection(
     # jobs trigger with waiters, keys and dependents (_count_finished,
     # _resolve_dependents), the pruner's prune_jobs() and the scheduler's enqueue_many().
     # None may read more under generic plans than with its values, as the services' own
-    # connections planned it before (decision 0XX). With its values, some read a live
+    # connections planned it before (decision 025). With its values, some read a live
     # partial index whole (the waiting jobs; here, the whole history is past retention).
     url, _ = history
     custom = Counter(_worker_function_reads(url, "force_custom_plan"))

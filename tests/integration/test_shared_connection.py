@@ -1,5 +1,5 @@
 """The worker's connections against a real PostgreSQL (broker/worker/_conn.py, decision
-0XX): services take turns on the shared connection, one service's failure or cancellation
+025): services take turns on the shared connection, one service's failure or cancellation
 costs the others only a reconnect, a transaction runs alone on it, and the heartbeat
 connection keeps every lease alive while a statement on the shared one waits on a lock."""
 
@@ -172,7 +172,7 @@ def test_a_transaction_cancelled_mid_statement_is_not_handed_on(db_url: str) -> 
     assert opened == 2
 
 
-# --- the heartbeat connection is never held up by the shared one ----------------------
+# --- the lease connection (claims, heartbeats) is never held up by the work one --------
 
 
 @task("shared_connection.slow")

@@ -27,7 +27,7 @@ def test_skew_is_warned_once_and_its_recovery_said_once(
     real = time.time
     monkeypatch.setattr(registry, "time", SimpleNamespace(time=lambda: real() + offset))
     settings = Settings(database_url=db_url, state_dir=tmp_path, clock_skew_tolerance=TOLERANCE)
-    conn = Connection(db_url, settings.schema, "heartbeat")
+    conn = Connection(db_url, settings.schema, "lease")
     registration = registry.Registration(
         conn,
         settings,

@@ -248,14 +248,17 @@ def test_outcomes_are_written_and_a_stop_hands_back_what_is_running(settings: Se
     # No claim after the stop; the registry row was marked stopped last; all closed.
     assert db.claim_limits == [3, 1]
     assert db.statements[-1][1].query == "worker_stopped"
-    # Two connections: the heartbeat one runs beats and the registry row alone, so nothing
-    # the others send can delay a beat; claims, writes and the reaper share the other.
-    assert sorted(conn.name for conn in db.connections) == ["heartbeat", "work"]
-    on_beats = {stmt.query for service, stmt in db.statements if service == "heartbeat"}
-    assert on_beats <= {"db_clock", "worker_get", "worker_register", "worker_seen"} | {
+    # Two connections: the lease one runs claims, beats and the registry row (all short),
+    # so no write, reap or prune can delay a beat; writes and the reaper share the other.
+    assert sorted(conn.name for conn in db.connections) == ["lease", "work"]
+    on_leases = {stmt.query for service, stmt in db.statements if service == "lease"}
+    assert {"job_claim", "worker_register"} <= on_leases
+    assert on_leases <= {"db_clock", "worker_get", "worker_register", "worker_seen"} | {
+        "job_claim",
         "job_heartbeat_many",
         "worker_stopped",
     }
     on_work = {stmt.query for service, stmt in db.statements if service == "work"}
-    assert {"job_claim", "job_finish_many", "job_reap"} <= on_work
+    assert {"job_finish_many", "job_reap"} <= on_work
+    assert "job_claim" not in on_work
     assert all(conn.closed for conn in db.connections)
