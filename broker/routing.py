@@ -113,6 +113,26 @@ def enqueue_routed(
     )
 
 
+# The parameters of job_enqueue_one.
+_ONE_FIELDS = (
+    "queue",
+    "kind",
+    "args",
+    "priority",
+    "run_at",
+    "delay",
+    "max_attempts",
+    "timeout",
+    "tags",
+    "group",
+    "concurrency_key",
+    "deadline",
+    "start_within",
+    "meta",
+    "channel",
+)
+
+
 def enqueue_one(spec: JobSpec, unnamed: bool, channel: str) -> Statement[Enqueued]:
     """Enqueue one job: a plain spec (broker.spec.plain) in the lean job_enqueue_one
     statement, any other through enqueue_many() (routed by the registry when `unnamed`).
@@ -122,23 +142,17 @@ def enqueue_one(spec: JobSpec, unnamed: bool, channel: str) -> Statement[Enqueue
             return _first(enqueue_routed([spec], [True]))
         return _first(enqueue_many([spec]))
     args = contract.check(spec)
-    params = {
-        "queue": None if unnamed else spec.queue,
-        "kind": spec.kind,
-        "args": args.decode(),
-        "priority": spec.priority,
-        "run_at": contract.utc(spec.run_at) if spec.run_at is not None else None,
-        "delay": contract.seconds(spec.delay, "delay"),
-        "max_attempts": DEFAULT_MAX_ATTEMPTS if spec.max_attempts is None else spec.max_attempts,
-        "timeout": contract.seconds(spec.timeout, "timeout"),
-        "tags": list(spec.tags),
-        "group": spec.group,
-        "concurrency_key": spec.concurrency_key,
-        "deadline": contract.utc(spec.deadline, "deadline") if spec.deadline is not None else None,
-        "start_within": contract.seconds(spec.start_within, "start_within"),
-        "meta": msgspec.json.encode(spec.meta).decode() if spec.meta else None,
-        "channel": channel,
-    }
+    # The normalised fields as every path sends them (contract.wire), each the statement
+    # reads present, None where the spec leaves it out.
+    params: dict[str, object] = dict.fromkeys(_ONE_FIELDS)
+    params.update(contract.wire(spec))
+    params.update(
+        queue=None if unnamed else spec.queue,
+        args=args.decode(),
+        max_attempts=DEFAULT_MAX_ATTEMPTS if spec.max_attempts is None else spec.max_attempts,
+        meta=msgspec.json.encode(spec.meta).decode() if spec.meta else None,
+        channel=channel,
+    )
 
     def decode(rows: list[Row]) -> Enqueued:
         row = rows[0]
