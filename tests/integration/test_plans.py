@@ -112,7 +112,9 @@ def history(pg_server_url: str, template_db: str) -> Iterator[tuple[str, list[Le
             )
         with Broker.connect(url, max_size=2) as broker:
             claimed: list[Lease] = []
-            while batch := broker.claim(["default"], 1000, WORKER):
+            # The held leases outlive the module however slow the machine: a lease that
+            # expired mid-module would be reaped by the reaper's plan test.
+            while batch := broker.claim(["default"], 1000, WORKER, lease_ttl=86400.0):
                 claimed.extend(batch)
             held, done = claimed[:HELD], claimed[HELD:]
             for i in range(0, len(done), 1000):
