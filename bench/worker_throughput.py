@@ -1,11 +1,13 @@
 """Worker throughput: N no-op jobs pre-queued, drained by 1 and by 2 worker processes.
 
     python bench/worker_throughput.py [--jobs 20000] [--processes 1,2] [--concurrency 100]
-                                      [--metrics] [--sync]
+                                      [--metrics] [--sync] [--queues 1]
 
 `--metrics` runs the workers with --metrics-port (a free port), to measure what recording
 the worker's Prometheus metrics costs a drain. `--sync` drains a plain `def` no-op task
-(run on the worker's handler threads) instead of the `async def` one.
+(run on the worker's handler threads) instead of the `async def` one. `--queues N` spreads
+the jobs round-robin over N queues (`bench`, `bench1`, ...), all of which every worker
+serves: the cost of the claim's queue list (issue 13).
 
 Uses BROKER_DATABASE_URL's server (else an embedded one), in a scratch database per run.
 Prints jobs/s measured by the database (first claim to last completion) and the CPU
@@ -79,15 +81,28 @@ def drop_database(server: str, name: str) -> None:
         )
 
 
-def enqueue(url: str, jobs: int, kind: str = "bench_noop") -> None:
+def queue_names(queues: int) -> list[str]:
+    return ["bench"] + [f"bench{i}" for i in range(1, queues)]
+
+
+def enqueue(url: str, jobs: int, kind: str = "bench_noop", queues: int = 1) -> None:
+    names = queue_names(queues)
     with Broker.connect(url) as client:
         for start in range(0, jobs, 5000):
             count = min(5000, jobs - start)
-            client.enqueue_many([JobSpec(kind, queue="bench") for _ in range(count)])
+            client.enqueue_many(
+                [JobSpec(kind, queue=names[(start + i) % queues]) for i in range(count)]
+            )
 
 
 def drain(
-    url: str, processes: int, concurrency: int, jobs: int, state_dir: Path, metrics: bool = False
+    url: str,
+    processes: int,
+    concurrency: int,
+    jobs: int,
+    state_dir: Path,
+    metrics: bool = False,
+    queues: int = 1,
 ) -> tuple[float, float]:
     """Seconds from the first claim to the last completion, and the workers' CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -105,7 +120,7 @@ def drain(
         "--tasks",
         "worker_throughput",
         "--queues",
-        "bench",
+        ",".join(queue_names(queues)),
         "--concurrency",
         str(concurrency),
         "--processes",
@@ -153,6 +168,7 @@ def main() -> None:
     )
     parser.add_argument("--metrics", action="store_true", help="serve worker metrics")
     parser.add_argument("--sync", action="store_true", help="a plain def handler, not async")
+    parser.add_argument("--queues", type=int, default=1, help="queues the jobs are spread over")
     args = parser.parse_args()
     setup = args.setup_sql.read_text() if args.setup_sql else None
     server = server_url()
@@ -160,13 +176,17 @@ def main() -> None:
     for processes in [int(p) for p in args.processes.split(",")]:
         url = scratch_database(server, name, setup)
         try:
-            enqueue(url, args.jobs, "bench_noop_sync" if args.sync else "bench_noop")
+            kind = "bench_noop_sync" if args.sync else "bench_noop"
+            enqueue(url, args.jobs, kind, args.queues)
             state = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-            seconds, cpu = drain(url, processes, args.concurrency, args.jobs, state, args.metrics)
+            seconds, cpu = drain(
+                url, processes, args.concurrency, args.jobs, state, args.metrics, args.queues
+            )
         finally:
             drop_database(server, name)
         print(
-            f"{args.jobs} {'sync' if args.sync else 'async'} no-op jobs, {processes}"
+            f"{args.jobs} {'sync' if args.sync else 'async'} no-op jobs"
+            f"{f' over {args.queues} queues' if args.queues > 1 else ''}, {processes}"
             f" process(es) x concurrency {args.concurrency}"
             f"{' with metrics' if args.metrics else ''}: "
             f"{seconds:.2f} s, {args.jobs / seconds:,.0f} jobs/s, worker CPU {cpu:.2f} s"

@@ -54,6 +54,10 @@ def raw_queries() -> dict[str, str]:
     return found
 
 
+# Placeholders a query keeps when it is loaded, filled in by `_assemble`.
+_PARTS = {part: sql.SQL("{" + part + "}") for part in ("choice", "each")}
+
+
 @cache
 def queries(schema: str) -> dict[str, LiteralString]:
     """Every named query with `{schema}` replaced by the quoted schema name."""
@@ -61,6 +65,17 @@ def queries(schema: str) -> dict[str, LiteralString]:
     rendered: dict[str, LiteralString] = {}
     for name, body in raw_queries().items():
         # The bodies come from the package's own .sql files, never from user input.
-        text: LiteralString = sql.SQL(body).format(schema=ident).as_string()
+        text: LiteralString = sql.SQL(body).format(schema=ident, **_PARTS).as_string()
         rendered[name] = text
+    _assemble(rendered)
     return rendered
+
+
+def _assemble(rendered: dict[str, LiteralString]) -> None:
+    """Fill in the claim's candidates (decision 027): job_claim takes job_claim_each, and
+    job_claim_many, the same statement, job_claim_merged with job_claim_each as its
+    fallback. Only the package's own text is joined here."""
+    frame, each = rendered["job_claim"], rendered["job_claim_each"]
+    merged = rendered["job_claim_merged"].replace("{each}", each)
+    rendered["job_claim"] = frame.replace("{choice}", each)
+    rendered["job_claim_many"] = frame.replace("{choice}", merged)

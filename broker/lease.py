@@ -126,8 +126,9 @@ def claim(queues: Sequence[str], limit: int, worker_id: str, ttl: float) -> Stat
 
     # A queue named twice would be scanned twice and fill the LIMIT with the same rows.
     unique = list(dict.fromkeys(queues))
+    # One queue needs no share of the LIMIT per queue (decision 027).
     return Statement(
-        "job_claim",
+        "job_claim" if len(unique) <= 1 else "job_claim_many",
         {"queues": unique, "limit": limit, "worker_id": worker_id, "ttl": ttl},
         decode,
     )

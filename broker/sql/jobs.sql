@@ -106,13 +106,11 @@ SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, l
 FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id;
 
 -- name: job_claim
+-- The claim of a worker of one queue; job_claim_many is the same statement for a worker
+-- of several. The loader (broker._queries) puts job_claim_each, or job_claim_merged, in
+-- place of the candidates below (decision 027).
 -- The CTE is deliberate: it fixes the candidate rows (LIMIT, SKIP LOCKED) before the
 -- UPDATE, so the planner can never update more rows than the LIMIT asks for.
--- One LATERAL subquery per queue walks jobs_claim_idx in claim order and stops at the
--- LIMIT; `queue = ANY(...)` instead cannot use the index order and sorts every queued
--- row on each claim (10 ms per claim at 20k queued, measured). SKIP LOCKED sits inside
--- each subquery so concurrent claimers pass over each other's rows instead of coming
--- back empty; rows locked but not chosen by the outer LIMIT are released at commit.
 -- _claim_flow() goes first: it owns the paused queues (skipped) and those that need flow
 -- control (a concurrency or rate limit in broker.queues, or queued jobs with a
 -- concurrency_key), claims from the latter taking turns with their other claimers, and
@@ -135,15 +133,8 @@ WITH flow AS (
        OR EXISTS (SELECT 1 FROM {schema}.keyed_queues k WHERE k.name = ANY(%(queues)s::text[]))
 ), next AS (
     SELECT c.id
-    FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
-          WHERE NOT EXISTS (SELECT 1 FROM flow f WHERE f.id IS NULL AND f.queue = u.name)) q
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM {schema}.jobs
-        WHERE state = 'queued' AND queue = q.name AND run_at <= now()
-          AND concurrency_key IS NULL AND (deadline IS NULL OR deadline > now())
-        ORDER BY priority DESC, run_at, id
-        LIMIT %(limit)s
-        FOR NO KEY UPDATE SKIP LOCKED
+    FROM (
+{choice}
     ) c
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s - (SELECT count(id) FROM flow)
@@ -171,6 +162,76 @@ UNION ALL
 SELECT id, lease_epoch, queue, kind, args, priority, attempts, max_attempts, timeout, meta
 FROM flow WHERE id IS NOT NULL
 ORDER BY priority DESC, id;
+
+-- name: job_claim_each
+-- job_claim's candidates (and job_claim_merged's fallback):
+-- one LATERAL subquery per queue walks jobs_claim_idx in claim order and stops at the
+-- LIMIT; `queue = ANY(...)` instead cannot use the index order and sorts every queued
+-- row on each claim (10 ms per claim at 20k queued, measured). SKIP LOCKED sits inside
+-- each subquery so concurrent claimers pass over each other's rows instead of coming
+-- back empty; rows locked but not chosen by the outer LIMIT are released at commit.
+SELECT l.id, l.priority, l.run_at
+FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
+      WHERE NOT EXISTS (SELECT 1 FROM flow f WHERE f.id IS NULL AND f.queue = u.name)) q
+CROSS JOIN LATERAL (
+    SELECT id, priority, run_at FROM {schema}.jobs
+    WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+      AND concurrency_key IS NULL AND (deadline IS NULL OR deadline > now())
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+) l;
+
+-- name: job_claim_merged
+-- job_claim_many's candidates. job_claim_each locks up to the LIMIT in every queue before
+-- the outer ORDER BY chooses: 20,000 row locks per claim of 100 with 200 queues of 100
+-- jobs (9.4k jobs/s against 31.4k for one queue, issue 13). Here each queue's share of
+-- the next LIMIT jobs in claim order is chosen first, reading without locks (a read of
+-- a queued row costs far less than locking it: a lock writes the row's header and WAL),
+-- then each queue locks that many of its first rows, SKIP LOCKED: a concurrent claimer
+-- that chose the same rows takes the next ones of the same queue. If the chosen queues
+-- had nothing left unlocked while others have jobs, the claim would come back empty and
+-- its worker would sleep with work waiting: an empty result falls back to
+-- job_claim_each (a one-time filter, so it runs only then). Measured per claim (bench/
+-- claim_queues.py, decision 027): 200 queues 1.4-1.8x faster, 50 queues 1.0-1.2x. One
+-- Merge Append over a branch per queue would read only what the LIMIT takes, but it
+-- costs more than it saves: the executor sets up every branch on every claim (~50 us
+-- each) and planning 200 branches takes 200 ms.
+WITH share AS (
+    SELECT queue AS name, count(*)::integer AS n
+    FROM (
+        SELECT c.queue
+        FROM (SELECT name FROM unnest(%(queues)s::text[]) AS u(name)
+              WHERE NOT EXISTS (SELECT 1 FROM flow f WHERE f.id IS NULL AND f.queue = u.name)) q
+        CROSS JOIN LATERAL (
+            SELECT queue, priority, run_at, id FROM {schema}.jobs
+            WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+              AND concurrency_key IS NULL AND (deadline IS NULL OR deadline > now())
+            ORDER BY priority DESC, run_at, id
+            LIMIT %(limit)s
+        ) c
+        ORDER BY c.priority DESC, c.run_at, c.id
+        LIMIT %(limit)s - (SELECT count(id) FROM flow)
+    ) chosen
+    GROUP BY queue
+), locked AS (
+    SELECT l.id, l.priority, l.run_at
+    FROM share q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM {schema}.jobs
+        WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+          AND concurrency_key IS NULL AND (deadline IS NULL OR deadline > now())
+        ORDER BY priority DESC, run_at, id
+        LIMIT q.n
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) l
+)
+SELECT * FROM locked
+UNION ALL
+SELECT * FROM (
+{each}
+) fallback
+WHERE NOT EXISTS (SELECT 1 FROM locked);
 
 -- name: job_heartbeat_many
 -- Every fenced write has this shape: apply where (id, epoch) still holds a running lease,

@@ -45,7 +45,11 @@ ROLES: dict[str, tuple[set[str], list[Build]]] = {
     # _claim_flow's own statements are checked by test_flow_claim_keeps_its_access_path.
     "claim": (
         {"jobs_claim_idx", "jobs_pkey"},
-        [lambda held: lease.claim(["default", "other"], 100, WORKER, 15.0)],
+        [
+            lambda held: lease.claim(["default"], 100, WORKER, 15.0),
+            lambda held: lease.claim(["default", "other"], 100, WORKER, 15.0),
+            lambda held: lease.claim([f"q{i}" for i in range(50)] + ["default"], 100, WORKER, 15.0),
+        ],
     ),
     "heartbeat": ({"jobs_pkey"}, [lambda held: lease.heartbeat(held, 15.0)]),
     "finish": (

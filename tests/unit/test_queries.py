@@ -84,8 +84,11 @@ def _statement_names_in_lease_source() -> set[str]:
             and node.func.id == "Statement"
         ):
             first = node.args[0]
-            assert isinstance(first, ast.Constant) and isinstance(first.value, str)
-            names.add(first.value)
+            # A name, or a choice between two names (the claim: one queue or several).
+            options = [first.body, first.orelse] if isinstance(first, ast.IfExp) else [first]
+            for option in options:
+                assert isinstance(option, ast.Constant) and isinstance(option.value, str)
+                names.add(option.value)
     return names
 
 
@@ -142,7 +145,7 @@ def _one_of_each_statement() -> list[lease.Statement[Any]]:
 
 
 def test_every_constructor_names_an_existing_query() -> None:
-    statements = _one_of_each_statement()
+    statements = [*_one_of_each_statement(), lease.claim(["a", "b"], 1, "w:1", 5.0)]
     names = {stmt.query for stmt in statements}
     assert names <= set(queries(DEFAULT_SCHEMA))
     # Each constructor found by the source scan is exercised here too.
@@ -151,9 +154,32 @@ def test_every_constructor_names_an_existing_query() -> None:
 
 def test_statement_params_match_query_placeholders() -> None:
     rendered = queries(DEFAULT_SCHEMA)
-    for stmt in _one_of_each_statement():
+    for stmt in [*_one_of_each_statement(), lease.claim(["a", "b", "c"], 5, "w:1", 5.0)]:
         placeholders = set(re.findall(r"%\((\w+)\)s", rendered[stmt.query]))
         assert placeholders == set(stmt.params), stmt.query
+
+
+def test_the_claim_of_several_queues_is_its_own_statement() -> None:
+    assert lease.claim(["a"], 10, "w:1", 5.0).query == "job_claim"
+    assert lease.claim(["a", "a"], 10, "w:1", 5.0).query == "job_claim"
+    assert lease.claim([], 10, "w:1", 5.0).query == "job_claim"
+    assert lease.claim(["a", "b", "a"], 10, "w:1", 5.0).query == "job_claim_many"
+
+
+def test_the_claims_are_assembled_from_their_parts() -> None:
+    rendered = queries("jobsq")
+    one, many = rendered["job_claim"], rendered["job_claim_many"]
+    for text in (one, many):
+        assert not re.search(r"\{(choice|each|schema)\}", text)
+    each = rendered["job_claim_each"]
+    # One queue: the LATERAL that takes up to the LIMIT per queue; several: the unlocked
+    # share, then the locks, then the same LATERAL as the fallback of an empty result.
+    assert each in one and "share" not in one.split("claimed AS")[0]
+    assert each in many and "share AS" in many and "fallback" in many
+    assert one.count("FOR NO KEY UPDATE SKIP LOCKED") == 1
+    assert many.count("FOR NO KEY UPDATE SKIP LOCKED") == 2
+    # Everything after the candidates is the same statement.
+    assert one.split("claimed AS")[1] == many.split("claimed AS")[1]
 
 
 def test_schema_is_rendered_as_quoted_identifier() -> None:
