@@ -296,6 +296,18 @@ def build_metadata(schema: str = DEFAULT_SCHEMA) -> MetaData:
         prefixes=["UNLOGGED"],
     )
 
+    # Workers waiting for jobs of a queue (migration 0015): a worker whose claim came back
+    # empty registers here before it sleeps on LISTEN, and an enqueue notifies a queue
+    # only while a registration for it is live (_wake_queue(); decision 028). A row lives
+    # until expires_at unless its worker refreshes it; a killed worker's rows run out.
+    Table(
+        "claim_waiters",
+        md,
+        Column("queue", Text, primary_key=True),
+        Column("worker_id", Text, primary_key=True),
+        Column("expires_at", _tstz(), nullable=False),
+    )
+
     # Periodic jobs (migration 0008): what to enqueue and when; next_run_at in database
     # time, NULL until a scheduler pass computes it (a schedule created from SQL).
     Table(

@@ -85,7 +85,7 @@ ev AS (
     INSERT INTO {schema}.job_events (job_id, event) SELECT id, 'enqueued' FROM ins
 ),
 notified AS (
-    SELECT pg_notify(%(channel)s::text, queue) FROM ins WHERE run_at <= now()
+    SELECT {schema}._wake_queue(%(channel)s::text, queue) FROM ins WHERE run_at <= now()
 )
 SELECT 1, i.id, true, i.kind, i.queue, %(queue)s::text IS NOT NULL,
        (SELECT d.queues FROM declared d),
@@ -348,7 +348,7 @@ WITH applied AS (
     -- those an ended job held back: the next of its concurrency_key, or of its queue's
     -- concurrency_limit (driven from the few limited queues, so a batch of unlimited
     -- queues reads no more than an empty scan of broker.queues).
-    SELECT count(pg_notify(%(channel)s, q.queue)) AS n
+    SELECT count({schema}._wake_queue(%(channel)s, q.queue)) AS n
     FROM (SELECT DISTINCT queue FROM applied
           WHERE (state = 'queued' AND run_at <= now()) OR concurrency_key IS NOT NULL
           UNION
@@ -474,7 +474,7 @@ WITH ev AS (
     INSERT INTO {schema}.job_events (job_id, event)
     SELECT id, 'enqueued' FROM unnest(%(ids)s::bigint[]) AS id
 )
-SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q;
+SELECT count({schema}._wake_queue(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: job_wait_listen
 -- The waiters' channel (<schema>_done, as Settings names it): every transition into a

@@ -25,6 +25,40 @@ BEGIN
 END
 $$;
 
+-- Wake the workers of `queue` for a job runnable now, only if one sleeps on it (decision
+-- 028): a NOTIFY makes committing transactions take turns, so an enqueue into a queue no
+-- worker waits on sends none. A worker whose claim came back empty registers in
+-- claim_waiters, then claims again only once _claim_waiters_settled() found no enqueue
+-- holding this queue's lock. So an enqueue either holds the lock before that check (the
+-- check fails; the worker claims after the enqueue has committed) or takes it after the
+-- registration committed and, reading with a snapshot taken after the lock, sees it.
+-- A transaction that reads with an older snapshot (REPEATABLE READ, SERIALIZABLE) might
+-- not see a fresh registration, so it always notifies.
+CREATE FUNCTION {s}._wake_queue(channel text, queue text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared(hashtext('{s}.claim_waiters'), hashtext(queue));
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR EXISTS (SELECT 1 FROM {s}.claim_waiters w
+                WHERE w.queue = _wake_queue.queue AND w.expires_at > now()) THEN
+    PERFORM pg_notify(channel, queue);
+    RETURN true;
+  END IF;
+  RETURN false;
+END
+$$;
+
+-- Whether no enqueue into `queues` is in flight (decision 028): each queue's lock tried
+-- exclusively for a moment. A try never waits, so it never queues ahead of an enqueue
+-- (which takes the lock shared and waits only behind such a moment); on false the worker
+-- claims again a little later instead of sleeping on LISTEN.
+CREATE FUNCTION {s}._claim_waiters_settled(queues text[]) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+  SELECT coalesce(bool_and(pg_try_advisory_xact_lock(hashtext('{s}.claim_waiters'),
+                                                     hashtext(q))), true)
+  FROM unnest(queues) AS q
+$$;
+
 -- Parse a JSON array of job specs, applying defaults, and hold each to the job contract
 -- (broker/spec.py: the same bounds at every door; docs/decisions/008-job-contract.md).
 -- Rules that are CHECK constraints on the jobs table (kind, queue and group names, args
@@ -302,7 +336,7 @@ BEGIN
     INSERT INTO {s}.job_events (job_id, event, detail)
     SELECT id, 'superseded', jsonb_build_object('superseded_by', by_id) FROM sup
   ), notified AS (
-    SELECT count(pg_notify('{jobs_channel}', q.queue)) AS n
+    SELECT count({s}._wake_queue('{jobs_channel}', q.queue)) AS n
     FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued' AND run_at <= now()) q
   )
   -- `notified` is a plain SELECT: it runs only because it is referenced here.

@@ -54,3 +54,24 @@ $$;
 -- connection that never hears its own token is not a session of its own (a transaction
 -- pooler between it and the server), so NOTIFY cannot wake it.
 SELECT pg_notify((parse_ident('{schema}'))[1] || '_probe', %(token)s);
+
+-- name: claim_wait_register
+-- A worker whose claim came back empty waits for these queues (decision 028): until
+-- expires_at, enqueues into them notify. Refreshed while the worker still waits.
+INSERT INTO {schema}.claim_waiters AS w (queue, worker_id, expires_at)
+SELECT q, %(worker_id)s, now() + make_interval(secs => %(ttl)s)
+FROM unnest(%(queues)s::text[]) AS q
+ON CONFLICT (queue, worker_id) DO UPDATE SET expires_at = excluded.expires_at
+RETURNING w.queue;
+
+-- name: claim_wait_settled
+-- True once no enqueue into the queues is in flight, so a claim from now on sees every
+-- job whose enqueue did not see the registration (schema.sql, _claim_waiters_settled()).
+SELECT {schema}._claim_waiters_settled(%(queues)s::text[]);
+
+-- name: claim_wait_leave
+-- The worker is busy (a full claim) or stopping: enqueues need not wake it. Expired rows
+-- of the same queues (a worker killed while it waited) go with it.
+DELETE FROM {schema}.claim_waiters
+WHERE queue = ANY(%(queues)s::text[]) AND (worker_id = %(worker_id)s OR expires_at < now())
+RETURNING queue;

@@ -46,6 +46,7 @@ from broker.worker.listener import Listener
 from broker.worker.metrics import Metrics
 from broker.worker.reaper import Reaper
 from broker.worker.scheduler import Scheduler
+from broker.worker.wakeups import Wakeups
 from broker.worker.writer import OutcomeWriter
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class Worker:
             self._work, self.settings.jobs_channel, self._written, config.writer, self.metrics
         )
         self.reaper = Reaper(self._work, config.reaper)
+        self.wakeups = Wakeups(self._leases, config.queues)
         self.registration = registry.Registration(
             self._leases,
             self.settings,
@@ -218,6 +220,7 @@ class Worker:
             for service in services:
                 service.cancel()
             await asyncio.gather(*services, return_exceptions=True)
+            await self.wakeups.stop()
             await self.registration.unregister()
             for conn in (self._leases, self._work):
                 await conn.close()
@@ -239,6 +242,7 @@ class Worker:
 
     async def _register(self) -> None:
         self.worker_id = self.registration.take_identity()
+        self.wakeups.worker_id = self.worker_id
         for conn in (self._leases, self._work):
             conn.application_name = f"broker {conn.name} {self.worker_id}"
         self.listener.application_name = f"broker listen {self.worker_id}"
@@ -248,6 +252,8 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         backoff = Backoff(base=0.05, cap=self.config.poll_interval * 5)
+        # How soon to claim again while an enqueue is in flight as we register.
+        settle = Backoff(base=0.002, cap=self.config.poll_interval)
         queues = list(self.config.queues)
         while not self._stopping.is_set():
             free = self.config.concurrency - self._active
@@ -273,11 +279,35 @@ class Worker:
             self.claimed += len(leases)
             self.metrics.claimed(len(leases))
             self._accept(leases)
-            if not leases:
-                # The queues are drained for now: sleep until a notification or the poll.
-                # A short batch is not proof of that (other workers' claims hold rows
-                # that SKIP LOCKED passes over), so only an empty one sends us to sleep.
+            if leases:
+                if len(leases) == free:
+                    await self._claimed_full()
+                continue
+            # The queues are drained for now: sleep until a notification or the poll.
+            # A short batch is not proof of that (other workers' claims hold rows that
+            # SKIP LOCKED passes over), so only an empty one sends us to sleep, and only
+            # once enqueues know we wait (broker/worker/wakeups.py).
+            if await self._may_sleep():
                 await self._wait(self._wake, self.config.poll_interval)
+            elif self.wakeups.settled:
+                settle.reset()  # registered and settled: one more claim at once
+            else:
+                await self._wait(self._wake, settle.next())
+
+    async def _may_sleep(self) -> bool:
+        try:
+            return await self.wakeups.may_sleep()
+        except (BrokerError, psycopg.Error) as exc:
+            # Without a registration only the poll wakes us: as before decision 028.
+            log.warning("registering as a waiting worker failed: %s", exc)
+            return True
+
+    async def _claimed_full(self) -> None:
+        try:
+            await self.wakeups.busy()
+        except (BrokerError, psycopg.Error) as exc:
+            # Still registered: enqueues keep notifying, which costs them, not us.
+            log.warning("leaving the waiting workers failed: %s", exc)
 
     def _accept(self, leases: list[Lease]) -> None:
         """Start a handler for every claimed lease. The claim has committed, so no lease is

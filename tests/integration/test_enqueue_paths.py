@@ -12,6 +12,7 @@ import pytest
 
 from broker import Broker, InvalidJobError, JobSpec, lease
 from broker._copy import COPY_MIN_BATCH
+from tests.waiters import wait_on
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 COPY_SIZED = COPY_MIN_BATCH
@@ -97,6 +98,7 @@ def test_invalid_spec_rejects_whole_batch(broker: Broker, conn: Conn, size: int)
 def test_copy_batch_notifies_once_per_runnable_queue(db_url: str, broker: Broker) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN broker_jobs")
+        wait_on(listener, "a", "b", "later")
         specs = [JobSpec("t", queue=("a", "b")[i % 2]) for i in range(COPY_SIZED)]
         specs += [JobSpec("t", queue="later", delay=3600)]
         broker.enqueue_many(specs)
@@ -174,6 +176,7 @@ def test_one_plain_job_joins_the_callers_transaction_and_notifies_at_commit(
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN broker_jobs")
+        wait_on(listener, "now")
         with psycopg.connect(db_url) as caller:
             broker.enqueue("t", queue="now", conn=caller)
             broker.enqueue("t", queue="later", delay=3600, conn=caller)

@@ -18,6 +18,7 @@ from broker._copy import COPY_MIN_BATCH
 from broker.errors import JobNotFound
 from broker.lease import Failure, JobSpec, Lease
 from tests.dbtime import advance_db_time
+from tests.waiters import wait_on
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -66,6 +67,7 @@ def _events(broker: Broker, job_id: int) -> list[str]:
 
 def test_rolled_back_enqueue_is_never_seen(broker: Broker, db_url: str, conn: Conn) -> None:
     conn.execute("LISTEN broker_jobs")
+    wait_on(conn, "default")
     rolled_back: list[int] = []
     with psycopg.connect(db_url, autocommit=True) as caller:
         with pytest.raises(Rollback), caller.transaction():

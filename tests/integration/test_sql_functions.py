@@ -18,6 +18,7 @@ from broker import (
 )
 from broker.lease import Statement
 from tests.dbtime import advance_db_time
+from tests.waiters import wait_on
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 NOTIFY_WAIT = 15.0  # generous: the machine is shared and slow; only reached on failure
@@ -29,6 +30,9 @@ def listener(db_url: str) -> Iterator[Conn]:
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute("LISTEN broker_jobs")
         c.execute("LISTEN broker_cancel")
+        # The queues these tests expect a wake-up for; enqueues notify only a queue a
+        # worker waits on (decision 028).
+        wait_on(c, "orders", "alpha", "beta", "bulk_a", "bulk_b", "real", "q1", "default")
         yield c
 
 

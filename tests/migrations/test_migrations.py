@@ -20,6 +20,7 @@ from broker import Broker
 from broker.db import sqlalchemy_url
 from broker.migrate import current_revision, downgrade, head_revision, upgrade
 from broker.schema import build_metadata
+from tests.waiters import wait_on
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -150,6 +151,7 @@ def test_non_default_schema(empty_db_url: str, engine: Engine) -> None:
 
     with psycopg.connect(empty_db_url, autocommit=True) as listener:
         listener.execute("LISTEN jobsq_jobs")
+        wait_on(listener, "default", schema="jobsq")
         with Broker.connect(empty_db_url, schema="jobsq", max_size=2) as client:
             job = client.enqueue("in_jobsq", {"n": 1})
             [held] = client.claim(["default"], 5, "w:1", 5.0)

@@ -43,6 +43,10 @@ class FakeDatabase:
         self.claim_limits: list[int] = []
         self.finished: list[tuple[int, str]] = []
         self.next_job = 1
+        # The registration as a waiting worker (broker/worker/wakeups.py): what was sent,
+        # and the answers of the settled check (then True).
+        self.waits: list[str] = []
+        self.settled: list[bool] = []
         self.connections: list[FakeConnection] = []
         self._changed = asyncio.Event()
 
@@ -66,6 +70,12 @@ class FakeDatabase:
                 return True
             case "job_reap":
                 return []
+            case "claim_wait_register" | "claim_wait_leave":
+                self.waits.append(stmt.query)
+                return list(params["queues"])
+            case "claim_wait_settled":
+                self.waits.append(stmt.query)
+                return self.settled.pop(0) if self.settled else True
             case "job_claim":
                 self.claim_limits.append(params["limit"])
                 size = self.batches.pop(0) if self.batches else 0
@@ -197,8 +207,11 @@ def test_a_short_batch_claims_again_at_once(settings: Settings) -> None:
     worker = make_worker(db, settings, concurrency=4)
 
     async def scenario() -> None:
-        await db.until(lambda: len(db.claim_limits) == 3)
-        assert db.claim_limits == [4, 2, 1]
+        # The empty third claim registers the worker as waiting and, settled, claims once
+        # more before it sleeps (broker/worker/wakeups.py).
+        await db.until(lambda: len(db.claim_limits) == 4)
+        assert db.claim_limits == [4, 2, 1, 1]
+        assert db.waits == ["claim_wait_register", "claim_wait_settled"]
         assert await db.quiet() == 0
 
     serve(worker, scenario)
@@ -209,14 +222,52 @@ def test_an_empty_claim_sleeps_until_a_notification_for_its_queues(settings: Set
     worker = make_worker(db, settings, concurrency=2)
 
     async def scenario() -> None:
-        await db.until(lambda: db.claim_limits == [2])
+        await db.until(lambda: db.claim_limits == [2, 2])
         assert await db.quiet() == 0
         worker._on_jobs("another queue")
         assert await db.quiet() == 0
         db.batches = [1]
         worker._on_jobs(QUEUE)
-        await db.until(lambda: db.claim_limits == [2, 2, 1])
-        assert claim_params(db, "queues") == [[QUEUE]] * 3
+        await db.until(lambda: db.claim_limits == [2, 2, 2, 1])
+        assert claim_params(db, "queues") == [[QUEUE]] * 4
+        # Registered once: still waiting, so nothing more to tell the database.
+        assert db.waits == ["claim_wait_register", "claim_wait_settled"]
+
+    serve(worker, scenario)
+
+
+def test_an_enqueue_in_flight_makes_the_waiting_worker_claim_again_soon(
+    settings: Settings,
+) -> None:
+    # Until the settled check passes, an enqueue that missed the registration may still
+    # commit: the worker claims again within milliseconds, not after the poll interval.
+    db = FakeDatabase([])
+    db.settled = [False, False]
+    worker = make_worker(db, settings, concurrency=2)
+
+    async def scenario() -> None:
+        await db.until(lambda: len(db.claim_limits) == 4, timeout=2.0)
+        assert db.waits == ["claim_wait_register"] + ["claim_wait_settled"] * 3
+        assert await db.quiet() == 0
+
+    serve(worker, scenario)
+
+
+def test_a_full_claim_leaves_the_waiting_workers(settings: Settings) -> None:
+    # A full batch: the queue holds more than the free slots, so enqueues need not tell
+    # this worker; the next empty claim registers it again.
+    db = FakeDatabase([])
+    worker = make_worker(db, settings, concurrency=2)
+
+    async def scenario() -> None:
+        await db.until(lambda: db.claim_limits == [2, 2])
+        db.batches = [2]
+        worker._on_jobs(QUEUE)
+        await db.until(lambda: "claim_wait_leave" in db.waits)
+        release(1, 2)
+        await db.until(lambda: db.waits.count("claim_wait_settled") == 2)
+        waited = ["claim_wait_register", "claim_wait_settled"]
+        assert db.waits == [*waited, "claim_wait_leave", *waited]
 
     serve(worker, scenario)
 
@@ -239,14 +290,16 @@ def test_outcomes_are_written_and_a_stop_hands_back_what_is_running(settings: Se
         handle = asyncio.create_task(worker.run())
         await db.until(lambda: db.claim_limits == [3])
         release(1)
-        await db.until(lambda: db.finished == [(1, "complete")] and len(db.claim_limits) == 2)
+        await db.until(lambda: db.finished == [(1, "complete")] and len(db.claim_limits) == 3)
         worker.stop()
         await asyncio.wait_for(handle, 10)
 
     asyncio.run(main())
     assert sorted(db.finished) == [(1, "complete"), (2, "release"), (3, "release")]
-    # No claim after the stop; the registry row was marked stopped last; all closed.
-    assert db.claim_limits == [3, 1]
+    # No claim after the stop; the worker stopped waiting, then the registry row was
+    # marked stopped last; all closed.
+    assert db.claim_limits == [3, 1, 1]
+    assert db.waits == ["claim_wait_register", "claim_wait_settled", "claim_wait_leave"]
     assert db.statements[-1][1].query == "worker_stopped"
     # Two connections: the lease one runs claims, beats and the registry row (all short),
     # so no write, reap or prune can delay a beat; writes and the reaper share the other.
@@ -257,6 +310,9 @@ def test_outcomes_are_written_and_a_stop_hands_back_what_is_running(settings: Se
         "job_claim",
         "job_heartbeat_many",
         "worker_stopped",
+        "claim_wait_register",
+        "claim_wait_settled",
+        "claim_wait_leave",
     }
     on_work = {stmt.query for service, stmt in db.statements if service == "work"}
     assert {"job_finish_many", "job_reap"} <= on_work
