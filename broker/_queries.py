@@ -55,7 +55,7 @@ def raw_queries() -> dict[str, str]:
 
 
 # Placeholders a query keeps when it is loaded, filled in by `_assemble`.
-_PARTS = {part: sql.SQL("{" + part + "}") for part in ("choice", "each")}
+_PARTS = {part: sql.SQL("{" + part + "}") for part in ("choice", "each", "rows", "queue")}
 
 
 @cache
@@ -74,8 +74,16 @@ def queries(schema: str) -> dict[str, LiteralString]:
 def _assemble(rendered: dict[str, LiteralString]) -> None:
     """Fill in the claim's candidates (decision 027): job_claim takes job_claim_each, and
     job_claim_many, the same statement, job_claim_merged with job_claim_each as its
-    fallback. Only the package's own text is joined here."""
+    fallback; and the single enqueues' shared rows. Only the package's own text is
+    joined here."""
     frame, each = rendered["job_claim"], rendered["job_claim_each"]
     merged = rendered["job_claim_merged"].replace("{each}", each)
     rendered["job_claim"] = frame.replace("{choice}", each)
     rendered["job_claim_many"] = frame.replace("{choice}", merged)
+    # The single enqueue's rows (decision 024): in the named queue, or the declared one.
+    rows = rendered["job_enqueue_one_rows"]
+    for name, queue in (
+        ("job_enqueue_one", "%(queue)s::text"),
+        ("job_enqueue_one_routed", "coalesce((SELECT d.queues[1] FROM declared d), 'default')"),
+    ):
+        rendered[name] = rendered[name].replace("{rows}", rows.replace("{queue}", queue))

@@ -147,19 +147,21 @@ def enqueue_one(spec: JobSpec, unnamed: bool, channel: str) -> Statement[Enqueue
     params: dict[str, object] = dict.fromkeys(_ONE_FIELDS)
     params.update(contract.wire(spec))
     params.update(
-        queue=None if unnamed else spec.queue,
+        queue=spec.queue,
         args=args.decode(),
         max_attempts=DEFAULT_MAX_ATTEMPTS if spec.max_attempts is None else spec.max_attempts,
         meta=msgspec.json.encode(spec.meta).decode() if spec.meta else None,
         channel=channel,
     )
 
+    if not unnamed:
+        return Statement("job_enqueue_one", params, lambda rows: Enqueued(int(rows[0][0]), True))
+
     def decode(rows: list[Row]) -> Enqueued:
         row = rows[0]
-        warnings = placement_warnings(_placement(row)) if unnamed else ()
-        return Enqueued(int(row[1]), True, warnings)
+        return Enqueued(int(row[1]), True, placement_warnings(_placement(row)))
 
-    return Statement("job_enqueue_one", params, decode)
+    return Statement("job_enqueue_one_routed", params, decode)
 
 
 def _first(stmt: Statement[list[Enqueued]]) -> Statement[Enqueued]:

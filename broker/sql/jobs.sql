@@ -50,28 +50,48 @@ ORDER BY d.ord;
 
 -- name: job_enqueue_one
 -- One plain job (no idempotency or subject key, no dependencies: broker.spec.plain)
--- without the enqueue_many() function, about twice the calls per second (decision 024).
--- The contract is the same: broker.spec.check() has applied _parse_specs' rules before
--- the statement (the COPY path relies on the same checks) and the table's constraints
--- hold in it; the defaults, the `enqueued` event and the NOTIFY (only for a job runnable
--- now) are enqueue_many()'s. With %(queue)s NULL the live workers' declarations choose
--- the queue as in job_enqueue_routed, and the row carries the same placement columns;
--- with a queue named, `live` is empty (a one-time filter) and they are not computed.
+-- into a named queue, without the enqueue_many() function, about twice the calls per
+-- second (decision 024). The contract is the same: broker.spec.check() has applied
+-- _parse_specs' rules before the statement (the COPY path relies on the same checks)
+-- and the table's constraints hold in it; the defaults, the `enqueued` event and the
+-- NOTIFY (only for a job runnable now, and only while a worker waits on its queue) are
+-- enqueue_many()'s. The rows are job_enqueue_one_rows, filled in by broker._queries.
+WITH {rows}
+SELECT i.id, (SELECT count(*) FROM notified) FROM ins i;
+
+-- name: job_enqueue_one_routed
+-- The same for a job whose caller named no queue: the live workers' declarations choose
+-- it as in job_enqueue_routed, and the row carries the same placement columns. Its own
+-- statement, because the registry's CTEs cost a named queue's enqueue a seventh even behind a
+-- one-time filter.
 WITH live AS (
     SELECT w.queues, w.meta
     FROM {schema}.worker_status ws JOIN {schema}.workers w USING (worker_id)
-    WHERE ws.status = 'alive' AND %(queue)s::text IS NULL
+    WHERE ws.status = 'alive'
 ),
 declared AS (
     SELECT coalesce(array_agg(c.queue ORDER BY c.n DESC, c.queue), '{{}}') AS queues
     FROM (SELECT l.meta -> 'task_queues' ->> %(kind)s::text AS queue, count(*) AS n
           FROM live l WHERE l.meta -> 'task_queues' ? %(kind)s::text GROUP BY 1) c
 ),
+{rows}
+SELECT 1, i.id, true, i.kind, i.queue, false,
+       (SELECT d.queues FROM declared d),
+       EXISTS (SELECT 1 FROM live l WHERE i.queue = ANY (l.queues)),
+       EXISTS (SELECT 1 FROM live l WHERE i.queue = ANY (l.queues) AND l.meta -> 'kinds' ? i.kind),
+       ARRAY(SELECT DISTINCT q FROM live l CROSS JOIN unnest(l.queues) AS q
+             WHERE l.meta -> 'kinds' ? i.kind ORDER BY 1),
+       (SELECT count(*) FROM notified)
+FROM ins i;
+
+-- name: job_enqueue_one_rows
+-- The CTEs both single enqueues share (not a statement of its own): the job in its queue
+-- (the named one, or the declared one), its `enqueued` event, and the wake-up of its
+-- queue's waiting workers when it is runnable now (decision 028).
 ins AS (
     INSERT INTO {schema}.jobs (queue, kind, args, priority, run_at, max_attempts, timeout,
                                tags, "group", concurrency_key, deadline, meta)
-    VALUES (coalesce(%(queue)s::text, (SELECT d.queues[1] FROM declared d), 'default'),
-            %(kind)s::text, %(args)s::jsonb, %(priority)s::integer,
+    VALUES ({queue}, %(kind)s::text, %(args)s::jsonb, %(priority)s::integer,
             coalesce(%(run_at)s::timestamptz,
                      now() + make_interval(secs => coalesce(%(delay)s::float8, 0))),
             %(max_attempts)s::integer, make_interval(secs => %(timeout)s::float8),
@@ -87,14 +107,6 @@ ev AS (
 notified AS (
     SELECT {schema}._wake_queue(%(channel)s::text, queue) FROM ins WHERE run_at <= now()
 )
-SELECT 1, i.id, true, i.kind, i.queue, %(queue)s::text IS NOT NULL,
-       (SELECT d.queues FROM declared d),
-       EXISTS (SELECT 1 FROM live l WHERE i.queue = ANY (l.queues)),
-       EXISTS (SELECT 1 FROM live l WHERE i.queue = ANY (l.queues) AND l.meta -> 'kinds' ? i.kind),
-       ARRAY(SELECT DISTINCT q FROM live l CROSS JOIN unnest(l.queues) AS q
-             WHERE l.meta -> 'kinds' ? i.kind ORDER BY 1),
-       (SELECT count(*) FROM notified)
-FROM ins i;
 
 -- name: job_get
 SELECT id, queue, kind, args, priority, state, run_at, attempts, max_attempts, lease_epoch,

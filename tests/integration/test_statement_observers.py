@@ -29,6 +29,7 @@ def test_sync_statements_copy_steps_and_errors_are_observed(
     broker: Broker, seen: list[tuple[str, str | None]]
 ) -> None:
     broker.enqueue("k")
+    broker.enqueue("k", queue="named")
     broker.enqueue_many([JobSpec("k") for _ in range(COPY_MIN_BATCH)])
     broker.claim(["default"], 5, "w:1")
     with pytest.raises(JobNotFound):
@@ -36,6 +37,8 @@ def test_sync_statements_copy_steps_and_errors_are_observed(
     assert seen == [
         # One plain job; no queue named and no task imported: the registry routes, in the
         # same statement.
+        ("job_enqueue_one_routed", None),
+        # A queue named: the registry is not read at all.
         ("job_enqueue_one", None),
         ("job_copy_reserve", None),
         ("job_copy_jobs", None),
