@@ -279,14 +279,25 @@ class JobContext:
     worker_id: str
     _log: Callable[[str], None] = field(repr=False)
     _loop: asyncio.AbstractEventLoop = field(repr=False)
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     cancel_reason: str | None = None
-    _flag: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Made on first use: most handlers never look, and two events per job were a
+    # measurable share of a no-op job's cost in the worker.
+    _cancelled: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set (on the event loop) once the worker has asked this handler to stop."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+            if self.cancel_reason is not None:
+                self._cancelled.set()
+        return self._cancelled
 
     @property
     def is_cancelled(self) -> bool:
-        """True once the worker has asked this handler to stop (safe from any thread)."""
-        return self._flag.is_set()
+        """True once the worker has asked this handler to stop (safe from any thread: the
+        reason is one attribute, written once, on the loop)."""
+        return self.cancel_reason is not None
 
     def log(self, line: str) -> None:
         """Append a line to the job's log (job_logs); safe from handler threads.
@@ -308,5 +319,5 @@ class JobContext:
         # Called on the loop by the worker only.
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        self._flag.set()
-        self.cancelled.set()
+        if self._cancelled is not None:
+            self._cancelled.set()
