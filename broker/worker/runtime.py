@@ -288,7 +288,9 @@ class Worker:
             # SKIP LOCKED passes over), so only an empty one sends us to sleep, and only
             # once enqueues know we wait (broker/worker/wakeups.py).
             if await self._may_sleep():
-                await self._wait(self._wake, self.config.poll_interval)
+                # Never past the registration's refresh, with a long poll interval.
+                sleep = min(self.config.poll_interval, self.wakeups.refresh_in())
+                await self._wait(self._wake, sleep)
             elif self.wakeups.settled:
                 settle.reset()  # registered and settled: one more claim at once
             else:

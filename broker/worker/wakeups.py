@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A registration lives this long in database time unless refreshed; it is refreshed a
-# third of the way in, so a worker that keeps waiting never lapses between refreshes.
+# third of the way in (the claim loop wakes for it), so a worker that keeps waiting never
+# lapses. A refresh later than LAPSED of it (a database outage) may find the row expired:
+# the worker then settles again, as after a first registration.
 REGISTRATION_TTL = 60.0
-# A refresh later than this after the last write may find the row expired: the worker
-# then settles again, as after a first registration.
-_LAPSED = REGISTRATION_TTL * 0.8
+LAPSED = 0.8
 
 
 class _Runs(Protocol):
@@ -77,7 +77,7 @@ class Wakeups:
         is still in flight)."""
         now = time.monotonic()
         if not self.registered or now - self._written_at >= self.ttl / 3:
-            if now - self._written_at >= _LAPSED:
+            if now - self._written_at >= self.ttl * LAPSED:
                 self.settled = False
             await self.conn.run(register(self.worker_id, self.queues, self.ttl))
             self.registered, self._written_at = True, now
@@ -87,6 +87,13 @@ class Wakeups:
         # every job whose enqueue missed the registration; on False one is in flight.
         self.settled = await self.conn.run(settled(self.queues))
         return False
+
+    def refresh_in(self) -> float:
+        """Seconds a waiting worker may sleep before its registration needs refreshing
+        (wake then, whatever the poll interval, or enqueues stop notifying it)."""
+        if not self.registered:
+            return self.ttl / 3
+        return max(0.0, self.ttl / 3 - (time.monotonic() - self._written_at))
 
     async def busy(self) -> None:
         """After a full claim: the worker claims again without being woken."""

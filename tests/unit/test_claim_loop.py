@@ -253,6 +253,20 @@ def test_an_enqueue_in_flight_makes_the_waiting_worker_claim_again_soon(
     serve(worker, scenario)
 
 
+def test_a_waiting_worker_wakes_to_refresh_its_registration(settings: Settings) -> None:
+    # Whatever the poll interval (here a minute), the registration is rewritten before it
+    # expires, without settling again while it has not lapsed.
+    db = FakeDatabase([])
+    worker = make_worker(db, settings, concurrency=2)
+    worker.wakeups.ttl = 0.3
+
+    async def scenario() -> None:
+        await db.until(lambda: db.waits.count("claim_wait_register") >= 3, timeout=2.0)
+        assert db.waits.count("claim_wait_settled") == 1
+
+    serve(worker, scenario)
+
+
 def test_a_full_claim_leaves_the_waiting_workers(settings: Settings) -> None:
     # A full batch: the queue holds more than the free slots, so enqueues need not tell
     # this worker; the next empty claim registers it again.
