@@ -32,6 +32,20 @@ async def bench_started() -> float:
     return time.time()
 
 
+IDLE_SAMPLE = 3.0  # seconds of the idle fleet's own traffic, measured before the jobs
+
+
+def transactions(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Transactions committed or rolled back in this database so far (pg_stat)."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+        " WHERE datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
@@ -76,12 +90,19 @@ def main() -> None:
     try:
         wait_for_workers(url, args.processes)
         time.sleep(1.0)
-        with Broker.connect(url) as client:
+        with Broker.connect(url) as client, psycopg.connect(url, autocommit=True) as stats:
+            # What the idle fleet commits on its own (polls, heartbeats, registry), then
+            # what the enqueues add: the wake-up cost, claims that came back empty included.
+            idle_from, idle_t0 = transactions(stats), time.monotonic()
+            time.sleep(IDLE_SAMPLE)
+            busy_from, busy_t0 = transactions(stats), time.monotonic()
+            idle_rate = (busy_from - idle_from) / (busy_t0 - idle_t0)
             returned: dict[int, float] = {}
             for _ in range(args.jobs):
                 job_id = client.enqueue("bench_started", queue="latency").id
                 returned[job_id] = time.time()
                 time.sleep(args.gap)
+            busy = transactions(stats) - busy_from - idle_rate * (time.monotonic() - busy_t0)
             deadline = time.monotonic() + 60
             with psycopg.connect(url, autocommit=True) as conn:
                 while time.monotonic() < deadline:
@@ -97,6 +118,10 @@ def main() -> None:
         proc.wait(60)
         drop_database(server, name)
     print(f"{len(rows)} jobs, {args.gap * 1000:.0f} ms apart, {args.processes} idle worker(s)")
+    print(
+        f"  idle fleet: {idle_rate:.1f} transactions/s; per job beyond that:"
+        f" {busy / args.jobs:.1f} (the enqueue, its claims, the finish; empty claims)"
+    )
     report("start - created_at (database clock, start of the enqueue)", [r[1] - r[2] for r in rows])
     report(
         "start - enqueue() returned (commit seen by the client)",

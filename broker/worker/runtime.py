@@ -254,6 +254,7 @@ class Worker:
         backoff = Backoff(base=0.05, cap=self.config.poll_interval * 5)
         # How soon to claim again while an enqueue is in flight as we register.
         settle = Backoff(base=0.002, cap=self.config.poll_interval)
+        full = 0  # consecutive claims that filled every free slot
         queues = list(self.config.queues)
         while not self._stopping.is_set():
             free = self.config.concurrency - self._active
@@ -280,9 +281,13 @@ class Worker:
             self.metrics.claimed(len(leases))
             self._accept(leases)
             if leases:
-                if len(leases) == free:
+                # Two full claims in a row: a backlog, not a trickle that happens to fill
+                # the free slots (one slot, one job), so enqueues need not wake us.
+                full = full + 1 if len(leases) == free else 0
+                if full >= 2:
                     await self._claimed_full()
                 continue
+            full = 0
             # The queues are drained for now: sleep until a notification or the poll.
             # A short batch is not proof of that (other workers' claims hold rows that
             # SKIP LOCKED passes over), so only an empty one sends us to sleep, and only

@@ -6,8 +6,9 @@ a worker waits on it (decision 028). A worker waits after an empty claim. Before
 sleeps on LISTEN it registers, then proves that no enqueue that missed the registration
 is still in flight (`_claim_waiters_settled()`), then claims once more: a job whose
 enqueue did not see the registration has committed by then. The registration is left at
-the first full claim (the queues hold more than the free slots, so the worker will claim
-again without being told) and when the worker stops; a killed worker's rows expire.
+the second full claim in a row (the queues hold more than the free slots, so the worker
+will claim again without being told; one full claim may be one job for one free slot)
+and when the worker stops; a killed worker's rows expire.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def leave(worker_id: str, queues: Sequence[str]) -> Statement[list[str]]:
 
 class Wakeups:
     """One worker's registration: written after an empty claim, settled before it sleeps,
-    left at a full claim or at stop."""
+    left at a backlog (two full claims in a row) or at stop."""
 
     def __init__(self, conn: _Runs, queues: Sequence[str], ttl: float = REGISTRATION_TTL) -> None:
         self.conn = conn
@@ -96,7 +97,7 @@ class Wakeups:
         return max(0.0, self.ttl / 3 - (time.monotonic() - self._written_at))
 
     async def busy(self) -> None:
-        """After a full claim: the worker claims again without being woken."""
+        """At a backlog: the worker claims again without being woken."""
         if self.registered:
             await self.conn.run(leave(self.worker_id, self.queues))
             self.registered = self.settled = False

@@ -267,21 +267,49 @@ def test_a_waiting_worker_wakes_to_refresh_its_registration(settings: Settings) 
     serve(worker, scenario)
 
 
-def test_a_full_claim_leaves_the_waiting_workers(settings: Settings) -> None:
-    # A full batch: the queue holds more than the free slots, so enqueues need not tell
-    # this worker; the next empty claim registers it again.
+def test_two_full_claims_in_a_row_leave_the_waiting_workers(settings: Settings) -> None:
+    # A backlog: the queue holds more than the free slots, so enqueues need not tell this
+    # worker. One full claim is not proof (one job for one free slot); two in a row are.
+    # The next empty claim registers it again.
     db = FakeDatabase([])
     worker = make_worker(db, settings, concurrency=2)
 
     async def scenario() -> None:
         await db.until(lambda: db.claim_limits == [2, 2])
-        db.batches = [2]
+        db.batches = [2, 1]
         worker._on_jobs(QUEUE)
+        await db.until(lambda: db.claim_limits == [2, 2, 2])
+        assert await db.quiet() == 0  # both slots taken, still registered
+        assert "claim_wait_leave" not in db.waits
+        release(1)
         await db.until(lambda: "claim_wait_leave" in db.waits)
-        release(1, 2)
+        release(2, 3)
         await db.until(lambda: db.waits.count("claim_wait_settled") == 2)
         waited = ["claim_wait_register", "claim_wait_settled"]
         assert db.waits == [*waited, "claim_wait_leave", *waited]
+
+    serve(worker, scenario)
+
+
+def test_one_full_claim_of_a_trickle_keeps_the_registration(settings: Settings) -> None:
+    # One slot, one job at a time: each claim fills the slot, the next comes back empty;
+    # the worker stays registered (no leave, no new registration per job).
+    db = FakeDatabase([])
+    worker = make_worker(db, settings, concurrency=1)
+
+    async def one(job: int) -> None:
+        db.batches = [1]
+        worker._on_jobs(QUEUE)
+        await db.until(lambda: db.next_job > job)
+        release(job)
+        await db.until(lambda: (job, "complete") in db.finished)
+
+    async def scenario() -> None:
+        await db.until(lambda: db.claim_limits == [1, 1])
+        for job in (1, 2, 3):
+            await one(job)
+        await db.until(lambda: len(db.claim_limits) == 8)
+        assert db.waits == ["claim_wait_register", "claim_wait_settled"]
 
     serve(worker, scenario)
 
