@@ -13,6 +13,7 @@ and when the worker stops; a killed worker's rows expire.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ T = TypeVar("T")
 # the worker then settles again, as after a first registration.
 REGISTRATION_TTL = 60.0
 LAPSED = 0.8
+# How long a stopping worker tries to leave before it lets its rows expire.
+LEAVE_TIMEOUT = 3.0
 
 
 class _Runs(Protocol):
@@ -102,9 +105,10 @@ class Wakeups:
             await self.conn.run(leave(self.worker_id, self.queues))
             self.registered = self.settled = False
 
-    async def stop(self) -> None:
-        """At stop: leave, if the database lets us (else the rows expire)."""
+    async def stop(self, timeout: float = LEAVE_TIMEOUT) -> None:
+        """At stop: leave, if the database lets us within `timeout` s (else the rows
+        expire); never holds up the stop longer."""
         try:
-            await self.busy()
+            await asyncio.wait_for(self.busy(), timeout)
         except Exception as exc:  # the worker is stopping either way
-            log.debug("leaving the claim waiters failed: %s", exc)
+            log.warning("could not leave the claim waiters (the rows will expire): %s", exc)
