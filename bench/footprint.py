@@ -31,11 +31,10 @@ import psycopg
 
 from broker import Broker, JobSpec, task
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _scratch import scratch_database  # noqa: E402
+from _scratch import scratch_database
+from worker_throughput import server_url, spawn_workers
 
 QUEUE = "footprint"
 SAMPLE_INTERVAL = 0.2
@@ -44,16 +43,6 @@ SAMPLE_INTERVAL = 0.2
 @task("footprint_noop", queue=QUEUE)
 async def footprint_noop() -> None:
     """Does nothing: the footprint measured is the broker's."""
-
-
-def server_url() -> str:
-    url = os.environ.get("BROKER_DATABASE_URL")
-    if url:
-        return url
-    from broker.config import Settings
-    from broker.db import start_embedded
-
-    return start_embedded(Settings.from_env().home)
 
 
 def rss_kib(pid: int) -> int | None:
@@ -156,31 +145,9 @@ def main() -> None:
     server = server_url()
     state = Path(tempfile.mkdtemp(prefix="broker-footprint-"))
     with scratch_database(server, f"broker_footprint_{os.getpid()}", "broker") as url:
-        env = {
-            **os.environ,
-            "BROKER_DATABASE_URL": url,
-            "BROKER_STATE_DIR": str(state),
-            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-            "BROKER_LOG_LEVEL": "WARNING",
-        }
         procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "broker.worker",
-                    "--tasks",
-                    "footprint",
-                    "--queues",
-                    QUEUE,
-                    "--concurrency",
-                    str(args.concurrency),
-                    "--seq",
-                    str(seq),
-                ],
-                env=env,
-            )
-            for seq in range(1, args.processes + 1)
+            spawn_workers(url, "footprint", QUEUE, args.concurrency, None, state, options=seq)
+            for seq in (["--seq", str(n)] for n in range(1, args.processes + 1))
         ]
         try:
             with psycopg.connect(url, autocommit=True) as conn:

@@ -28,26 +28,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from bench._scratch import scratch_database
+from bench.worker_throughput import poll_until, running, spawn_workers
 from broker import Broker, inspection
 from broker._queries import queries
 from broker.lease import Statement
 from broker.pruner import prune_batch
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 SCHEMA = "broker"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -123,35 +118,21 @@ def drain(url: str, scenario: Scenario, jobs: int, processes: int, concurrency: 
             [jobs],
         )
     env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_STATE_DIR": tempfile.mkdtemp(prefix="broker-bench-"),
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-        "BROKER_LOG_LEVEL": "WARNING",
         "BROKER_PRUNE_INTERVAL": "1" if scenario.pruner else "0",
         "BROKER_RETENTION_SUCCEEDED": "12h",
     }
-    cmd = [sys.executable, "-m", "broker.worker", "--tasks", "worker_throughput"]
-    cmd += ["--queues", "bench", "--concurrency", str(concurrency), "--processes", str(processes)]
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            while True:
-                # The measured jobs are the priority-1 ones just queued (ids from `first`).
-                row = conn.execute(
-                    "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))"
-                    " FROM broker.jobs WHERE id >= %s AND priority = 1 AND state = 'succeeded'",
-                    [first],
-                ).fetchone()
-                assert row is not None
-                if row[0] >= jobs:
-                    return jobs / float(row[1])
-                if proc.poll() is not None:
-                    raise SystemExit(f"worker exited with {proc.returncode}")
-                time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    spawned = spawn_workers(url, "worker_throughput", "bench", concurrency, processes, env=env)
+    with running(spawned) as workers, psycopg.connect(url, autocommit=True) as conn:
+        # The measured jobs are the priority-1 ones just queued (ids from `first`).
+        row = poll_until(
+            conn,
+            workers,
+            "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))"
+            " FROM broker.jobs WHERE id >= %s AND priority = 1 AND state = 'succeeded'",
+            [first],
+            done=lambda row: row[0] >= jobs,
+        )
+    return jobs / float(row[1])
 
 
 @contextmanager

@@ -22,28 +22,19 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import psycopg
 
-from bench.worker_throughput import HERE, ROOT, drop_database, scratch_database, server_url
+from bench.worker_throughput import (
+    drop_database,
+    poll_until,
+    running,
+    scratch_database,
+    server_url,
+    spawn_workers,
+)
 from broker import Broker, JobSpec
-
-
-def start_workers(url: str, state_dir: Path, processes: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_STATE_DIR": str(state_dir),
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-        "BROKER_LOG_LEVEL": "WARNING",
-    }
-    cmd = [sys.executable, "-m", "broker.worker", "--tasks", "worker_throughput"]
-    cmd += ["--queues", "bench", "--concurrency", "100", "--processes", str(processes)]
-    return subprocess.Popen(cmd, env=env)
 
 
 def batch(url: str, jobs: int, workers: subprocess.Popen[bytes]) -> tuple[float, int]:
@@ -53,20 +44,16 @@ def batch(url: str, jobs: int, workers: subprocess.Popen[bytes]) -> tuple[float,
         ids = [e.id for e in client.enqueue_many([JobSpec("bench_noop", queue="bench")] * jobs)]
     lo, hi = min(ids), max(ids)
     with psycopg.connect(url, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
-                " extract(epoch FROM max(finished_at) - min(started_at))"
-                " FROM broker.jobs WHERE id BETWEEN %s AND %s",
-                [lo, hi],
-            ).fetchone()
-            assert row is not None
-            if row[0] >= jobs:
-                rate = jobs / float(row[1])
-                break
-            if workers.poll() is not None:
-                raise SystemExit(f"workers exited with {workers.returncode}")
-            time.sleep(0.1)
+        row = poll_until(
+            conn,
+            workers,
+            "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+            " extract(epoch FROM max(finished_at) - min(started_at))"
+            " FROM broker.jobs WHERE id BETWEEN %s AND %s",
+            [lo, hi],
+            done=lambda row: row[0] >= jobs,
+        )
+        rate = jobs / float(row[1])
         dead = conn.execute(
             "SELECT n_dead_tup FROM pg_stat_user_tables"
             " WHERE schemaname = 'broker' AND relname = 'jobs'"
@@ -81,8 +68,8 @@ def run(server: str, scenario: str, opts: argparse.Namespace) -> list[float]:
     rates: list[float] = []
     try:
         with tempfile.TemporaryDirectory() as state:
-            workers = start_workers(url, Path(state), opts.processes)
-            try:
+            fleet = spawn_workers(url, "worker_throughput", "bench", 100, opts.processes, state)
+            with running(fleet) as workers:
                 batch(url, 1000, workers)  # workers up, connections open, plans cached
                 if scenario == "held":
                     holder = psycopg.connect(url)
@@ -97,9 +84,6 @@ def run(server: str, scenario: str, opts: argparse.Namespace) -> list[float]:
                     phase = "none" if scenario == "none" else "held" if i < opts.held else "after"
                     print(f"  {scenario} batch {i + 1} ({phase}): {rate:8,.0f} jobs/s, dead {dead}")
                     rates.append(rate)
-            finally:
-                workers.terminate()
-                workers.wait(60)
     finally:
         if holder is not None:
             holder.close()

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import psycopg
-from worker_throughput import HERE, ROOT, drop_database, scratch_database, server_url
+from worker_throughput import drop_database, scratch_database, server_url, spawn_workers
 
 from broker import Broker, task
 
@@ -76,17 +73,7 @@ def main() -> None:
     server = server_url()
     name = f"broker_latency_{os.getpid()}"
     url = scratch_database(server, name)
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_STATE_DIR": tempfile.mkdtemp(prefix="broker-bench-"),
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-        "BROKER_LOG_LEVEL": "WARNING",
-    }
-    cmd = [sys.executable, "-m", "broker.worker", "--tasks", "pickup_latency"]
-    cmd += ["--queues", "latency", "--concurrency", str(args.concurrency)]
-    cmd += ["--processes", str(args.processes)]
-    proc = subprocess.Popen(cmd, env=env)
+    fleet = spawn_workers(url, "pickup_latency", "latency", args.concurrency, args.processes)
     try:
         wait_for_workers(url, args.processes)
         time.sleep(1.0)
@@ -114,8 +101,8 @@ def main() -> None:
                         break
                     time.sleep(0.1)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        fleet.terminate()
+        fleet.wait(60)
         drop_database(server, name)
     print(f"{len(rows)} jobs, {args.gap * 1000:.0f} ms apart, {args.processes} idle worker(s)")
     print(

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg
@@ -33,7 +31,15 @@ ROOT = HERE.parent
 QUEUE = "bench_limits"
 
 sys.path.insert(0, str(HERE))
-from worker_throughput import drop_database, scratch_database, server_url  # noqa: E402
+from worker_throughput import (  # noqa: E402
+    DRAINED,
+    drop_database,
+    poll_until,
+    running,
+    scratch_database,
+    server_url,
+    spawn_workers,
+)
 
 
 @task("bench_sleep", queue=QUEUE)
@@ -43,50 +49,20 @@ async def bench_sleep(ms: float = 0.0) -> None:
 
 
 def drain(url: str, args: argparse.Namespace, state_dir: Path) -> tuple[float, int]:
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_STATE_DIR": str(state_dir),
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-        "BROKER_LOG_LEVEL": "WARNING",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "broker.worker",
-        "--tasks",
-        "queue_limits",
-        "--queues",
-        QUEUE,
-        "--concurrency",
-        str(args.concurrency),
-        "--processes",
-        str(args.processes),
-    ]
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            while True:
-                row = conn.execute(
-                    "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
-                    " extract(epoch FROM max(finished_at) - min(started_at))"
-                    " FROM broker.jobs"
-                ).fetchone()
-                assert row is not None
-                if row[0] >= args.jobs:
-                    break
-                if proc.poll() is not None:
-                    raise SystemExit(f"worker exited with {proc.returncode}")
-                time.sleep(0.1)
-            peak = conn.execute(
-                "SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY t, d) AS n FROM ("
-                " SELECT started_at AS t, 1 AS d FROM broker.jobs"
-                " UNION ALL SELECT finished_at, -1 FROM broker.jobs) e) x"
-            ).fetchone()
-            return float(row[1]), int(peak[0] if peak else 0)
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    fleet = spawn_workers(url, "queue_limits", QUEUE, args.concurrency, args.processes, state_dir)
+    with running(fleet) as workers, psycopg.connect(url, autocommit=True) as conn:
+        row = poll_until(
+            conn,
+            workers,
+            DRAINED,
+            done=lambda row: row[0] >= args.jobs,
+        )
+        peak = conn.execute(
+            "SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY t, d) AS n FROM ("
+            " SELECT started_at AS t, 1 AS d FROM broker.jobs"
+            " UNION ALL SELECT finished_at, -1 FROM broker.jobs) e) x"
+        ).fetchone()
+        return float(row[1]), int(peak[0] if peak else 0)
 
 
 def main() -> None:

@@ -21,38 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from bench.worker_throughput import ROOT, drop_database, scratch_database, server_url
+from bench.worker_throughput import drop_database, scratch_database, server_url, spawn_workers
 from broker import Broker, JobSpec, task
 
 KIND = "bench_sleep"
+TASKS = "bench.starvation"  # this module, as the workers import it
 
 
 @task(KIND)
 async def bench_sleep(ms: int) -> None:
     await asyncio.sleep(ms / 1000)
-
-
-def workers(url: str, state: Path, queues: str, processes: int, concurrency: int) -> Any:
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_STATE_DIR": str(state),
-        "PYTHONPATH": str(ROOT),
-        "BROKER_LOG_LEVEL": "WARNING",
-    }
-    cmd = [sys.executable, "-m", "broker.worker", "--tasks", "bench.starvation"]
-    cmd += ["--queues", queues, "--concurrency", str(concurrency)]
-    cmd += ["--processes", str(processes)]
-    return subprocess.Popen(cmd, env=env)
 
 
 def main() -> None:
@@ -76,9 +60,10 @@ def main() -> None:
             client.enqueue_many(low)
             high = JobSpec(KIND, {"ms": opts.job_ms}, queue="bench", priority=10)
             client.enqueue_many([high] * opts.backlog)
-            fleets.append(workers(url, Path(d) / "a", "bench", opts.processes, opts.concurrency))
+            slots = opts.concurrency
+            fleets.append(spawn_workers(url, TASKS, "bench", slots, opts.processes, Path(d) / "a"))
             if opts.split:
-                fleets.append(workers(url, Path(d) / "b", "bench-low", 1, opts.concurrency))
+                fleets.append(spawn_workers(url, TASKS, "bench-low", slots, 1, Path(d) / "b"))
             with psycopg.connect(url, autocommit=True) as conn:
                 started = conn.execute("SELECT now()").fetchone()
                 assert started is not None

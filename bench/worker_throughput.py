@@ -26,7 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -95,6 +98,72 @@ def enqueue(url: str, jobs: int, kind: str = "bench_noop", queues: int = 1) -> N
             )
 
 
+# Jobs succeeded so far, and seconds from the first start to the last finish.
+DRAINED = (
+    "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+    " extract(epoch FROM max(finished_at) - min(started_at))"
+    " FROM broker.jobs"
+)
+
+
+def spawn_workers(
+    url: str,
+    tasks: str,
+    queues: str,
+    concurrency: int,
+    processes: int | None = None,
+    state_dir: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    options: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start `python -m broker.worker` on `url`: `tasks` imported (bench/ and this checkout
+    are on its path), serving `queues` (comma-separated) with `concurrency` slots, under a
+    supervisor of `processes` when given, its identity files in `state_dir` (default: a new
+    temporary directory), warnings only in its log; `env` and `options` add to that."""
+    cmd = [sys.executable, "-m", "broker.worker", "--tasks", tasks, "--queues", queues]
+    cmd += ["--concurrency", str(concurrency)]
+    if processes is not None:
+        cmd += ["--processes", str(processes)]
+    full_env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_STATE_DIR": str(state_dir or tempfile.mkdtemp(prefix="broker-bench-")),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "BROKER_LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    return subprocess.Popen([*cmd, *options], env=full_env)
+
+
+def poll_until(
+    conn: psycopg.Connection[Any],
+    workers: subprocess.Popen[bytes],
+    query: str,
+    params: Sequence[Any] = (),
+    done: Callable[[tuple[Any, ...]], bool] = lambda row: True,
+) -> tuple[Any, ...]:
+    """The first row of `query` that is `done`, asked every 0.1 s; exits the benchmark if
+    the workers stop first (a benchmark that waited on them would wait forever)."""
+    while True:
+        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        if done(row):
+            return row
+        if workers.poll() is not None:
+            raise SystemExit(f"workers exited with {workers.returncode}")
+        time.sleep(0.1)
+
+
+@contextmanager
+def running(workers: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """`workers`, stopped (SIGTERM, then waited on) however the block ends."""
+    try:
+        yield workers
+    finally:
+        workers.terminate()
+        workers.wait(60)
+
+
 def drain(
     url: str,
     processes: int,
@@ -106,53 +175,24 @@ def drain(
 ) -> tuple[float, float]:
     """Seconds from the first claim to the last completion, and the workers' CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": url,
-        "BROKER_STATE_DIR": str(state_dir),
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
-        "BROKER_LOG_LEVEL": "WARNING",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "broker.worker",
-        "--tasks",
-        "worker_throughput",
-        "--queues",
-        ",".join(queue_names(queues)),
-        "--concurrency",
-        str(concurrency),
-        "--processes",
-        str(processes),
-    ]
+    options: list[str] = []
     if metrics:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            while True:
-                row = conn.execute(
-                    "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
-                    " extract(epoch FROM max(finished_at) - min(started_at))"
-                    " FROM broker.jobs"
-                ).fetchone()
-                assert row is not None
-                if row[0] >= jobs:
-                    seconds = float(row[1])
-                    break
-                if proc.poll() is not None:
-                    raise SystemExit(f"worker exited with {proc.returncode}")
-                time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(60)
+        options += ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"]
+    names = ",".join(queue_names(queues))
+    spawned = spawn_workers(url, "worker_throughput", names, concurrency, processes, state_dir)
+    with running(spawned) as workers, psycopg.connect(url, autocommit=True) as conn:
+        row = poll_until(
+            conn,
+            workers,
+            DRAINED,
+            done=lambda row: row[0] >= jobs,
+        )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return seconds, cpu
+    return float(row[1]), cpu
 
 
 def main() -> None:
