@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from broker import lease
-from broker._queries import QueryFileError, parse, queries, raw_queries
+from broker._queries import QueryFileError, compact, parse, queries, raw_queries
 from broker.config import DEFAULT_SCHEMA
 from broker.errors import ConfigError
 
@@ -212,3 +212,63 @@ def test_jobspec_json_for_enqueue_statement_is_an_array() -> None:
     assert stmt.query == "job_enqueue_many"
     payload = stmt.params["specs"]
     assert payload.startswith("[") and '"kind":"a"' in payload and '"delay":2.0' in payload
+
+
+def _string_literals(text: str) -> list[str]:
+    """The single-quoted literals of `text`, comments skipped; dollar-quote markers are
+    passed over, so a DO block's body is read as SQL too."""
+    found, i = [], 0
+    while i < len(text):
+        if text.startswith("--", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif text[i] == '"':
+            i = text.index('"', i + 1) + 1
+        elif text[i] == "'":
+            end = text.index("'", i + 1)
+            while text.startswith("''", end):  # a doubled quote is part of the literal
+                end = text.index("'", end + 2)
+            found.append(text[i : end + 1])
+            i = end + 1
+        else:
+            i += 1
+    return found
+
+
+def test_no_string_literal_spans_lines() -> None:
+    # What makes compacting safe: a line that starts with "--" is always a comment.
+    for name, body in raw_queries().items():
+        for literal in _string_literals(body):
+            assert "\n" not in literal, (name, literal)
+    assert _string_literals("SELECT 'it''s' -- the worker's\n, \"a'b\", '--'") == [
+        "'it''s'",
+        "'--'",
+    ]
+
+
+def test_rendered_queries_are_compacted() -> None:
+    rendered = queries(DEFAULT_SCHEMA)
+    for name, text in rendered.items():
+        lines = text.splitlines()
+        assert all(line == line.strip() and line for line in lines), name
+        assert not any(line.startswith("--") for line in lines), name
+    # psycopg caches the parse of a query of at most 4,096 bytes, and parses a longer one
+    # on every execution (decision 029): the hot statements stay under that.
+    for name in ("job_claim", "job_claim_many", "job_finish_many", "job_heartbeat_many"):
+        assert len(rendered[name].encode()) <= 4096, name
+
+
+def test_compact_drops_comment_lines_blank_lines_and_indentation_only() -> None:
+    text = (
+        "-- Why.\n"
+        "WITH x AS (\n"
+        "    -- an indented comment\n"
+        "\n"
+        "    SELECT '-- not a comment' AS a,  1 -- a trailing one stays\n"
+        ")\n"
+        "  SELECT * FROM x"
+    )
+    assert compact(text) == (
+        "WITH x AS (\nSELECT '-- not a comment' AS a,  1 -- a trailing one stays\n)\n"
+        "SELECT * FROM x"
+    )
