@@ -151,7 +151,7 @@ class Worker:
             self.registration,
             config.lease_ttl,
             config.heartbeat,
-            leases=self._unfinished_leases,
+            leases=self._held_leases,
             on_lost=self._lease_lost,
             on_cancel=self._on_cancel,
             supervisor_pid=config.supervisor_pid,
@@ -281,6 +281,11 @@ class Worker:
             self.metrics.claimed(len(leases))
             self._accept(leases)
             if leases:
+                # The handlers just started run to their first await before the next claim
+                # is sent: sending one can hold this process as long as the server takes to
+                # run it when the two share a core, which was most of a pickup's delay
+                # between the claim and the handler (decision 029).
+                await asyncio.sleep(0)
                 # Two full claims in a row: a backlog, not a trickle that happens to fill
                 # the free slots (one slot, one job), so enqueues need not wake us.
                 full = full + 1 if len(leases) == free else 0
@@ -460,9 +465,12 @@ class Worker:
 
     # --- heartbeats ---------------------------------------------------------------------
 
-    def _unfinished_leases(self) -> list[Lease]:
-        # Leases whose outcome is already being written are left out: the write ends them.
-        return [h.lease for h in self._held.values() if not h.finished]
+    def _held_leases(self) -> list[Lease]:
+        # Every lease until its outcome is written, the finished ones too: their write can
+        # wait behind a prune batch or the reaper on the shared connection, and a lease
+        # left to expire meanwhile is reaped and its job run again. A beat that finds the
+        # job already written reports it lost, which _lease_lost ignores for a finished one.
+        return [h.lease for h in self._held.values()]
 
     def _lease_lost(self, lost: Lease) -> None:
         held = self._held.get(lost.job_id)
