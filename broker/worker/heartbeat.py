@@ -53,7 +53,7 @@ class HeartbeatConfig:
 class Heartbeat:
     """Beats every interval on its own connection; never raises on database errors.
 
-    `leases` lists the leases to extend (those whose outcome is not yet on its way);
+    `leases` lists the leases to extend (every one whose outcome is not yet written);
     `on_lost` and `on_cancel` hear about a lost lease and a requested cancel; when
     `supervisor_pid` is no longer this process's parent, `on_orphaned` is called.
     """

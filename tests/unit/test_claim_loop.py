@@ -19,6 +19,7 @@ from broker.pruner import PrunerConfig
 from broker.task import task
 from broker.types import HeartbeatOutcome, Lease, WriteOutcome
 from broker.worker import Worker, WorkerConfig
+from broker.worker.heartbeat import HeartbeatConfig
 
 T = TypeVar("T")
 QUEUE = "unit"
@@ -48,6 +49,9 @@ class FakeDatabase:
         self.waits: list[str] = []
         self.settled: list[bool] = []
         self.connections: list[FakeConnection] = []
+        # The job ids of each heartbeat; and, when set, finishes wait for this event.
+        self.beats: list[list[int]] = []
+        self.finish_gate: asyncio.Event | None = None
         self._changed = asyncio.Event()
 
     def connect(self, name: str) -> FakeConnection:
@@ -68,7 +72,7 @@ class FakeDatabase:
                 return None
             case "worker_stopped":
                 return True
-            case "job_reap":
+            case "job_reap" | "job_expire":
                 return []
             case "claim_wait_register" | "claim_wait_leave":
                 self.waits.append(stmt.query)
@@ -82,6 +86,7 @@ class FakeDatabase:
                 assert size <= params["limit"], "claimed more than the free slots"
                 return [self._lease(params["worker_id"]) for _ in range(size)]
             case "job_heartbeat_many":
+                self.beats.append(list(params["ids"]))
                 return HeartbeatOutcome([], [], [])
             case "job_finish_many":
                 ids, epochs = params["ids"], params["epochs"]
@@ -122,6 +127,8 @@ class FakeConnection:
 
     async def run(self, stmt: Statement[T]) -> T:
         await asyncio.sleep(0)
+        if stmt.query == "job_finish_many" and self.db.finish_gate is not None:
+            await self.db.finish_gate.wait()
         result: T = self.db.answer(self.name, stmt)
         return result
 
@@ -182,6 +189,30 @@ def serve(worker: Worker, scenario: Callable[[], Awaitable[None]]) -> None:
 def release(*jobs: int) -> None:
     for job in jobs:
         gates[job].set()
+
+
+def test_a_finished_lease_is_kept_alive_until_its_outcome_is_written(settings: Settings) -> None:
+    # The write can wait behind a prune batch or the reaper on the shared connection for
+    # longer than the lease TTL; a lease left to expire meanwhile is reaped and run again.
+    db = FakeDatabase([1])
+    db.finish_gate = asyncio.Event()
+    worker = make_worker(db, settings, concurrency=1, heartbeat=HeartbeatConfig(interval=0.02))
+
+    async def scenario() -> None:
+        await db.until(lambda: db.claim_limits[:1] == [1])
+        release(1)
+        await db.until(lambda: 1 in worker._held and worker._held[1].finished)
+        beats = len(db.beats)
+        await db.until(lambda: len(db.beats) >= beats + 2)
+        assert db.beats[-1] == [1]  # finished, its write held up: still beaten
+        assert db.finish_gate is not None
+        db.finish_gate.set()
+        await db.until(lambda: db.finished == [(1, "complete")])
+        beats = len(db.beats)
+        await asyncio.sleep(0.1)  # five beat intervals
+        assert len(db.beats) == beats  # written: nothing left to extend, no statement
+
+    serve(worker, scenario)
 
 
 def test_claims_are_sized_to_the_free_slots(settings: Settings) -> None:
