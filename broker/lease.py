@@ -190,6 +190,14 @@ def heartbeat(leases: Sequence[H], ttl: float) -> Statement[HeartbeatOutcome[H]]
     return Statement("job_heartbeat_many", {**_fence(leases), "ttl": ttl}, decode)
 
 
+def heartbeat_unwritten(leases: Sequence[H], ttl: float) -> Statement[None]:
+    """Extend the leases of finished handlers whose outcome is not written yet, skipping
+    rows locked right now (never waits; reports nothing: the write's answer does)."""
+    fence = _fence(leases)
+    params = {"ids": fence["ids"], "epochs": fence["epochs"], "ttl": ttl}
+    return Statement("job_heartbeat_unwritten", params, lambda rows: None)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why an attempt failed. `retryable=False` fails the job now; `delay` overrides backoff;

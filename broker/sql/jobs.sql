@@ -269,6 +269,23 @@ WITH applied AS (
 )
 SELECT id, state, cancel_requested FROM applied;
 
+-- name: job_heartbeat_unwritten
+-- Extends the leases whose handler has finished and whose outcome is still on its way:
+-- the write can wait behind a prune batch or the reaper on the worker's shared connection
+-- for longer than the lease TTL. It never waits itself: a row locked at this moment (by
+-- that very write, or by anyone) is passed over for this beat, and nothing is recorded or
+-- reported, because the write's own answer says whether the lease held.
+UPDATE {schema}.jobs j SET lease_expires_at = now() + make_interval(secs => %(ttl)s)
+FROM (
+    SELECT k.id FROM {schema}.jobs k
+    JOIN unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS d(id, epoch)
+      ON k.id = d.id AND k.lease_epoch = d.epoch
+    WHERE k.state = 'running'
+    FOR NO KEY UPDATE OF k SKIP LOCKED
+) held
+WHERE j.id = held.id
+RETURNING j.id;
+
 -- name: job_finish_many
 -- Every way a lease holder ends its attempt, in one fenced statement: `outcome` per row is
 -- NULL for a completion, else fail, cancel, release or snooze (broker.lease.completed/

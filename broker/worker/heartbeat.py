@@ -53,7 +53,9 @@ class HeartbeatConfig:
 class Heartbeat:
     """Beats every interval on its own connection; never raises on database errors.
 
-    `leases` lists the leases to extend (every one whose outcome is not yet written);
+    `leases` lists the leases to extend (those whose outcome is not yet on its way), and
+    `unwritten` those of handlers that have finished but whose outcome is not written
+    yet (extended where their row is not locked at that moment, reporting nothing);
     `on_lost` and `on_cancel` hear about a lost lease and a requested cancel; when
     `supervisor_pid` is no longer this process's parent, `on_orphaned` is called.
     """
@@ -66,6 +68,7 @@ class Heartbeat:
         config: HeartbeatConfig | None = None,
         *,
         leases: Callable[[], Sequence[Lease]],
+        unwritten: Callable[[], Sequence[Lease]] = lambda: (),
         on_lost: Callable[[Lease], None],
         on_cancel: Callable[[int], None],
         supervisor_pid: int | None = None,
@@ -76,6 +79,7 @@ class Heartbeat:
         self.lease_ttl = lease_ttl
         self.config = config or HeartbeatConfig()
         self._leases = leases
+        self._unwritten = unwritten
         self._on_lost = on_lost
         self._on_cancel = on_cancel
         self._supervisor_pid = supervisor_pid
@@ -97,6 +101,10 @@ class Heartbeat:
                 self._on_lost(lost)
             for wanted in beat.cancel_requested:
                 self._on_cancel(wanted.job_id)
+        # After the running ones, and apart: this one skips rows a write holds locked.
+        pending = list(self._unwritten())
+        if pending:
+            await self.runner.run(lease.heartbeat_unwritten(pending, self.lease_ttl))
         await self.registration.seen()
 
     async def run(self) -> None:

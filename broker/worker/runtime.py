@@ -151,7 +151,8 @@ class Worker:
             self.registration,
             config.lease_ttl,
             config.heartbeat,
-            leases=self._held_leases,
+            leases=self._unfinished_leases,
+            unwritten=self._unwritten_leases,
             on_lost=self._lease_lost,
             on_cancel=self._on_cancel,
             supervisor_pid=config.supervisor_pid,
@@ -465,12 +466,17 @@ class Worker:
 
     # --- heartbeats ---------------------------------------------------------------------
 
-    def _held_leases(self) -> list[Lease]:
-        # Every lease until its outcome is written, the finished ones too: their write can
-        # wait behind a prune batch or the reaper on the shared connection, and a lease
-        # left to expire meanwhile is reaped and its job run again. A beat that finds the
-        # job already written reports it lost, which _lease_lost ignores for a finished one.
-        return [h.lease for h in self._held.values()]
+    def _unfinished_leases(self) -> list[Lease]:
+        # Leases whose outcome is already on its way are beaten apart (_unwritten_leases).
+        return [h.lease for h in self._held.values() if not h.finished]
+
+    def _unwritten_leases(self) -> list[Lease]:
+        # Finished, outcome not written yet: the write can wait behind a prune batch or
+        # the reaper on the shared connection longer than the lease TTL, and a lease left
+        # to expire meanwhile is reaped and its job run again. Beaten by a statement that
+        # skips rows locked at that moment, so a write held up on a row lock (an
+        # operator's, or the write's own) never holds up the beat of the other leases.
+        return [h.lease for h in self._held.values() if h.finished]
 
     def _lease_lost(self, lost: Lease) -> None:
         held = self._held.get(lost.job_id)

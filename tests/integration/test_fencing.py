@@ -8,12 +8,14 @@ and leaves B's outcome untouched.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 
-from broker import Broker
+from broker import Broker, lease
 from broker.errors import LeaseLost
 from broker.lease import Lease
 from tests.dbtime import advance_db_time
@@ -140,3 +142,31 @@ def test_heartbeat_keeps_a_lease_alive_past_its_first_expiry(broker: Broker, con
     broker.complete(held, "ok")
     assert broker.get_job(job_id).state == "succeeded"
     assert _stale_rejections(conn, job_id) == []
+
+
+def test_unwritten_beat_extends_held_leases_and_passes_over_locked_rows(
+    broker: Broker, db_url: str, conn: Conn
+) -> None:
+    # The beat of finished handlers whose outcome waits to be written (broker.worker.
+    # heartbeat): it extends what is still held, and never waits for a row lock, so a
+    # write held up on one cannot hold up the beat of the process's other leases.
+    for _ in range(3):
+        broker.enqueue("long")
+    a, b, c = broker.claim(["default"], 3, WORKER_A, lease_ttl=30)
+    stale = replace(c, epoch=c.epoch - 1)
+
+    def expiry() -> dict[int, object]:
+        rows = conn.execute("SELECT id, lease_expires_at FROM broker.jobs").fetchall()
+        return {int(r[0]): r[1] for r in rows}
+
+    before = expiry()
+    with ThreadPoolExecutor(1) as pool, psycopg.connect(db_url) as locker:
+        locker.execute("SELECT 1 FROM broker.jobs WHERE id = %s FOR UPDATE", [b.job_id])
+        beat = pool.submit(broker.run, lease.heartbeat_unwritten([a, b, stale], 300))
+        assert beat.result(timeout=10) is None  # did not wait for the lock
+        locker.rollback()
+    after = expiry()
+    assert after[a.job_id] > before[a.job_id]  # extended
+    assert after[b.job_id] == before[b.job_id]  # locked: passed over this beat
+    assert after[c.job_id] == before[c.job_id]  # an old epoch extends nothing
+    assert _stale_rejections(conn, c.job_id) == []  # and records nothing

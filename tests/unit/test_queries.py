@@ -121,6 +121,7 @@ def _one_of_each_statement() -> list[lease.Statement[Any]]:
         lease.enqueue_many([lease.JobSpec("k")]),
         lease.claim(["default"], 1, "w:1", 5.0),
         lease.heartbeat([held], 5.0),
+        lease.heartbeat_unwritten([held], 5.0),
         lease.finish([lease.completed(held)], "broker_jobs"),
         lease.finish([lease.failed(held, lease.Failure("boom"))], "broker_jobs"),
         lease.finish([lease.cancel_acked(held, "cancelled")], "broker_jobs"),
