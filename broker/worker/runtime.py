@@ -282,11 +282,13 @@ class Worker:
             self.metrics.claimed(len(leases))
             self._accept(leases)
             if leases:
-                # The handlers just started run to their first await before the next claim
-                # is sent: sending one can hold this process as long as the server takes to
-                # run it when the two share a core, which was most of a pickup's delay
-                # between the claim and the handler (decision 029).
-                await asyncio.sleep(0)
+                if len(leases) < free:
+                    # Slots are left, so the next claim goes out at once: the handlers just
+                    # started run to their first await before it does. Sending one can hold
+                    # this process as long as the server takes to run it when the two share
+                    # a core, most of a pickup's delay from claim to handler (decision 029).
+                    # A full claim needs no turn: the loop waits for a free slot anyway.
+                    await asyncio.sleep(0)
                 # Two full claims in a row: a backlog, not a trickle that happens to fill
                 # the free slots (one slot, one job), so enqueues need not wake us.
                 full = full + 1 if len(leases) == free else 0
