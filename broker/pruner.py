@@ -135,13 +135,33 @@ async def aprune_once(client: Runner, config: PrunerConfig) -> dict[str, int] | 
     return await adrive(_plan(config), client.run)
 
 
+class Paced:
+    """Runs each statement, then rests as long as it took, so pruning holds a shared
+    connection at most half the time: a worker's outcome writes take turns with the
+    batches on it (decision 025), and back to back a backlog of due jobs kept the
+    writes to one flush per batch (10M retained, half of it due: the drain ran at 0.68
+    of the same drain without pruning)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def run(self, stmt: Statement[T]) -> T:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await self.runner.run(stmt)
+        await asyncio.sleep(loop.time() - started)
+        return result
+
+
 async def run_pruner(client: Runner, config: PrunerConfig) -> None:
     """Prune every `config.interval` seconds (first after a random part of one, so workers
-    started together spread out) until cancelled; failures are logged, never raised."""
+    started together spread out) until cancelled, paced (`Paced`); failures are logged,
+    never raised."""
     await asyncio.sleep(random.uniform(0, config.interval))
+    paced = Paced(client)
     while True:
         try:
-            pruned = await aprune_once(client, config)
+            pruned = await aprune_once(paced, config)
             if pruned and any(pruned.values()):
                 log.info("pruned finished jobs: %s", pruned)
         except (BrokerError, psycopg.Error) as exc:
