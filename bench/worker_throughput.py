@@ -140,7 +140,8 @@ def poll_until(
     workers: subprocess.Popen[bytes],
     query: str,
     params: Sequence[Any] = (),
-    done: Callable[[tuple[Any, ...]], bool] = lambda row: True,
+    *,
+    done: Callable[[tuple[Any, ...]], bool],
 ) -> tuple[Any, ...]:
     """The first row of `query` that is `done`, asked every 0.1 s; exits the benchmark if
     the workers stop first (a benchmark that waited on them would wait forever)."""
