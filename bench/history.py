@@ -4,6 +4,7 @@
     python -m bench.history --retained 0,5000000 --reps 5
     python -m bench.history --retained 0,10000000            # outside CI: ~4 GB of disk
     python -m bench.history --queued 1000000                 # also: 1M queued behind the drain
+    python -m bench.history --retained 0 --queued 1000,100000,1000000  # the backlog's curve
     python -m bench.history --pruner                         # also: the pruner deleting meanwhile
     python -m bench.history --churned                        # also: history with its dead rows
 
@@ -14,8 +15,9 @@ autovacuum would leave a day-old table. Then, rep by rep and scenario by scenari
 `--processes` worker processes; the rate is jobs / (last finished_at - first started_at),
 database time. The ratio column is each rate over the fresh table's (0 retained) median.
 
-Scenarios beyond plain retention: `--queued N` adds a database holding N queued jobs
-(the drain measures the first --jobs of them); `--pruner` drains the largest history with
+Scenarios beyond plain retention: `--queued N[,N...]` adds, for each N, a database
+holding N queued jobs of the same queue and priority behind the measured ones (the
+drain measures the --jobs queued ahead of them); `--pruner` drains the largest history with
 the workers' pruner on and a 12 h retention, so it deletes half the history meanwhile;
 `--churned` builds the largest history through queued -> running -> succeeded updates
 and skips the VACUUM, so the drain starts with all their dead row versions and index
@@ -92,14 +94,7 @@ def build_history(url: str, scenario: Scenario) -> None:
                 "UPDATE broker.jobs SET state = 'succeeded', lease_expires_at = NULL,"
                 " finished_at = created_at"
             )
-        if scenario.queued:
-            # Behind the measured jobs: same queue and priority, later run_at.
-            conn.execute(
-                "INSERT INTO broker.jobs (kind, queue, run_at)"
-                " SELECT 'bench_noop', 'bench', now() + interval '1 second'"
-                " FROM generate_series(1, %s)",
-                [scenario.queued],
-            )
+        top_up_backlog(conn, scenario)
         # The jobs trigger counted every inserted job in its own delta row of the
         # rollup; a day of running folds them every prune (a minute), so fold them here,
         # or the first prune's fold deletes millions (18 s at 10M, on the workers'
@@ -111,9 +106,24 @@ def build_history(url: str, scenario: Scenario) -> None:
         conn.execute("CHECKPOINT")
 
 
+def top_up_backlog(conn: psycopg.Connection[Any], scenario: Scenario) -> None:
+    """Queue jobs behind the measured ones (same queue, priority 0 where they have 1,
+    runnable now) until `scenario.queued` wait there. Each rep's workers take some of
+    them between the last measured finish and their stop; topping up before every rep
+    keeps the backlog its size (a backlog of 1,000 would be gone after the first)."""
+    if scenario.queued:
+        conn.execute(
+            "INSERT INTO broker.jobs (kind, queue)"
+            " SELECT 'bench_noop', 'bench' FROM generate_series(1, %s - ("
+            "   SELECT count(*) FROM broker.jobs WHERE state = 'queued' AND priority = 0))",
+            [scenario.queued],
+        )
+
+
 def drain(url: str, scenario: Scenario, jobs: int, processes: int, concurrency: int) -> float:
     """Queue `jobs` no-op jobs ahead of everything, drain them with real workers: jobs/s."""
     with psycopg.connect(url, autocommit=True) as conn:
+        top_up_backlog(conn, scenario)
         row = conn.execute("SELECT coalesce(max(id), 0) FROM broker.jobs").fetchone()
         assert row is not None
         first = int(row[0]) + 1
@@ -212,7 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=os.environ.get("BROKER_BENCH_DSN", DEFAULT_DSN))
     parser.add_argument("--retained", default="0,1000000,5000000")
-    parser.add_argument("--queued", type=int, default=0, help="add a scenario with N queued")
+    parser.add_argument(
+        "--queued", default="", help="add a scenario with N queued (comma-separated Ns)"
+    )
     parser.add_argument("--pruner", action="store_true", help="add a scenario with pruning")
     parser.add_argument(
         "--churned", action="store_true", help="add the largest history, churned and unvacuumed"
@@ -226,8 +238,8 @@ def main() -> None:
 
     retained = [int(n) for n in args.retained.split(",")]
     scenarios = [Scenario(f"r{n}", n) for n in retained]
-    if args.queued:
-        scenarios.append(Scenario(f"q{args.queued}", 0, queued=args.queued))
+    for n in (int(n) for n in args.queued.split(",") if n):
+        scenarios.append(Scenario(f"q{n}", 0, queued=n))
     if args.pruner:
         scenarios.append(Scenario(f"p{max(retained)}", max(retained), pruner=True))
     if args.churned:

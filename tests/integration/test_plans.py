@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from broker import inspection, lease
 from broker._queries import queries
@@ -376,6 +377,41 @@ def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None
     assert asyncio.run(mode("lease")) == "force_generic_plan"
     assert asyncio.run(mode("work")) == "force_generic_plan"
     assert asyncio.run(mode("other")) == "auto"
+
+
+def test_the_worker_statement_connections_never_jit_compile(db_url: str) -> None:
+    """A generic plan is costed with default guesses, so on a big backlog the claim's
+    estimate passes jit_above_cost and would be compiled on every run (decision 030).
+    Both statement connections turn JIT off: with every plan over the threshold
+    (jit_above_cost = 0), the prepared claim's generic plan still has no JIT step."""
+    import asyncio
+
+    from broker.worker._conn import Connection
+
+    async def settings(service: str) -> tuple[str, list[Any]]:
+        conn = Connection(db_url, "broker", service)
+        try:
+            raw = await conn._open()
+            row = await (await raw.execute("SHOW jit")).fetchone()
+            assert row is not None
+            stmt = lease.claim(["default"], 100, WORKER, 30.0)
+            text, values = _positional(queries("broker")[stmt.query], dict(stmt.params))
+            await raw.execute(f"PREPARE hot AS {text}")
+            await raw.execute("SET jit_above_cost = 0")
+            args = sql.SQL(", ").join(sql.Literal(v) for v in values)
+            query = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE hot({})").format(args)
+            cur = await raw.execute(query)
+            plan = await cur.fetchone()
+            assert plan is not None
+            explained = plan[0] if isinstance(plan[0], list) else json.loads(plan[0])
+            return str(row[0]), explained
+        finally:
+            await conn.close()
+
+    for service in ("lease", "work"):
+        jit, explained = asyncio.run(settings(service))
+        assert jit == "off"
+        assert "JIT" not in explained[0], explained
 
 
 # The tables that grow with the history, and the indexes the worker's functions and
