@@ -92,6 +92,19 @@ class ServiceConnection(Runner, Protocol):
 ConnectionFactory = Callable[[str], ServiceConnection]
 
 
+async def cancel_all(tasks: list[asyncio.Task[Any]], every: float = 1.0) -> None:
+    """Cancel `tasks` and wait until all have ended, cancelling again every `every`
+    seconds: one cancellation can be lost. Python 3.11's asyncio.wait_for returns the
+    inner result when it completes just as the task is cancelled, so the listener, opening
+    its probe connection as the worker stopped, went on listening and the stop waited for
+    it forever (a worker stopped just after it started, under load)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+
+
 class Worker:
     """One worker process's runtime. `await worker.run()` until `stop()` (or a signal).
 
@@ -218,9 +231,7 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
-            for service in services:
-                service.cancel()
-            await asyncio.gather(*services, return_exceptions=True)
+            await cancel_all(services)
             await self.wakeups.stop()
             await self.registration.unregister()
             for conn in (self._leases, self._work):
