@@ -101,9 +101,10 @@ class Backoff:
 # jit_above_cost, and PostgreSQL compiled it again on every run (JIT code is not kept with
 # a cached plan): 18 ms of a 20 ms claim, and the drain fell to 0.28 of an empty queue's
 # (decision 030).
+_STATEMENT_SESSION = ("SET plan_cache_mode = force_generic_plan", "SET jit = off")
 SESSION_SETTINGS: dict[str, tuple[str, ...]] = {
-    "lease": ("SET plan_cache_mode = force_generic_plan", "SET jit = off"),
-    "work": ("SET plan_cache_mode = force_generic_plan", "SET jit = off"),
+    "lease": _STATEMENT_SESSION,
+    "work": _STATEMENT_SESSION,
 }
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from broker import inspection, lease
 from broker._queries import queries
@@ -143,7 +142,8 @@ def _positional(text: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
     return re.sub(r"%\((\w+)\)s", number, text).replace("%%", "%"), [params[n] for n in order]
 
 
-def _plan(conn: psycopg.Connection[Any], stmt: Statement[Any], mode: str) -> dict[str, Any]:
+def _explained(conn: psycopg.Connection[Any], stmt: Statement[Any], mode: str) -> list[Any]:
+    """EXPLAIN (FORMAT JSON) of `stmt` prepared and executed under `mode`."""
     text, values = _positional(queries("broker")[stmt.query], dict(stmt.params))
     conn.execute("DEALLOCATE ALL")
     conn.execute(f"PREPARE hot AS {text}")
@@ -151,8 +151,11 @@ def _plan(conn: psycopg.Connection[Any], stmt: Statement[Any], mode: str) -> dic
     args = f"({', '.join(['%s'] * len(values))})" if values else ""
     row = conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE hot{args}", values).fetchone()
     assert row is not None
-    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    return dict(plan[0]["Plan"])
+    return list(row[0] if isinstance(row[0], list) else json.loads(row[0]))
+
+
+def _plan(conn: psycopg.Connection[Any], stmt: Statement[Any], mode: str) -> dict[str, Any]:
+    return dict(_explained(conn, stmt, mode)[0]["Plan"])
 
 
 def _scans_of_jobs(
@@ -356,61 +359,50 @@ def test_flow_claim_keeps_its_access_path(history: tuple[str, list[Lease]], mode
     assert bad == [], json.dumps(plans, indent=1)
 
 
-def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None:
-    """Both of the worker's statement connections (claims and heartbeats; writes, reaper,
-    pruner and scheduler) run on the generic plans this file checks (SESSION_SETTINGS);
-    any other keeps the server's default."""
+def _worker_setting(db_url: str, service: str, setting: str) -> str:
+    """`setting` as the worker's connection for `service` has it once opened."""
     import asyncio
 
     from broker.worker._conn import Connection
 
-    async def mode(service: str) -> str:
+    async def show() -> str:
         conn = Connection(db_url, "broker", service)
         try:
             raw = await conn._open()
-            row = await (await raw.execute("SHOW plan_cache_mode")).fetchone()
+            row = await (await raw.execute(f"SHOW {setting}")).fetchone()
             assert row is not None
             return str(row[0])
         finally:
             await conn.close()
 
-    assert asyncio.run(mode("lease")) == "force_generic_plan"
-    assert asyncio.run(mode("work")) == "force_generic_plan"
-    assert asyncio.run(mode("other")) == "auto"
+    return asyncio.run(show())
+
+
+def test_the_worker_claim_connection_asks_for_generic_plans(db_url: str) -> None:
+    """Both of the worker's statement connections (claims and heartbeats; writes, reaper,
+    pruner and scheduler) run on the generic plans this file checks (SESSION_SETTINGS);
+    any other keeps the server's default."""
+    assert _worker_setting(db_url, "lease", "plan_cache_mode") == "force_generic_plan"
+    assert _worker_setting(db_url, "work", "plan_cache_mode") == "force_generic_plan"
+    assert _worker_setting(db_url, "other", "plan_cache_mode") == "auto"
 
 
 def test_the_worker_statement_connections_never_jit_compile(db_url: str) -> None:
     """A generic plan is costed with default guesses, so on a big backlog the claim's
     estimate passes jit_above_cost and would be compiled on every run (decision 030).
     Both statement connections turn JIT off: with every plan over the threshold
-    (jit_above_cost = 0), the prepared claim's generic plan still has no JIT step."""
-    import asyncio
+    (jit_above_cost = 0), the prepared claim's generic plan in their session settings
+    still has no JIT step."""
+    from broker.worker._conn import SESSION_SETTINGS
 
-    from broker.worker._conn import Connection
-
-    async def settings(service: str) -> tuple[str, list[Any]]:
-        conn = Connection(db_url, "broker", service)
-        try:
-            raw = await conn._open()
-            row = await (await raw.execute("SHOW jit")).fetchone()
-            assert row is not None
-            stmt = lease.claim(["default"], 100, WORKER, 30.0)
-            text, values = _positional(queries("broker")[stmt.query], dict(stmt.params))
-            await raw.execute(f"PREPARE hot AS {text}")
-            await raw.execute("SET jit_above_cost = 0")
-            args = sql.SQL(", ").join(sql.Literal(v) for v in values)
-            query = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE hot({})").format(args)
-            cur = await raw.execute(query)
-            plan = await cur.fetchone()
-            assert plan is not None
-            explained = plan[0] if isinstance(plan[0], list) else json.loads(plan[0])
-            return str(row[0]), explained
-        finally:
-            await conn.close()
-
+    claim = lease.claim(["default"], 100, WORKER, 30.0)
     for service in ("lease", "work"):
-        jit, explained = asyncio.run(settings(service))
-        assert jit == "off"
+        assert _worker_setting(db_url, service, "jit") == "off"
+        with psycopg.connect(db_url, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+            for setting in SESSION_SETTINGS[service]:
+                conn.execute(setting)
+            conn.execute("SET jit_above_cost = 0")
+            explained = _explained(conn, claim, "force_generic_plan")
         assert "JIT" not in explained[0], explained
 
 
