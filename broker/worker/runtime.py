@@ -64,6 +64,10 @@ class _Held:
     task: Task | None
     ctx: JobContext
     handle: asyncio.Task[None] | None = None
+    # Whether the handler's task has taken its first step. A task cancelled before that
+    # never runs its coroutine at all (no finally, no outcome, its slot never freed), so
+    # a stop until then only sets the reason, which the first step reads.
+    started: bool = False
     stop_reason: StopReason | None = None
     finished: bool = False
     # Seconds the handler ran, once it returned (or was stopped).
@@ -74,7 +78,7 @@ class _Held:
             return
         self.stop_reason = reason
         self.ctx._cancel(reason)
-        if self.handle is not None:
+        if self.handle is not None and self.started:
             self.handle.cancel()
 
 
@@ -388,8 +392,9 @@ class Worker:
         self._active += 1
         handle = asyncio.create_task(self._run_job(held))
         held.handle = handle
+        # _run_job takes itself out as it ends (a done callback would be one more turn
+        # of the loop per job).
         self._handlers.add(handle)
-        handle.add_done_callback(self._handlers.discard)
 
     def _log_line(self, held_lease: Lease, line: str) -> None:
         held = self._held.get(held_lease.job_id)
@@ -397,9 +402,26 @@ class Worker:
             self.writer.add_log(held_lease, contract.storable_text(line))
 
     async def _run_job(self, held: _Held) -> None:
+        held.started = True
+        try:
+            outcome = await self._outcome_of(held)
+            self.metrics.ran(held.lease, held.duration or 0.0, outcome)
+            if outcome is None:
+                self._drop(held)
+            else:
+                self.writer.submit(outcome)
+        finally:
+            if held.handle is not None:
+                self._handlers.discard(held.handle)
+
+    async def _outcome_of(self, held: _Held) -> Finish | None:
+        """Run the handler, unless it was stopped before it could start (a cancel heard
+        between the claim and this task's first step), and say how its attempt ends."""
         outcome: Finish | None
         started = self._loop.time()
         try:
+            if held.stop_reason is not None:
+                return _outcome.stopped(held.lease, held.stop_reason)
             with tracing.run_span(held.lease) as span:
                 outcome = await self._invoke(held)
                 tracing.ended(span, outcome)
@@ -410,11 +432,7 @@ class Worker:
             held.finished = True
             self._active -= 1
             self._slot_free.set()
-        self.metrics.ran(held.lease, held.duration, outcome)
-        if outcome is None:
-            self._drop(held)
-        else:
-            self.writer.submit(outcome)
+        return outcome
 
     async def _invoke(self, held: _Held) -> Finish:
         task, job = held.task, held.lease

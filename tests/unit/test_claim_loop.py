@@ -53,6 +53,9 @@ class FakeDatabase:
         # finishes wait for this event.
         self.beats: list[list[int]] = []
         self.finish_gate: asyncio.Event | None = None
+        # Called soon after each claim returns its leases: before the worker's next turn
+        # of the loop, as a notification read meanwhile would be.
+        self.after_claim: Callable[[list[Lease]], None] | None = None
         self._changed = asyncio.Event()
 
     def connect(self, name: str) -> FakeConnection:
@@ -85,7 +88,10 @@ class FakeDatabase:
                 self.claim_limits.append(params["limit"])
                 size = self.batches.pop(0) if self.batches else 0
                 assert size <= params["limit"], "claimed more than the free slots"
-                return [self._lease(params["worker_id"]) for _ in range(size)]
+                leases = [self._lease(params["worker_id"]) for _ in range(size)]
+                if self.after_claim is not None and leases:
+                    asyncio.get_running_loop().call_soon(self.after_claim, leases)
+                return leases
             case "job_heartbeat_many":
                 return HeartbeatOutcome([], [], [])
             case "job_heartbeat_unwritten":
@@ -355,6 +361,33 @@ def test_an_empty_claim_claims_again_after_the_poll_interval(settings: Settings)
         await db.until(lambda: len(db.claim_limits) >= 4)
 
     serve(worker, scenario)
+
+
+def test_a_cancel_heard_before_the_handler_starts_is_acknowledged(settings: Settings) -> None:
+    # A cancel notification read between the claim and the first step of the handler's
+    # task: a task cancelled then never runs its coroutine, so the job was never
+    # acknowledged (its lease beaten forever) and its slot never came back.
+    db = FakeDatabase([1, 1])
+    worker = make_worker(db, settings, concurrency=1)
+    cancelled: list[int] = []
+
+    def cancel_first(leases: list[Lease]) -> None:
+        if not cancelled:
+            cancelled.append(leases[0].job_id)
+            worker._on_cancel(leases[0].job_id)
+
+    db.after_claim = cancel_first
+
+    async def scenario() -> None:
+        await db.until(lambda: (1, "cancel") in db.finished)
+        # The slot is free again: the next claim asks for it and its job runs.
+        await db.until(lambda: db.claim_limits[:2] == [1, 1])
+        release(2)
+        await db.until(lambda: (2, "complete") in db.finished)
+
+    serve(worker, scenario)
+    assert cancelled == [1]
+    assert db.finished == [(1, "cancel"), (2, "complete")]
 
 
 def test_outcomes_are_written_and_a_stop_hands_back_what_is_running(settings: Settings) -> None:
