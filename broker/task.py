@@ -252,6 +252,11 @@ def add_finder(finder: TaskFinder) -> None:
 
 def get_task(kind: str) -> Task | None:
     """The task registered for `kind`, else the first a finder (`add_finder`) gives."""
+    # Looked up for every job a worker starts: a registered kind needs no lock (reading a
+    # dict is atomic; the lock orders registrations and the finder list).
+    found = _registry.get(kind)
+    if found is not None:
+        return found
     with _registry_lock:
         found = _registry.get(kind)
         finders = list(_finders)

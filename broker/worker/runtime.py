@@ -357,8 +357,11 @@ class Worker:
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: wait_for (before 3.12) runs event.wait() in a task
+        # of its own, two more turns of the loop between set() and this claim loop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
 
     def _on_jobs(self, queue: str) -> None:
         if queue in self.config.queues:
