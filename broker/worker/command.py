@@ -6,7 +6,6 @@ BROKER_CONCURRENCY, ...), so a container needs no arguments.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
@@ -222,7 +221,7 @@ def worker(
 
         served = sorted(set(django_queues) | {t.queue for t in registered().values()})
 
-    code = _run_one(
+    code, ended = _run_one(
         served,
         concurrency,
         seq,
@@ -232,10 +231,10 @@ def worker(
         max_clock_skew,
         metrics,
     )
-    if not _threads_finished(THREAD_EXIT_GRACE):
-        # A sync handler ignores its cancellation; its lease was handed back already,
-        # and waiting for its thread would hang the shutdown.
-        log.warning("exiting with handler threads still running")
+    if not ended or not _threads_finished(THREAD_EXIT_GRACE):
+        # A handler ignores its cancellation (an async one, or a sync one in its thread);
+        # its lease was handed back already, and waiting for it would hang the shutdown.
+        log.warning("exiting with handlers still running")
         logging.shutdown()
         os._exit(code)
     logging.shutdown()
@@ -282,13 +281,14 @@ def _run_one(
     shutdown_grace: float,
     max_clock_skew: float | None,
     metrics: tuple[str, int] | None,
-) -> int:
+) -> tuple[int, bool]:
+    """The exit code, and whether every task ended (runtime.run_to_end)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from broker.db import database_url
     from broker.pruner import PrunerConfig
     from broker.task import registered
-    from broker.worker.runtime import Worker
+    from broker.worker.runtime import Worker, run_to_end
 
     if not queues:
         queues = sorted({t.queue for t in registered().values()}) or ["default"]
@@ -314,7 +314,7 @@ def _run_one(
         )
         recorder, server = _metrics(metrics, config.supervisor_pid is not None)
     except BrokerError as exc:
-        return _report(exc)
+        return _report(exc), True
     runtime = Worker(config, metrics=recorder)
 
     async def main() -> None:
@@ -322,17 +322,17 @@ def _run_one(
         await runtime.run()
 
     try:
-        asyncio.run(main())
+        ended = run_to_end(main())
     except Exception as exc:
         # Exit codes (a configuration or database error, the worker id in use, too much
         # clock skew) come from the one table in broker._exits, shared with `broker`.
         if exit_code(exc) is None:
             raise
-        return _report(exc)
+        return _report(exc), True
     finally:
         if server is not None:
             server.stop()
-    return EXIT_OK
+    return EXIT_OK, ended
 
 
 def _metrics(

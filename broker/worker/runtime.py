@@ -24,7 +24,7 @@ import contextvars
 import functools
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 # After the grace period, released leases still need their release written.
 DEFAULT_FINAL_WRITE_TIMEOUT = 10.0
 SERVICE_RESTART_DELAY = 1.0
+# How long tasks still running once the worker has stopped get to end after they are
+# cancelled (run_to_end).
+LEFTOVER_GRACE = 2.0
 
 
 @dataclass(eq=False)
@@ -107,6 +110,48 @@ async def cancel_all(tasks: list[asyncio.Task[Any]], every: float = 1.0) -> None
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=every)
+
+
+def run_to_end(main: Coroutine[Any, Any, None], grace: float = LEFTOVER_GRACE) -> bool:
+    """Run `main` on a new event loop, as asyncio.run does, but never wait forever for
+    what it leaves behind: the tasks still running when it returns (a handler that
+    ignored its cancellation, stopped and handed back by the worker's drain) are
+    cancelled once more and given `grace` seconds. asyncio.run would wait for them
+    without end, and the stopped worker never exited. True when every task ended; when
+    not, the loop is left open and the caller should exit without waiting for them."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        ended = loop.run_until_complete(_end_leftovers(grace))
+        if ended:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            asyncio.set_event_loop(None)
+            loop.close()
+    return ended
+
+
+async def _end_leftovers(grace: float) -> bool:
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current]
+    for task in left:
+        task.cancel()
+    if not left:
+        return True
+    done, pending = await asyncio.wait(left, timeout=grace)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a task failed as the worker stopped", exc_info=task.exception())
+    if pending:
+        log.warning(
+            "%d task(s) still running %.0fs after their cancellation (a handler that"
+            " ignores it?); not waiting for them",
+            len(pending),
+            grace,
+        )
+    return not pending
 
 
 class Worker:

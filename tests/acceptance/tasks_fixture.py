@@ -9,6 +9,7 @@ for how long, and whether a handler was stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -94,6 +95,18 @@ async def async_sleep(ctx: JobContext, seconds: float = 0.0) -> str:
         return "slept"
     finally:
         await conn.close()
+
+
+@task("ignore_cancel")
+async def ignore_cancel(ctx: JobContext, seconds: float = 120.0) -> str:
+    """A handler that swallows every cancellation, for `seconds` (a bound, so a test
+    that fails leaves no handler behind for long)."""
+    _start(ctx)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.1)
+    return "outlived"
 
 
 @task("record")

@@ -163,6 +163,23 @@ def test_sigterm_hands_back_jobs_after_the_grace(runs: str, broker: Broker, tmp_
     assert scalar(runs, "SELECT outcome FROM test_runs") == "stopped"
 
 
+def test_a_handler_that_ignores_its_cancellation_does_not_hold_the_exit_up(
+    runs: str, broker: Broker, tmp_path: Path
+) -> None:
+    # asyncio.run cancels what is left and waits for it without end: the worker logged
+    # "stopped" and never exited.
+    [job] = broker.enqueue_many([JobSpec("ignore_cancel", {})])
+    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "0.5"]) as worker:
+        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(40) == 0, worker.output()
+        assert "not waiting for them" in worker.output()
+    # Not handed back while its handler might still run: the lease expires, and the
+    # reaper queues it again (lease_expired), as for a killed worker.
+    assert broker.get_job(job.id).state == "running"
+    assert "released" not in [e.event for e in broker.events(job.id)]
+
+
 def test_second_signal_hands_back_at_once(runs: str, broker: Broker, tmp_path: Path) -> None:
     [job] = broker.enqueue_many([JobSpec("async_sleep", {"seconds": 60})])
     with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "300"]) as worker:
