@@ -231,7 +231,8 @@ def worker(
         max_clock_skew,
         metrics,
     )
-    if not ended or not _threads_finished(THREAD_EXIT_GRACE):
+    threads_ended = _threads_finished(THREAD_EXIT_GRACE)
+    if not ended or not threads_ended:
         # A handler ignores its cancellation (an async one, or a sync one in its thread);
         # its lease was handed back already, and waiting for it would hang the shutdown.
         log.warning("exiting with handlers still running")
@@ -282,13 +283,13 @@ def _run_one(
     max_clock_skew: float | None,
     metrics: tuple[str, int] | None,
 ) -> tuple[int, bool]:
-    """The exit code, and whether every task ended (runtime.run_to_end)."""
+    """The exit code, and whether every task ended (runtime.LoopRun)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from broker.db import database_url
     from broker.pruner import PrunerConfig
     from broker.task import registered
-    from broker.worker.runtime import Worker, run_to_end
+    from broker.worker.runtime import LoopRun, Worker
 
     if not queues:
         queues = sorted({t.queue for t in registered().values()}) or ["default"]
@@ -321,18 +322,19 @@ def _run_one(
         runtime.install_signal_handlers()
         await runtime.run()
 
+    loop_run = LoopRun()
     try:
-        ended = run_to_end(main())
+        loop_run.run(main())
     except Exception as exc:
         # Exit codes (a configuration or database error, the worker id in use, too much
         # clock skew) come from the one table in broker._exits, shared with `broker`.
         if exit_code(exc) is None:
             raise
-        return _report(exc), True
+        return _report(exc), loop_run.ended
     finally:
         if server is not None:
             server.stop()
-    return EXIT_OK, ended
+    return EXIT_OK, loop_run.ended
 
 
 def _metrics(

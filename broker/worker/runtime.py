@@ -25,6 +25,7 @@ import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 DEFAULT_FINAL_WRITE_TIMEOUT = 10.0
 SERVICE_RESTART_DELAY = 1.0
 # How long tasks still running once the worker has stopped get to end after they are
-# cancelled (run_to_end).
+# cancelled (LoopRun).
 LEFTOVER_GRACE = 2.0
 
 
@@ -112,25 +113,36 @@ async def cancel_all(tasks: list[asyncio.Task[Any]], every: float = 1.0) -> None
         _, pending = await asyncio.wait(pending, timeout=every)
 
 
-def run_to_end(main: Coroutine[Any, Any, None], grace: float = LEFTOVER_GRACE) -> bool:
-    """Run `main` on a new event loop, as asyncio.run does, but never wait forever for
-    what it leaves behind: the tasks still running when it returns (a handler that
+class LoopRun:
+    """Runs a coroutine on a new event loop, as asyncio.run does, but never waits forever
+    for what it leaves behind. The tasks still running when it returns (a handler that
     ignored its cancellation, stopped and handed back by the worker's drain) are
-    cancelled once more and given `grace` seconds. asyncio.run would wait for them
-    without end, and the stopped worker never exited. True when every task ended; when
-    not, the loop is left open and the caller should exit without waiting for them."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(main)
-    finally:
-        ended = loop.run_until_complete(_end_leftovers(grace))
-        if ended:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            asyncio.set_event_loop(None)
-            loop.close()
-    return ended
+    cancelled once more and given `grace` seconds; asyncio.run waited for them without
+    end, and the stopped worker never exited. The loop's default executor (asyncio.to_thread,
+    getaddrinfo) is shut down without waiting, for the same reason: a thread still running
+    a blocking call would be joined for as long as it runs. `ended` says whether every
+    task ended, also after `main` raised; when not, the loop is left open and the caller
+    should exit without waiting (the executor's threads are not daemons either, so a
+    caller that waits for threads at exit sees them)."""
+
+    def __init__(self, grace: float = LEFTOVER_GRACE) -> None:
+        self.grace = grace
+        self.ended = True
+
+    def run(self, main: Coroutine[Any, Any, None]) -> None:
+        loop = asyncio.new_event_loop()
+        executor = ThreadPoolExecutor(thread_name_prefix="asyncio")
+        loop.set_default_executor(executor)
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main)
+        finally:
+            self.ended = loop.run_until_complete(_end_leftovers(self.grace))
+            executor.shutdown(wait=False, cancel_futures=True)
+            if self.ended:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                asyncio.set_event_loop(None)
+                loop.close()
 
 
 async def _end_leftovers(grace: float) -> bool:
@@ -453,14 +465,19 @@ class Worker:
         held.started = True
         try:
             outcome = await self._outcome_of(held)
-            self.metrics.ran(held.lease, held.duration or 0.0, outcome)
+            try:
+                self.metrics.ran(held.lease, held.duration or 0.0, outcome)
+            except Exception:
+                # Never at the cost of the outcome: unwritten, its lease is beaten on.
+                log.exception("job %s: recording its run failed", held.lease.job_id)
             if outcome is None:
                 self._drop(held)
             else:
                 self.writer.submit(outcome)
         finally:
-            if held.handle is not None:
-                self._handlers.discard(held.handle)
+            # The running task, not held.handle: under an eager task factory this body
+            # can end inside create_task, before the handle is stored.
+            self._handlers.discard(asyncio.current_task())
 
     async def _outcome_of(self, held: _Held) -> Finish | None:
         """Run the handler, unless it was stopped before it could start (a cancel heard

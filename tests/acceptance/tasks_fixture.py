@@ -109,6 +109,15 @@ async def ignore_cancel(ctx: JobContext, seconds: float = 120.0) -> str:
     return "outlived"
 
 
+@task("blocking_to_thread")
+async def blocking_to_thread(ctx: JobContext, seconds: float = 120.0) -> str:
+    """Blocks a thread of the loop's default executor (asyncio.to_thread) for `seconds`:
+    cancelled, the handler ends, the thread does not."""
+    _start(ctx)
+    await asyncio.to_thread(time.sleep, seconds)
+    return "slept"
+
+
 @task("record")
 def record(ctx: JobContext, work: float = 0.0) -> int:
     """Record one run (job id, epoch) and return the job id."""

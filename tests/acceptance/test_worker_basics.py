@@ -180,6 +180,22 @@ def test_a_handler_that_ignores_its_cancellation_does_not_hold_the_exit_up(
     assert "released" not in [e.event for e in broker.events(job.id)]
 
 
+def test_a_thread_of_asyncio_to_thread_does_not_hold_the_exit_up(
+    runs: str, broker: Broker, tmp_path: Path
+) -> None:
+    # asyncio.run joins the default executor's threads at the end, however long the
+    # call they run takes.
+    [job] = broker.enqueue_many([JobSpec("blocking_to_thread", {})])
+    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "0.5"]) as worker:
+        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+        assert "exiting with handlers still running" in worker.output()
+    # The handler itself ended when it was stopped, so its job was handed back (as a
+    # sync handler's is: the thread cannot be stopped).
+    assert broker.get_job(job.id).state == "queued"
+
+
 def test_second_signal_hands_back_at_once(runs: str, broker: Broker, tmp_path: Path) -> None:
     [job] = broker.enqueue_many([JobSpec("async_sleep", {"seconds": 60})])
     with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "300"]) as worker:
