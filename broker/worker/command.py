@@ -233,8 +233,9 @@ def worker(
     )
     threads_ended = _threads_finished(THREAD_EXIT_GRACE)
     if not ended or not threads_ended:
-        # A handler ignores its cancellation (an async one, or a sync one in its thread);
-        # its lease was handed back already, and waiting for it would hang the shutdown.
+        # A handler ignores its cancellation (an async one, or a sync one in its thread):
+        # waiting for it would hang the shutdown. A sync handler's job was handed back
+        # already; an async one's keeps its lease until it expires (decision 031).
         log.warning("exiting with handlers still running")
         logging.shutdown()
         os._exit(code)

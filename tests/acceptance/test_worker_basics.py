@@ -163,21 +163,30 @@ def test_sigterm_hands_back_jobs_after_the_grace(runs: str, broker: Broker, tmp_
     assert scalar(runs, "SELECT outcome FROM test_runs") == "stopped"
 
 
+def stopped_while_running(
+    runs: str, broker: Broker, tmp_path: Path, kind: str, exit_within: float
+) -> tuple[int, str]:
+    """Start one `kind` job, SIGTERM its worker (grace 0.5 s) once the job runs, and
+    require the worker to exit 0 within `exit_within` s: the job's id and the log."""
+    [job] = broker.enqueue_many([JobSpec(kind, {})])
+    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "0.5"]) as worker:
+        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(exit_within) == 0, worker.output()
+        return job.id, worker.output()
+
+
 def test_a_handler_that_ignores_its_cancellation_does_not_hold_the_exit_up(
     runs: str, broker: Broker, tmp_path: Path
 ) -> None:
     # asyncio.run cancels what is left and waits for it without end: the worker logged
     # "stopped" and never exited.
-    [job] = broker.enqueue_many([JobSpec("ignore_cancel", {})])
-    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "0.5"]) as worker:
-        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(40) == 0, worker.output()
-        assert "not waiting for them" in worker.output()
+    job, output = stopped_while_running(runs, broker, tmp_path, "ignore_cancel", 40)
+    assert "not waiting for them" in output
     # Not handed back while its handler might still run: the lease expires, and the
     # reaper queues it again (lease_expired), as for a killed worker.
-    assert broker.get_job(job.id).state == "running"
-    assert "released" not in [e.event for e in broker.events(job.id)]
+    assert broker.get_job(job).state == "running"
+    assert "released" not in [e.event for e in broker.events(job)]
 
 
 def test_a_thread_of_asyncio_to_thread_does_not_hold_the_exit_up(
@@ -185,15 +194,11 @@ def test_a_thread_of_asyncio_to_thread_does_not_hold_the_exit_up(
 ) -> None:
     # asyncio.run joins the default executor's threads at the end, however long the
     # call they run takes.
-    [job] = broker.enqueue_many([JobSpec("blocking_to_thread", {})])
-    with WorkerProcess(runs, tmp_path, ["--shutdown-grace", "0.5"]) as worker:
-        wait_for(lambda: scalar(runs, "SELECT count(*) FROM test_runs") == 1, 30, "job start")
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, worker.output()
-        assert "exiting with handlers still running" in worker.output()
+    job, output = stopped_while_running(runs, broker, tmp_path, "blocking_to_thread", 30)
+    assert "exiting with handlers still running" in output
     # The handler itself ended when it was stopped, so its job was handed back (as a
     # sync handler's is: the thread cannot be stopped).
-    assert broker.get_job(job.id).state == "queued"
+    assert broker.get_job(job).state == "queued"
 
 
 def test_second_signal_hands_back_at_once(runs: str, broker: Broker, tmp_path: Path) -> None:
